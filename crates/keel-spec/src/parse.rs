@@ -1,0 +1,645 @@
+//! From a YAML tree to an [`EnvironmentSpec`], collecting every problem on the way.
+
+use std::collections::HashMap;
+
+use indexmap::IndexMap;
+use rattler_conda_types::{MatchSpec, ParseStrictness, Subdir};
+use yaml_rust2::scanner::TScalarStyle;
+
+use crate::error::{Problem, ProblemKind, Severity};
+use crate::model::{
+    ChannelEntry, ChannelKind, CondaDependency, DependencyEntry, EnvironmentSpec, OtherSection,
+    PipSection,
+};
+use crate::pip::{self, PipEntry};
+use crate::selector::{self, Selector};
+use crate::source::{Location, SourceText};
+use crate::yaml::{self, Node, NodeKind};
+
+/// The top-level keys conda reads, plus conda-lock's `platforms` and `category`.
+const KNOWN_KEYS: &[&str] = &[
+    "name",
+    "channels",
+    "dependencies",
+    "variables",
+    "prefix",
+    "platforms",
+    "category",
+];
+
+pub(crate) struct Parser<'a> {
+    source: SourceText<'a>,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Parser<'a> {
+    pub(crate) fn new(text: &'a str) -> Self {
+        Self {
+            source: SourceText::new(text),
+            text,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Parses the text; the spec is `None` when there are errors.
+    pub(crate) fn parse(mut self) -> (Option<EnvironmentSpec>, Vec<Problem>) {
+        let spec = self.document();
+        let mut problems = self.problems;
+        problems.sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
+        let ok = !problems.iter().any(|p| p.severity == Severity::Error);
+        (spec.filter(|_| ok), problems)
+    }
+
+    fn location(&self, node: &Node) -> Location {
+        self.source
+            .location(node.mark.line, node.mark.column, node.width())
+    }
+
+    fn error(&mut self, kind: ProblemKind, node: &Node) {
+        let location = self.location(node);
+        self.problems.push(Problem::error(kind, Some(location)));
+    }
+
+    fn wrong_type(&mut self, field: &str, expected: &'static str, node: &Node) -> Option<()> {
+        self.error(
+            ProblemKind::WrongType {
+                field: field.to_owned(),
+                expected,
+                found: node.describe(),
+            },
+            node,
+        );
+        None
+    }
+
+    fn document(&mut self) -> Option<EnvironmentSpec> {
+        let documents = match yaml::load(self.text) {
+            Ok(documents) => documents,
+            Err(error) => {
+                self.syntax_error(error);
+                return None;
+            }
+        };
+        let root = match documents.as_slice() {
+            [] => {
+                self.problems.push(
+                    Problem::error(ProblemKind::Empty, None)
+                        .with_help("an environment file needs at least `dependencies:`"),
+                );
+                return None;
+            }
+            [root] => root,
+            [_, second, ..] => {
+                let count = documents.len();
+                self.error(ProblemKind::ManyDocuments { count }, second);
+                return None;
+            }
+        };
+        let NodeKind::Mapping(entries) = &root.kind else {
+            let location = self.location(root);
+            let mut problem = Problem::error(
+                ProblemKind::NotAMapping {
+                    found: root.describe(),
+                },
+                Some(location),
+            );
+            if matches!(root.kind, NodeKind::Scalar { .. }) {
+                problem = problem.with_help(
+                    "this looks like a requirements.txt; an environment.yml lists packages under \
+                     `dependencies:` (pip requirements under `- pip:`)",
+                );
+            }
+            self.problems.push(problem);
+            return None;
+        };
+
+        let mut spec = EnvironmentSpec::default();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut has_dependencies = false;
+        for (key_node, value) in entries {
+            let Some(key) = key_node.as_str().map(str::to_owned) else {
+                self.wrong_type("a top-level key", "a string", key_node);
+                continue;
+            };
+            if let Some(first_line) = seen.insert(key.clone(), key_node.mark.line) {
+                self.error(
+                    ProblemKind::DuplicateKey {
+                        key: key.clone(),
+                        first_line,
+                    },
+                    key_node,
+                );
+                continue;
+            }
+            match key.as_str() {
+                "name" => spec.name = self.string("name", value),
+                "prefix" => spec.prefix = self.string("prefix", value),
+                "category" => spec.category = self.string("category", value),
+                "channels" => spec.channels = self.channels(value),
+                "dependencies" => {
+                    has_dependencies = true;
+                    spec.dependencies = self.dependencies(value);
+                }
+                "variables" => spec.variables = self.variables(value),
+                "platforms" => spec.platforms = self.platforms(value),
+                "pip" => {
+                    let location = self.location(key_node);
+                    self.problems.push(
+                        Problem::warning(ProblemKind::TopLevelPip, Some(location)).with_help(
+                            "move it under `dependencies:` as a `- pip:` item with its \
+                             requirements indented below it",
+                        ),
+                    );
+                }
+                _ => {
+                    let location = self.location(key_node);
+                    let mut problem =
+                        Problem::warning(ProblemKind::UnknownKey { key: key.clone() }, Some(location));
+                    problem = match did_you_mean(&key) {
+                        Some(known) => problem.with_help(format!("did you mean `{known}`?")),
+                        None => problem.with_help(format!(
+                            "conda reads only `name`, `channels`, `dependencies`, `variables` \
+                             and `prefix`{}",
+                            " (keel also reads conda-lock's `platforms` and `category`)"
+                        )),
+                    };
+                    self.problems.push(problem);
+                }
+            }
+        }
+        if !has_dependencies {
+            self.problems.push(
+                Problem::warning(ProblemKind::NoDependencies, None)
+                    .with_help("add a `dependencies:` list of conda packages"),
+            );
+        }
+        if spec.needs_implicit_pip() {
+            let location = spec.dependencies.iter().find_map(|entry| match entry {
+                DependencyEntry::Pip(section) => section.location,
+                _ => None,
+            });
+            self.problems.push(
+                Problem::warning(ProblemKind::ImplicitPip, location).with_help(
+                    "add `- pip` to `dependencies` so that the environment's own pip installs \
+                     these packages",
+                ),
+            );
+        }
+        Some(spec)
+    }
+
+    fn syntax_error(&mut self, error: yaml::SyntaxError) {
+        let line = self.source.line(error.mark.line);
+        // A tab in the indentation is the usual cause: point at it rather than after it.
+        let indentation: String = line.chars().take_while(|c| *c == ' ' || *c == '\t').collect();
+        let column = match indentation.find('\t') {
+            Some(tab) if tab < error.mark.column => tab + 1,
+            _ => error.mark.column,
+        };
+        let location = self.source.location(error.mark.line, column, 1);
+        let mut problem = Problem::error(
+            ProblemKind::Yaml {
+                message: error.message,
+            },
+            Some(location),
+        );
+        let before_error: String = line.chars().take(error.mark.column).collect();
+        let misindented_pip = (error.mark.line.saturating_sub(2)..=error.mark.line)
+            .map(|n| self.source.line(n).trim_start())
+            .any(|l| l.starts_with("pip:"));
+        if before_error.contains('\t') || line.trim_start_matches(' ').starts_with('\t') {
+            problem = problem.with_help(
+                "YAML does not allow a tab to indent; replace the tab on this line with spaces",
+            );
+        } else if misindented_pip {
+            problem = problem.with_help(
+                "`pip:` must be a list item under `dependencies`: write `- pip:` and indent its \
+                 requirements below it",
+            );
+        } else if self.text.trim_start().starts_with("@EXPLICIT")
+            || self.text.lines().any(|l| l.trim() == "@EXPLICIT")
+        {
+            problem = problem.with_help(
+                "this is an explicit package list (`conda list --explicit`), not an \
+                 environment.yml",
+            );
+        }
+        self.problems.push(problem);
+    }
+
+    /// A scalar section such as `name:`; null is absent.
+    fn string(&mut self, field: &str, node: &Node) -> Option<String> {
+        if node.is_null() {
+            return None;
+        }
+        match node.as_str() {
+            Some(value) => Some(value.to_owned()),
+            None => self.wrong_type(field, "a string", node).and(None),
+        }
+    }
+
+    /// The items of a list section; null is an empty list.
+    fn list<'n>(&mut self, field: &str, node: &'n Node) -> &'n [Node] {
+        match &node.kind {
+            NodeKind::Sequence(items) => items,
+            _ if node.is_null() => &[],
+            _ => {
+                self.wrong_type(field, "a list", node);
+                &[]
+            }
+        }
+    }
+
+    fn channels(&mut self, node: &Node) -> Vec<ChannelEntry> {
+        let mut channels = Vec::new();
+        for item in self.list("channels", node) {
+            match item.as_str() {
+                Some(source) => channels.push(ChannelEntry {
+                    kind: ChannelKind::classify(source),
+                    source: source.to_owned(),
+                    location: Some(self.location(item)),
+                }),
+                None => {
+                    self.wrong_type("a channel", "a string", item);
+                }
+            }
+        }
+        channels
+    }
+
+    fn dependencies(&mut self, node: &Node) -> Vec<DependencyEntry> {
+        let mut dependencies = Vec::new();
+        for item in self.list("dependencies", node) {
+            match &item.kind {
+                NodeKind::Scalar { .. } if !item.is_null() => {
+                    let selector = self.comment_selector(item);
+                    if let Some(dependency) = self.conda_dependency(item, selector) {
+                        dependencies.push(DependencyEntry::Conda(dependency));
+                    }
+                }
+                NodeKind::Mapping(entries) => {
+                    for (key, value) in entries {
+                        if let Some(entry) = self.sub_section(key, value) {
+                            dependencies.push(entry);
+                        }
+                    }
+                }
+                _ => {
+                    self.wrong_type(
+                        "a dependency",
+                        "a package spec or a `pip:` section",
+                        item,
+                    );
+                }
+            }
+        }
+        dependencies
+    }
+
+    fn conda_dependency(&mut self, node: &Node, selector: Option<Selector>) -> Option<CondaDependency> {
+        let source = node.as_str()?;
+        match MatchSpec::from_str(source, ParseStrictness::Lenient) {
+            Ok(spec) => {
+                if let Some(selector) = &selector {
+                    self.check_selector(selector, node);
+                }
+                Some(CondaDependency {
+                    source: source.to_owned(),
+                    spec,
+                    selector,
+                    location: Some(self.location(node)),
+                })
+            }
+            Err(error) => {
+                if let Some(dependency) = self.conda_dependency_with_extras(node, source, &selector) {
+                    return Some(dependency);
+                }
+                let location = self.location(node);
+                let mut problem = Problem::error(
+                    ProblemKind::MatchSpec {
+                        spec: source.to_owned(),
+                        source: error,
+                    },
+                    Some(location),
+                );
+                if source.contains("__") || source.contains("{{") || source.contains("{%") {
+                    problem = problem.with_help(
+                        "this looks like a template placeholder; fill it in before using the file",
+                    );
+                }
+                self.problems.push(problem);
+                None
+            }
+        }
+    }
+
+    /// conda drops a trailing `[...]` that holds no `key=value` (`tiled[all]` installs
+    /// `tiled`); rattler refuses it. Read it as conda does, with a warning.
+    fn conda_dependency_with_extras(
+        &mut self,
+        node: &Node,
+        source: &str,
+        selector: &Option<Selector>,
+    ) -> Option<CondaDependency> {
+        let without_comment = source.split(" #").next().unwrap_or(source).trim_end();
+        let open = without_comment.rfind('[')?;
+        let extras = without_comment[open + 1..].strip_suffix(']')?;
+        if extras.contains('=') {
+            return None;
+        }
+        let rest = &without_comment[..open];
+        let spec = MatchSpec::from_str(rest, ParseStrictness::Lenient).ok()?;
+        let location = self.location(node);
+        self.problems.push(
+            Problem::warning(
+                ProblemKind::IgnoredExtras {
+                    name: spec.name.to_string(),
+                    extras: extras.to_owned(),
+                },
+                Some(location),
+            )
+            .with_help(format!(
+                "write `{rest}` (or list `{rest}[{extras}]` under `- pip:` to get the extras)"
+            )),
+        );
+        Some(CondaDependency {
+            source: source.to_owned(),
+            spec,
+            selector: selector.clone(),
+            location: Some(location),
+        })
+    }
+
+    fn sub_section(&mut self, key: &Node, value: &Node) -> Option<DependencyEntry> {
+        let Some(name) = key.as_str() else {
+            return self
+                .wrong_type("a dependency section name", "a string", key)
+                .and(None);
+        };
+        if let Some(selector) = selector::mamba_selector(name) {
+            return match value.as_str() {
+                Some(_) => self
+                    .conda_dependency(value, Some(selector))
+                    .map(DependencyEntry::Conda),
+                None => self
+                    .wrong_type(name, "a package spec", value)
+                    .and(None),
+            };
+        }
+        if name == "pip" {
+            let mut section = PipSection {
+                entries: Vec::new(),
+                location: Some(self.location(key)),
+            };
+            for line in self.list("pip", value) {
+                match line.as_str() {
+                    Some(text) => {
+                        if let Some(entry) = self.pip_entry(line, text) {
+                            section.entries.push(entry);
+                        }
+                    }
+                    None => {
+                        self.wrong_type("a pip requirement", "a string", line);
+                    }
+                }
+            }
+            return Some(DependencyEntry::Pip(section));
+        }
+        let location = self.location(key);
+        self.problems.push(Problem::warning(
+            ProblemKind::UnknownSubSection {
+                name: name.to_owned(),
+            },
+            Some(location),
+        ));
+        let entries = match &value.kind {
+            NodeKind::Sequence(items) => items
+                .iter()
+                .filter_map(|item| item.as_str().map(str::to_owned))
+                .collect(),
+            _ => value.as_str().map(str::to_owned).into_iter().collect(),
+        };
+        Some(DependencyEntry::Other(OtherSection {
+            name: name.to_owned(),
+            entries,
+        }))
+    }
+
+    fn pip_entry(&mut self, node: &Node, text: &str) -> Option<PipEntry> {
+        let selector = self.comment_selector(node);
+        match pip::classify(text) {
+            Ok(kind) => {
+                if let Some(selector) = &selector {
+                    self.check_selector(selector, node);
+                }
+                Some(PipEntry {
+                    source: text.to_owned(),
+                    kind,
+                    selector,
+                    location: Some(self.location(node)),
+                })
+            }
+            Err(error) => {
+                let mut location = self.location(node);
+                // Point at the character pep508 names, on the line as written.
+                let quote = usize::from(matches!(
+                    node.kind,
+                    NodeKind::Scalar { style: TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted, .. }
+                ));
+                let leading = text.len() - text.trim_start().len();
+                let column = node.mark.column + quote + leading + error.error.start;
+                if !text.contains('\n') {
+                    location = self
+                        .source
+                        .location(node.mark.line, column, error.error.len.max(1));
+                }
+                let reason = error.error.message.to_string();
+                let mut problem = Problem::warning(
+                    ProblemKind::PipLine {
+                        line: text.to_owned(),
+                        source: error.error,
+                    },
+                    Some(location),
+                );
+                problem = match single_equals_fix(text) {
+                    Some(fixed) => problem.with_help(format!(
+                        "pip pins with `==`: write `{fixed}` (a single `=` is conda's syntax)"
+                    )),
+                    None => problem.with_help(
+                        "pip lines are PEP 508 requirements or requirements-file lines \
+                         (`-e PATH`, `--extra-index-url URL`, a URL or a path)",
+                    ),
+                };
+                self.problems.push(problem);
+                Some(PipEntry {
+                    source: text.to_owned(),
+                    kind: pip::PipEntryKind::Invalid { reason },
+                    selector,
+                    location: Some(self.location(node)),
+                })
+            }
+        }
+    }
+
+    fn check_selector(&mut self, selector: &Selector, node: &Node) {
+        if !selector.is_known() {
+            let location = self.location(node);
+            self.problems.push(
+                Problem::warning(
+                    ProblemKind::UnknownSelector {
+                        condition: selector.condition.clone(),
+                    },
+                    Some(location),
+                )
+                .with_help(format!(
+                    "known selectors: {}",
+                    selector::KNOWN.join(", ")
+                )),
+            );
+        }
+    }
+
+    /// The `# [selector]` comment after a scalar, on the scalar's line.
+    fn comment_selector(&self, node: &Node) -> Option<Selector> {
+        let NodeKind::Scalar { value, style, .. } = &node.kind else {
+            return None;
+        };
+        if value.contains('\n') {
+            return None;
+        }
+        let line = self.source.line(node.mark.line);
+        let start = line
+            .char_indices()
+            .nth(node.mark.column - 1)
+            .map(|(byte, _)| byte)?;
+        let from_value = &line[start..];
+        let end = match style {
+            TScalarStyle::Plain => from_value.starts_with(value.as_str()).then_some(value.len())?,
+            TScalarStyle::SingleQuoted => closing_quote(from_value, '\'')?,
+            TScalarStyle::DoubleQuoted => closing_quote(from_value, '"')?,
+            _ => return None,
+        };
+        selector::comment_selector(&from_value[end..])
+    }
+
+    fn variables(&mut self, node: &Node) -> IndexMap<String, String> {
+        let mut variables = IndexMap::new();
+        match &node.kind {
+            NodeKind::Mapping(entries) => {
+                for (key, value) in entries {
+                    let Some(name) = key.as_str() else {
+                        self.wrong_type("a variable name", "a string", key);
+                        continue;
+                    };
+                    let value = match &value.kind {
+                        NodeKind::Scalar { value, .. } if !value_is_null(value) => value.clone(),
+                        NodeKind::Scalar { .. } => String::new(),
+                        _ => {
+                            self.wrong_type(&format!("variable `{name}`"), "a string", value);
+                            continue;
+                        }
+                    };
+                    variables.insert(name.to_owned(), value);
+                }
+            }
+            _ if node.is_null() => {}
+            _ => {
+                self.wrong_type("variables", "a mapping of names to values", node);
+            }
+        }
+        variables
+    }
+
+    fn platforms(&mut self, node: &Node) -> Vec<Subdir> {
+        let mut platforms = Vec::new();
+        for item in self.list("platforms", node) {
+            let Some(text) = item.as_str() else {
+                self.wrong_type("a platform", "a string", item);
+                continue;
+            };
+            match text.parse::<Subdir>() {
+                Ok(platform) => platforms.push(platform),
+                Err(source) => {
+                    let location = self.location(item);
+                    self.problems.push(
+                        Problem::error(
+                            ProblemKind::Platform {
+                                platform: text.to_owned(),
+                                source,
+                            },
+                            Some(location),
+                        )
+                        .with_help("platforms look like `linux-64`, `osx-arm64`, `win-64`"),
+                    );
+                }
+            }
+        }
+        platforms
+    }
+}
+
+fn value_is_null(value: &str) -> bool {
+    matches!(value, "" | "~" | "null" | "Null" | "NULL")
+}
+
+/// The byte just past the closing quote of a quoted scalar that starts `text`.
+fn closing_quote(text: &str, quote: char) -> Option<usize> {
+    let mut chars = text.char_indices().skip(1).peekable();
+    while let Some((i, c)) = chars.next() {
+        if quote == '"' && c == '\\' {
+            chars.next();
+        } else if c == quote {
+            if quote == '\'' && chars.peek().is_some_and(|(_, next)| *next == '\'') {
+                chars.next();
+                continue;
+            }
+            return Some(i + c.len_utf8());
+        }
+    }
+    None
+}
+
+/// `jupyterlab=1.0.0` -> `jupyterlab==1.0.0`, where that makes a valid requirement.
+fn single_equals_fix(text: &str) -> Option<String> {
+    let (name, version) = text.split_once('=')?;
+    if version.starts_with('=') || name.ends_with(['<', '>', '!', '~']) {
+        return None;
+    }
+    let fixed = format!("{}=={}", name.trim_end(), version.trim_start());
+    pip::classify(&fixed).ok().map(|_| fixed)
+}
+
+fn did_you_mean(key: &str) -> Option<&'static str> {
+    KNOWN_KEYS
+        .iter()
+        .map(|known| (strsim::jaro_winkler(&key.to_lowercase(), known), *known))
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, known)| known)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_known_keys() {
+        assert_eq!(did_you_mean("chanels"), Some("channels"));
+        assert_eq!(did_you_mean("dependecies"), Some("dependencies"));
+        assert_eq!(did_you_mean("prefis"), Some("prefix"));
+        assert_eq!(did_you_mean("build"), None);
+    }
+
+    #[test]
+    fn finds_closing_quotes() {
+        assert_eq!(closing_quote("'it''s' # x", '\''), Some(7));
+        assert_eq!(closing_quote(r#""a\"b" # x"#, '"'), Some(6));
+    }
+
+    #[test]
+    fn fixes_single_equals() {
+        assert_eq!(single_equals_fix("jupyterlab=1.0.0").as_deref(), Some("jupyterlab==1.0.0"));
+        assert_eq!(single_equals_fix("a>=1"), None);
+    }
+}

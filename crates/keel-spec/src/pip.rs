@@ -1,0 +1,258 @@
+//! The lines of a `- pip:` sub-section.
+//!
+//! conda writes these lines to a temporary requirements file and runs `pip install -r` on it, so
+//! a line may be anything a requirements file holds: a PEP 508 requirement, an option such as
+//! `--extra-index-url`, an editable install, a URL or a local path.
+
+use std::str::FromStr;
+
+use pep508_rs::{Pep508Error, Requirement};
+use serde::{Serialize, Serializer};
+
+use crate::selector::Selector;
+use crate::source::Location;
+
+/// One line of the pip sub-section.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipEntry {
+    /// The text as written.
+    pub source: String,
+    /// What the line is.
+    pub kind: PipEntryKind,
+    /// conda-lock's `# [platform]` comment selector on the line.
+    pub selector: Option<Selector>,
+    /// Where it was written.
+    #[serde(skip)]
+    pub location: Option<Location>,
+}
+
+impl PartialEq for PipEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source && self.kind == other.kind && self.selector == other.selector
+    }
+}
+
+/// What a pip line is. Anything but a [`PipEntryKind::Requirement`] is kept as written and
+/// handed to pip (or uv) unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", content = "value", rename_all = "kebab-case")]
+pub enum PipEntryKind {
+    /// A PEP 508 requirement: `transformers==4.30.0`, `torch @ https://…`, with the
+    /// per-requirement options pip allows after it (`--hash=sha256:…`).
+    Requirement {
+        /// The requirement.
+        #[serde(serialize_with = "serialize_requirement")]
+        requirement: Box<Requirement>,
+        /// Options after it, such as `--hash=sha256:…`, as written.
+        options: Vec<String>,
+    },
+    /// `-e TARGET` / `--editable TARGET`: an editable install of a path or VCS URL.
+    Editable(String),
+    /// A bare URL: `git+https://…@v1`, `https://…/pkg.whl`.
+    Url(String),
+    /// A local path: `.`, `./module`, `../pkg.whl`, `/abs/dir`.
+    Path(String),
+    /// `-r FILE` / `--requirement FILE`: lines of another requirements file.
+    RequirementsFile(String),
+    /// `-c FILE` / `--constraint FILE`: constraints from another file.
+    ConstraintsFile(String),
+    /// A line pip will refuse (such as `jupyterlab=1.0.0`), kept as written: conda reads the
+    /// file and only pip fails. `reason` is the PEP 508 parser's message.
+    Invalid {
+        /// Why pip refuses it.
+        reason: String,
+    },
+    /// An option such as `--extra-index-url URL`, `-f DIR`, `--pre`.
+    Option {
+        /// The option as written, such as `--extra-index-url` or `-f`.
+        name: String,
+        /// Its value, if it takes one.
+        value: Option<String>,
+    },
+}
+
+/// Options a requirements file may hold that take a value.
+const OPTIONS_WITH_VALUE: &[&str] = &[
+    "-i",
+    "--index-url",
+    "--extra-index-url",
+    "-f",
+    "--find-links",
+    "--trusted-host",
+    "--no-binary",
+    "--only-binary",
+    "--config-settings",
+    "--global-option",
+    "--use-feature",
+];
+
+/// Options a requirements file may hold that take no value.
+const FLAG_OPTIONS: &[&str] = &["--no-index", "--pre", "--prefer-binary", "--require-hashes"];
+
+/// A pip line that is none of the forms pip accepts.
+#[derive(Debug)]
+pub(crate) struct PipLineError {
+    pub(crate) error: Box<Pep508Error>,
+}
+
+/// Classifies one pip line. `Err` carries the PEP 508 error for a line that looks like a
+/// requirement but is not one (`jupyterlab=1.0.0`).
+pub(crate) fn classify(line: &str) -> Result<PipEntryKind, PipLineError> {
+    let line = line.trim();
+    if let Some((name, value)) = split_option(line) {
+        let value = value.map(str::to_owned);
+        return Ok(match (name, value) {
+            ("-e" | "--editable", Some(value)) => PipEntryKind::Editable(value),
+            ("-r" | "--requirement", Some(value)) => PipEntryKind::RequirementsFile(value),
+            ("-c" | "--constraint", Some(value)) => PipEntryKind::ConstraintsFile(value),
+            (name, value) => PipEntryKind::Option {
+                name: name.to_owned(),
+                value,
+            },
+        });
+    }
+    if is_url(line) {
+        return Ok(PipEntryKind::Url(line.to_owned()));
+    }
+    if is_path(line) {
+        return Ok(PipEntryKind::Path(line.to_owned()));
+    }
+    let (requirement, options) = split_requirement_options(line);
+    Requirement::from_str(requirement)
+        .map(|requirement| PipEntryKind::Requirement {
+            requirement: Box::new(requirement),
+            options,
+        })
+        .map_err(|error| PipLineError {
+            error: Box::new(error),
+        })
+}
+
+/// Splits `--name value`, `--name=value` or `-nVALUE` for a known option.
+fn split_option(line: &str) -> Option<(&str, Option<&str>)> {
+    if !line.starts_with('-') {
+        return None;
+    }
+    let (head, tail) = match line.find(|c: char| c == '=' || c.is_whitespace()) {
+        Some(i) => (&line[..i], Some(line[i + 1..].trim())),
+        None => (line, None),
+    };
+    let with_value = ["-e", "--editable", "-r", "--requirement", "-c", "--constraint"]
+        .iter()
+        .chain(OPTIONS_WITH_VALUE)
+        .find(|option| **option == head);
+    if let Some(option) = with_value {
+        return Some((option, tail.filter(|v| !v.is_empty())));
+    }
+    if let Some(option) = FLAG_OPTIONS.iter().find(|option| **option == head) {
+        return Some((option, tail.filter(|v| !v.is_empty())));
+    }
+    // Short options glued to their value: `-e.`, `-rrequirements.txt`.
+    for short in ["-e", "-r", "-c", "-i", "-f"] {
+        if let Some(value) = line.strip_prefix(short).filter(|v| !v.is_empty()) {
+            return Some((short, Some(value.trim())));
+        }
+    }
+    // An option pip knows and keel does not name: kept as written.
+    Some((head, tail.filter(|v| !v.is_empty())))
+}
+
+/// Splits pip's per-requirement options (`--hash`, `--config-settings`, `--global-option`)
+/// off the end of a requirement line.
+fn split_requirement_options(line: &str) -> (&str, Vec<String>) {
+    let mut cut = None;
+    for (i, _) in line.match_indices("--") {
+        let preceded_by_space = line[..i].ends_with(char::is_whitespace);
+        let option = &line[i..];
+        if preceded_by_space
+            && ["--hash", "--config-settings", "--global-option", "--install-option"]
+                .iter()
+                .any(|name| option.starts_with(name))
+        {
+            cut = Some(i);
+            break;
+        }
+    }
+    match cut {
+        Some(i) => (
+            line[..i].trim_end(),
+            line[i..].split_whitespace().map(str::to_owned).collect(),
+        ),
+        None => (line, Vec::new()),
+    }
+}
+
+fn is_url(line: &str) -> bool {
+    let scheme_end = line.find("://");
+    scheme_end.is_some_and(|end| {
+        let scheme = &line[..end];
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
+    }) || line.starts_with("file:")
+}
+
+fn is_path(line: &str) -> bool {
+    line == "."
+        || line == ".."
+        || line.starts_with("./")
+        || line.starts_with("../")
+        || line.starts_with('/')
+        || line.starts_with("~/")
+        || line.starts_with(".\\")
+        || (line.len() > 2 && line.as_bytes()[1] == b':' && line.as_bytes()[2] == b'\\')
+        || ((line.ends_with(".whl") || line.ends_with(".tar.gz") || line.ends_with(".zip"))
+            && !line.contains(' ')
+            && !line.contains('@'))
+}
+
+fn serialize_requirement<S: Serializer>(
+    requirement: &Requirement,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&requirement.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_requirements_file_lines() {
+        let kind = |line: &str| classify(line).unwrap();
+        assert!(matches!(kind("transformers==4.30.0"), PipEntryKind::Requirement { .. }));
+        assert!(matches!(kind("requests[security]>=2; python_version > '3'"), PipEntryKind::Requirement { .. }));
+        assert!(matches!(kind("torch @ https://x/torch.whl"), PipEntryKind::Requirement { .. }));
+        let PipEntryKind::Requirement { requirement, options } =
+            kind("flit-core === 3.9.0 --hash=sha256:1234")
+        else {
+            panic!("not a requirement")
+        };
+        assert_eq!(requirement.name.to_string(), "flit-core");
+        assert_eq!(options, ["--hash=sha256:1234"]);
+        assert_eq!(kind("-e ."), PipEntryKind::Editable(".".into()));
+        assert_eq!(kind("--editable=./module"), PipEntryKind::Editable("./module".into()));
+        assert_eq!(
+            kind("--extra-index-url https://download.pytorch.org/whl/cu118"),
+            PipEntryKind::Option {
+                name: "--extra-index-url".into(),
+                value: Some("https://download.pytorch.org/whl/cu118".into())
+            }
+        );
+        assert_eq!(
+            kind("-f ./wheels"),
+            PipEntryKind::Option { name: "-f".into(), value: Some("./wheels".into()) }
+        );
+        assert_eq!(kind("-r other.txt"), PipEntryKind::RequirementsFile("other.txt".into()));
+        assert_eq!(kind("git+https://github.com/a/b@v2.0b2"), PipEntryKind::Url("git+https://github.com/a/b@v2.0b2".into()));
+        assert_eq!(kind("./module"), PipEntryKind::Path("./module".into()));
+        assert_eq!(kind("--pre"), PipEntryKind::Option { name: "--pre".into(), value: None });
+    }
+
+    #[test]
+    fn single_equals_is_not_a_requirement() {
+        let error = classify("jupyterlab=1.0.0").unwrap_err();
+        assert!(error.error.to_string().contains('='), "{}", error.error);
+    }
+}
