@@ -53,9 +53,9 @@ pub enum ProblemKind {
         first_line: usize,
     },
     /// A value of the wrong shape.
-    #[error("`{field}` must be {expected}, found {found}")]
+    #[error("{field} must be {expected}, found {found}")]
     WrongType {
-        /// The field, such as `channels` or `dependencies`.
+        /// What holds the value: `` `channels` `` or `a dependency`.
         field: String,
         /// What it must be.
         expected: &'static str,
@@ -118,6 +118,9 @@ pub enum ProblemKind {
         /// The sub-section's key.
         name: String,
     },
+    /// A tab YAML allows but conda's YAML reader (ruamel, like PyYAML) refuses.
+    #[error("conda cannot read this tab: its YAML reader takes tabs only inside quotes and comments")]
+    CondaRefusesTab,
     /// A platform selector keel does not know.
     #[error("unknown platform selector `{condition}`: the line applies to no platform")]
     UnknownSelector {

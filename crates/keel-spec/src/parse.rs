@@ -52,6 +52,18 @@ impl<'a> Parser<'a> {
     }
 
     fn location(&self, node: &Node) -> Location {
+        if node.is_null() {
+            // An empty value is marked where the next token starts; point at the `-` or `:`
+            // that introduced it instead.
+            for line in (node.mark.line.saturating_sub(3).max(1)..=node.mark.line).rev() {
+                let text = self.source.line(line);
+                let trimmed = text.trim_end();
+                if trimmed.ends_with('-') || trimmed.ends_with(':') {
+                    let column = trimmed.chars().count();
+                    return self.source.location(line, column, 1);
+                }
+            }
+        }
         self.source
             .location(node.mark.line, node.mark.column, node.width())
     }
@@ -92,7 +104,17 @@ impl<'a> Parser<'a> {
             [root] => root,
             [_, second, ..] => {
                 let count = documents.len();
-                self.error(ProblemKind::ManyDocuments { count }, second);
+                let marker = (1..=second.mark.line)
+                    .rev()
+                    .find(|line| self.source.line(*line).starts_with("---"));
+                let location = match marker {
+                    Some(line) => self.source.location(line, 1, 3),
+                    None => self.location(second),
+                };
+                self.problems.push(
+                    Problem::error(ProblemKind::ManyDocuments { count }, Some(location))
+                        .with_help("keep one environment per file"),
+                );
                 return None;
             }
         };
@@ -114,6 +136,7 @@ impl<'a> Parser<'a> {
             return None;
         };
 
+        self.tabs_conda_refuses();
         let mut spec = EnvironmentSpec::default();
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut has_dependencies = false;
@@ -189,6 +212,35 @@ impl<'a> Parser<'a> {
         Some(spec)
     }
 
+    /// YAML 1.2 allows a tab as separating white space (`-\tpython`, `numpy\t# c`);
+    /// conda's reader refuses every tab outside quotes and comments. Warn at each such line.
+    fn tabs_conda_refuses(&mut self) {
+        for (index, line) in self.text.lines().enumerate() {
+            if !line.contains('\t') {
+                continue;
+            }
+            let mut quote = None;
+            let mut previous = ' ';
+            for (column, c) in line.chars().enumerate() {
+                match (quote, c) {
+                    (None, '\'' | '"') => quote = Some(c),
+                    (Some(open), c) if c == open => quote = None,
+                    (None, '#') if previous == ' ' || previous == '\t' || column == 0 => break,
+                    (None, '\t') => {
+                        let location = self.source.location(index + 1, column + 1, 1);
+                        self.problems.push(
+                            Problem::warning(ProblemKind::CondaRefusesTab, Some(location))
+                                .with_help("replace the tab with a space"),
+                        );
+                        break;
+                    }
+                    _ => {}
+                }
+                previous = c;
+            }
+        }
+    }
+
     fn syntax_error(&mut self, error: yaml::SyntaxError) {
         let line = self.source.line(error.mark.line);
         // A tab in the indentation is the usual cause: point at it rather than after it.
@@ -208,7 +260,16 @@ impl<'a> Parser<'a> {
         let misindented_pip = (error.mark.line.saturating_sub(2)..=error.mark.line)
             .map(|n| self.source.line(n).trim_start())
             .any(|l| l.starts_with("pip:"));
-        if before_error.contains('\t') || line.trim_start_matches(' ').starts_with('\t') {
+        let after_indicator = line
+            .char_indices()
+            .find(|(_, c)| *c == '\t')
+            .and_then(|(i, _)| line[..i].chars().last())
+            .is_some_and(|c| c == ':' || c == '-');
+        if after_indicator {
+            problem = problem.with_help(
+                "YAML needs a space, not a tab, after `:` and `-`; replace the tab with a space",
+            );
+        } else if before_error.contains('\t') || line.trim_start_matches(' ').starts_with('\t') {
             problem = problem.with_help(
                 "YAML does not allow a tab to indent; replace the tab on this line with spaces",
             );
@@ -235,7 +296,7 @@ impl<'a> Parser<'a> {
         }
         match node.as_str() {
             Some(value) => Some(value.to_owned()),
-            None => self.wrong_type(field, "a string", node).and(None),
+            None => self.wrong_type(&format!("`{field}`"), "a string", node).and(None),
         }
     }
 
@@ -245,7 +306,7 @@ impl<'a> Parser<'a> {
             NodeKind::Sequence(items) => items,
             _ if node.is_null() => &[],
             _ => {
-                self.wrong_type(field, "a list", node);
+                self.wrong_type(&format!("`{field}`"), "a list", node);
                 &[]
             }
         }
@@ -383,7 +444,7 @@ impl<'a> Parser<'a> {
                     .conda_dependency(value, Some(selector))
                     .map(DependencyEntry::Conda),
                 None => self
-                    .wrong_type(name, "a package spec", value)
+                    .wrong_type(&format!("`{name}`"), "a package spec", value)
                     .and(None),
             };
         }
@@ -545,7 +606,7 @@ impl<'a> Parser<'a> {
             }
             _ if node.is_null() => {}
             _ => {
-                self.wrong_type("variables", "a mapping of names to values", node);
+                self.wrong_type("`variables`", "a mapping of names to values", node);
             }
         }
         variables

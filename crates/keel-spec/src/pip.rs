@@ -6,7 +6,7 @@
 
 use std::str::FromStr;
 
-use pep508_rs::{Pep508Error, Requirement};
+use pep508_rs::{Pep508Error, Pep508ErrorSource, Requirement};
 use serde::{Serialize, Serializer};
 
 use crate::selector::Selector;
@@ -24,6 +24,22 @@ pub struct PipEntry {
     /// Where it was written.
     #[serde(skip)]
     pub location: Option<Location>,
+}
+
+impl PipEntry {
+    /// Reads one pip line as written in an environment file. A line pip would refuse becomes
+    /// [`PipEntryKind::Invalid`] with pip's reason; nothing is lost.
+    pub fn parse(line: &str) -> Self {
+        let kind = classify(line).unwrap_or_else(|error| PipEntryKind::Invalid {
+            reason: error.error.message.to_string(),
+        });
+        Self {
+            source: line.to_owned(),
+            kind,
+            selector: None,
+            location: None,
+        }
+    }
 }
 
 impl PartialEq for PipEntry {
@@ -118,6 +134,9 @@ pub(crate) fn classify(line: &str) -> Result<PipEntryKind, PipLineError> {
         return Ok(PipEntryKind::Path(line.to_owned()));
     }
     let (requirement, options) = split_requirement_options(line);
+    check_name_end(requirement).map_err(|error| PipLineError {
+        error: Box::new(error),
+    })?;
     Requirement::from_str(requirement)
         .map(|requirement| PipEntryKind::Requirement {
             requirement: Box::new(requirement),
@@ -155,6 +174,27 @@ fn split_option(line: &str) -> Option<(&str, Option<&str>)> {
     }
     // An option pip knows and keel does not name: kept as written.
     Some((head, tail.filter(|v| !v.is_empty())))
+}
+
+/// pep508_rs 0.9 panics on a name that ends in `.`, `-` or `_` when more text follows it
+/// (`foo-==1.0`); refuse those names first, with the message it gives at the end of a line.
+fn check_name_end(requirement: &str) -> Result<(), Pep508Error> {
+    let start = requirement.len() - requirement.trim_start().len();
+    let rest = &requirement[start..];
+    let len = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+        .unwrap_or(rest.len());
+    match rest[..len].chars().last() {
+        Some(last @ ('.' | '-' | '_')) => Err(Pep508Error {
+            message: Pep508ErrorSource::String(format!(
+                "Package name must end with an alphanumeric character, not '{last}'"
+            )),
+            start: start + len - 1,
+            len: 1,
+            input: requirement.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Splits pip's per-requirement options (`--hash`, `--config-settings`, `--global-option`)
@@ -248,6 +288,15 @@ mod tests {
         assert_eq!(kind("git+https://github.com/a/b@v2.0b2"), PipEntryKind::Url("git+https://github.com/a/b@v2.0b2".into()));
         assert_eq!(kind("./module"), PipEntryKind::Path("./module".into()));
         assert_eq!(kind("--pre"), PipEntryKind::Option { name: "--pre".into(), value: None });
+    }
+
+    /// Found by the round-trip proptest: pep508_rs 0.9.2 panics on `b-_7--__==1.0`.
+    #[test]
+    fn regression_name_ending_in_separator_does_not_panic() {
+        for line in ["b-_7--__==1.0", "foo-==1", "foo. >=1", "foo_"] {
+            let error = classify(line).unwrap_err();
+            assert!(error.error.message.to_string().contains("alphanumeric"), "{line}");
+        }
     }
 
     #[test]
