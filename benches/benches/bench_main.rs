@@ -1,1 +1,5 @@
-fn main(){}
+//! keel's benchmarks, one module per topic. Run with `cargo bench -p keel-benches`.
+
+mod bench;
+
+criterion::criterion_main!(bench::spec::benches);

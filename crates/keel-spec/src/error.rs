@@ -39,7 +39,9 @@ pub enum ProblemKind {
         count: usize,
     },
     /// The top level is not a mapping of sections.
-    #[error("expected a mapping of sections (`name:`, `channels:`, `dependencies:`) at the top level, found {found}")]
+    #[error(
+        "expected a mapping of sections (`name:`, `channels:`, `dependencies:`) at the top level, found {found}"
+    )]
     NotAMapping {
         /// What was found instead.
         found: &'static str,
@@ -81,7 +83,9 @@ pub enum ProblemKind {
         source: Box<Pep508Error>,
     },
     /// Text in brackets after a conda package name that conda ignores (`tiled[all]`).
-    #[error("conda ignores `[{extras}]` after `{name}`: extras are a pip feature, conda installs plain `{name}`")]
+    #[error(
+        "conda ignores `[{extras}]` after `{name}`: extras are a pip feature, conda installs plain `{name}`"
+    )]
     IgnoredExtras {
         /// The package name.
         name: String,
@@ -104,7 +108,9 @@ pub enum ProblemKind {
         key: String,
     },
     /// `pip:` written as a top-level key instead of a `- pip:` item under `dependencies`.
-    #[error("`pip:` is a top-level section here, so conda ignores it and installs none of its packages")]
+    #[error(
+        "`pip:` is a top-level section here, so conda ignores it and installs none of its packages"
+    )]
     TopLevelPip,
     /// A pip sub-section while `pip` itself is not a dependency.
     #[error("the pip section needs `pip`, which is not in the dependencies; conda adds it for you")]
@@ -119,7 +125,9 @@ pub enum ProblemKind {
         name: String,
     },
     /// A tab YAML allows but conda's YAML reader (ruamel, like PyYAML) refuses.
-    #[error("conda cannot read this tab: its YAML reader takes tabs only inside quotes and comments")]
+    #[error(
+        "conda cannot read this tab: its YAML reader takes tabs only inside quotes and comments"
+    )]
     CondaRefusesTab,
     /// A platform selector keel does not know.
     #[error("unknown platform selector `{condition}`: the line applies to no platform")]
@@ -312,5 +320,4 @@ impl SpecError {
             _ => None,
         }
     }
-
 }

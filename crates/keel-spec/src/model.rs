@@ -4,8 +4,7 @@ use std::str::FromStr;
 
 use indexmap::IndexMap;
 use rattler_conda_types::{
-    EnvironmentYaml, MatchSpec, MatchSpecOrSubSection, NamedChannelOrUrl, ParseStrictness,
-    Subdir,
+    EnvironmentYaml, MatchSpec, MatchSpecOrSubSection, NamedChannelOrUrl, ParseStrictness, Subdir,
 };
 use serde::{Serialize, Serializer};
 
@@ -114,7 +113,7 @@ impl ChannelEntry {
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum DependencyEntry {
     /// A conda package spec, such as `python=3.10` or `pytorch::pytorch >=2`.
-    Conda(CondaDependency),
+    Conda(Box<CondaDependency>),
     /// The `- pip:` sub-section.
     Pip(PipSection),
     /// Another sub-section (`- npm: [...]`). Neither conda nor keel installs these; they are
@@ -178,7 +177,7 @@ impl EnvironmentSpec {
     /// The conda dependencies, in order.
     pub fn conda_dependencies(&self) -> impl Iterator<Item = &CondaDependency> {
         self.dependencies.iter().filter_map(|entry| match entry {
-            DependencyEntry::Conda(dependency) => Some(dependency),
+            DependencyEntry::Conda(dependency) => Some(&**dependency),
             _ => None,
         })
     }
@@ -197,10 +196,9 @@ impl EnvironmentSpec {
     /// Whether the file has a pip sub-section but lists no `pip` package, in which case conda
     /// installs `pip` anyway (and warns).
     pub fn needs_implicit_pip(&self) -> bool {
-        let has_pip_section = self
-            .dependencies
-            .iter()
-            .any(|entry| matches!(entry, DependencyEntry::Pip(section) if !section.entries.is_empty()));
+        let has_pip_section = self.dependencies.iter().any(
+            |entry| matches!(entry, DependencyEntry::Pip(section) if !section.entries.is_empty()),
+        );
         has_pip_section
             && !self
                 .conda_dependencies()

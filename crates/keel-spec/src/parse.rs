@@ -177,8 +177,10 @@ impl<'a> Parser<'a> {
                 }
                 _ => {
                     let location = self.location(key_node);
-                    let mut problem =
-                        Problem::warning(ProblemKind::UnknownKey { key: key.clone() }, Some(location));
+                    let mut problem = Problem::warning(
+                        ProblemKind::UnknownKey { key: key.clone() },
+                        Some(location),
+                    );
                     problem = match did_you_mean(&key) {
                         Some(known) => problem.with_help(format!("did you mean `{known}`?")),
                         None => problem.with_help(format!(
@@ -244,7 +246,10 @@ impl<'a> Parser<'a> {
     fn syntax_error(&mut self, error: yaml::SyntaxError) {
         let line = self.source.line(error.mark.line);
         // A tab in the indentation is the usual cause: point at it rather than after it.
-        let indentation: String = line.chars().take_while(|c| *c == ' ' || *c == '\t').collect();
+        let indentation: String = line
+            .chars()
+            .take_while(|c| *c == ' ' || *c == '\t')
+            .collect();
         let column = match indentation.find('\t') {
             Some(tab) if tab < error.mark.column => tab + 1,
             _ => error.mark.column,
@@ -296,7 +301,9 @@ impl<'a> Parser<'a> {
         }
         match node.as_str() {
             Some(value) => Some(value.to_owned()),
-            None => self.wrong_type(&format!("`{field}`"), "a string", node).and(None),
+            None => self
+                .wrong_type(&format!("`{field}`"), "a string", node)
+                .and(None),
         }
     }
 
@@ -336,7 +343,7 @@ impl<'a> Parser<'a> {
                 NodeKind::Scalar { .. } if !item.is_null() => {
                     let selector = self.comment_selector(item);
                     if let Some(dependency) = self.conda_dependency(item, selector) {
-                        dependencies.push(DependencyEntry::Conda(dependency));
+                        dependencies.push(DependencyEntry::Conda(Box::new(dependency)));
                     }
                 }
                 NodeKind::Mapping(entries) => {
@@ -347,18 +354,18 @@ impl<'a> Parser<'a> {
                     }
                 }
                 _ => {
-                    self.wrong_type(
-                        "a dependency",
-                        "a package spec or a `pip:` section",
-                        item,
-                    );
+                    self.wrong_type("a dependency", "a package spec or a `pip:` section", item);
                 }
             }
         }
         dependencies
     }
 
-    fn conda_dependency(&mut self, node: &Node, selector: Option<Selector>) -> Option<CondaDependency> {
+    fn conda_dependency(
+        &mut self,
+        node: &Node,
+        selector: Option<Selector>,
+    ) -> Option<CondaDependency> {
         let source = node.as_str()?;
         match MatchSpec::from_str(source, ParseStrictness::Lenient) {
             Ok(spec) => {
@@ -373,7 +380,8 @@ impl<'a> Parser<'a> {
                 })
             }
             Err(error) => {
-                if let Some(dependency) = self.conda_dependency_with_extras(node, source, &selector) {
+                if let Some(dependency) = self.conda_dependency_with_extras(node, source, &selector)
+                {
                     return Some(dependency);
                 }
                 let location = self.location(node);
@@ -442,7 +450,7 @@ impl<'a> Parser<'a> {
             return match value.as_str() {
                 Some(_) => self
                     .conda_dependency(value, Some(selector))
-                    .map(DependencyEntry::Conda),
+                    .map(|dependency| DependencyEntry::Conda(Box::new(dependency))),
                 None => self
                     .wrong_type(&format!("`{name}`"), "a package spec", value)
                     .and(None),
@@ -506,7 +514,10 @@ impl<'a> Parser<'a> {
                 // Point at the character pep508 names, on the line as written.
                 let quote = usize::from(matches!(
                     node.kind,
-                    NodeKind::Scalar { style: TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted, .. }
+                    NodeKind::Scalar {
+                        style: TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted,
+                        ..
+                    }
                 ));
                 let leading = text.len() - text.trim_start().len();
                 let column = node.mark.column + quote + leading + error.error.start;
@@ -553,10 +564,7 @@ impl<'a> Parser<'a> {
                     },
                     Some(location),
                 )
-                .with_help(format!(
-                    "known selectors: {}",
-                    selector::KNOWN.join(", ")
-                )),
+                .with_help(format!("known selectors: {}", selector::KNOWN.join(", "))),
             );
         }
     }
@@ -576,7 +584,9 @@ impl<'a> Parser<'a> {
             .map(|(byte, _)| byte)?;
         let from_value = &line[start..];
         let end = match style {
-            TScalarStyle::Plain => from_value.starts_with(value.as_str()).then_some(value.len())?,
+            TScalarStyle::Plain => from_value
+                .starts_with(value.as_str())
+                .then_some(value.len())?,
             TScalarStyle::SingleQuoted => closing_quote(from_value, '\'')?,
             TScalarStyle::DoubleQuoted => closing_quote(from_value, '"')?,
             _ => return None,
@@ -700,7 +710,10 @@ mod tests {
 
     #[test]
     fn fixes_single_equals() {
-        assert_eq!(single_equals_fix("jupyterlab=1.0.0").as_deref(), Some("jupyterlab==1.0.0"));
+        assert_eq!(
+            single_equals_fix("jupyterlab=1.0.0").as_deref(),
+            Some("jupyterlab==1.0.0")
+        );
         assert_eq!(single_equals_fix("a>=1"), None);
     }
 }

@@ -156,10 +156,17 @@ fn split_option(line: &str) -> Option<(&str, Option<&str>)> {
         Some(i) => (&line[..i], Some(line[i + 1..].trim())),
         None => (line, None),
     };
-    let with_value = ["-e", "--editable", "-r", "--requirement", "-c", "--constraint"]
-        .iter()
-        .chain(OPTIONS_WITH_VALUE)
-        .find(|option| **option == head);
+    let with_value = [
+        "-e",
+        "--editable",
+        "-r",
+        "--requirement",
+        "-c",
+        "--constraint",
+    ]
+    .iter()
+    .chain(OPTIONS_WITH_VALUE)
+    .find(|option| **option == head);
     if let Some(option) = with_value {
         return Some((option, tail.filter(|v| !v.is_empty())));
     }
@@ -205,9 +212,14 @@ fn split_requirement_options(line: &str) -> (&str, Vec<String>) {
         let preceded_by_space = line[..i].ends_with(char::is_whitespace);
         let option = &line[i..];
         if preceded_by_space
-            && ["--hash", "--config-settings", "--global-option", "--install-option"]
-                .iter()
-                .any(|name| option.starts_with(name))
+            && [
+                "--hash",
+                "--config-settings",
+                "--global-option",
+                "--install-option",
+            ]
+            .iter()
+            .any(|name| option.starts_with(name))
         {
             cut = Some(i);
             break;
@@ -261,18 +273,32 @@ mod tests {
     #[test]
     fn classifies_requirements_file_lines() {
         let kind = |line: &str| classify(line).unwrap();
-        assert!(matches!(kind("transformers==4.30.0"), PipEntryKind::Requirement { .. }));
-        assert!(matches!(kind("requests[security]>=2; python_version > '3'"), PipEntryKind::Requirement { .. }));
-        assert!(matches!(kind("torch @ https://x/torch.whl"), PipEntryKind::Requirement { .. }));
-        let PipEntryKind::Requirement { requirement, options } =
-            kind("flit-core === 3.9.0 --hash=sha256:1234")
+        assert!(matches!(
+            kind("transformers==4.30.0"),
+            PipEntryKind::Requirement { .. }
+        ));
+        assert!(matches!(
+            kind("requests[security]>=2; python_version > '3'"),
+            PipEntryKind::Requirement { .. }
+        ));
+        assert!(matches!(
+            kind("torch @ https://x/torch.whl"),
+            PipEntryKind::Requirement { .. }
+        ));
+        let PipEntryKind::Requirement {
+            requirement,
+            options,
+        } = kind("flit-core === 3.9.0 --hash=sha256:1234")
         else {
             panic!("not a requirement")
         };
         assert_eq!(requirement.name.to_string(), "flit-core");
         assert_eq!(options, ["--hash=sha256:1234"]);
         assert_eq!(kind("-e ."), PipEntryKind::Editable(".".into()));
-        assert_eq!(kind("--editable=./module"), PipEntryKind::Editable("./module".into()));
+        assert_eq!(
+            kind("--editable=./module"),
+            PipEntryKind::Editable("./module".into())
+        );
         assert_eq!(
             kind("--extra-index-url https://download.pytorch.org/whl/cu118"),
             PipEntryKind::Option {
@@ -282,12 +308,27 @@ mod tests {
         );
         assert_eq!(
             kind("-f ./wheels"),
-            PipEntryKind::Option { name: "-f".into(), value: Some("./wheels".into()) }
+            PipEntryKind::Option {
+                name: "-f".into(),
+                value: Some("./wheels".into())
+            }
         );
-        assert_eq!(kind("-r other.txt"), PipEntryKind::RequirementsFile("other.txt".into()));
-        assert_eq!(kind("git+https://github.com/a/b@v2.0b2"), PipEntryKind::Url("git+https://github.com/a/b@v2.0b2".into()));
+        assert_eq!(
+            kind("-r other.txt"),
+            PipEntryKind::RequirementsFile("other.txt".into())
+        );
+        assert_eq!(
+            kind("git+https://github.com/a/b@v2.0b2"),
+            PipEntryKind::Url("git+https://github.com/a/b@v2.0b2".into())
+        );
         assert_eq!(kind("./module"), PipEntryKind::Path("./module".into()));
-        assert_eq!(kind("--pre"), PipEntryKind::Option { name: "--pre".into(), value: None });
+        assert_eq!(
+            kind("--pre"),
+            PipEntryKind::Option {
+                name: "--pre".into(),
+                value: None
+            }
+        );
     }
 
     /// Found by the round-trip proptest: pep508_rs 0.9.2 panics on `b-_7--__==1.0`.
@@ -295,7 +336,10 @@ mod tests {
     fn regression_name_ending_in_separator_does_not_panic() {
         for line in ["b-_7--__==1.0", "foo-==1", "foo. >=1", "foo_"] {
             let error = classify(line).unwrap_err();
-            assert!(error.error.message.to_string().contains("alphanumeric"), "{line}");
+            assert!(
+                error.error.message.to_string().contains("alphanumeric"),
+                "{line}"
+            );
         }
     }
 

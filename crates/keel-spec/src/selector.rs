@@ -120,7 +120,10 @@ mod tests {
         let unix = comment_selector(" # cuda only [unix]").unwrap();
         assert!(unix.matches(Subdir::OsxArm64));
         assert!(!unix.matches(Subdir::Win64));
-        assert!(comment_selector("# [linux]").is_none(), "glued `#` is not a comment");
+        assert!(
+            comment_selector("# [linux]").is_none(),
+            "glued `#` is not a comment"
+        );
         assert!(comment_selector("  # plain comment").is_none());
     }
 

@@ -139,9 +139,9 @@ fn looks_like_yaml11_value(value: &str) -> bool {
     ];
     WORDS.contains(&value)
         || (value.chars().any(|c| c.is_ascii_digit())
-            && value
-                .chars()
-                .all(|c| c.is_ascii_digit() || matches!(c, '_' | '.' | ':' | '+' | '-' | 'e' | 'E')))
+            && value.chars().all(|c| {
+                c.is_ascii_digit() || matches!(c, '_' | '.' | ':' | '+' | '-' | 'e' | 'E')
+            }))
 }
 
 fn double_quoted(value: &str) -> String {

@@ -42,18 +42,53 @@ fn every_known_bad_file_gives_its_expected_problem() {
     let dir = common::shared_data().join("envs-bad");
     let expected: &[(&str, Severity, usize, &str)] = &[
         // A TAB at line 39, column 1: YAML cannot scan it.
-        ("geoschem__gcpy__docs__environment.yml", Severity::Error, 39, "invalid YAML"),
+        (
+            "geoschem__gcpy__docs__environment.yml",
+            Severity::Error,
+            39,
+            "invalid YAML",
+        ),
         // `pip:` at the indentation of the list items: a parse error naming the line.
-        ("conda-issue-9161__readme-example-misindented-pip.yml", Severity::Error, 10, "invalid YAML"),
+        (
+            "conda-issue-9161__readme-example-misindented-pip.yml",
+            Severity::Error,
+            10,
+            "invalid YAML",
+        ),
         // A pip line with a single `=`: the file reads, pip would refuse the line.
-        ("conda-issue-8879__pip-single-equals.yml", Severity::Warning, 19, "pip will refuse `jupyterlab=1.0.0`"),
+        (
+            "conda-issue-8879__pip-single-equals.yml",
+            Severity::Warning,
+            19,
+            "pip will refuse `jupyterlab=1.0.0`",
+        ),
         // A pip section without `pip`: conda warns and adds it.
-        ("conda-issue-4985__pip-only-no-pip-dep.yml", Severity::Warning, 3, "needs `pip`"),
+        (
+            "conda-issue-4985__pip-only-no-pip-dep.yml",
+            Severity::Warning,
+            3,
+            "needs `pip`",
+        ),
         // `pip:` at the top level: conda ignores it (unknown key).
-        ("3dgeo-heidelberg__vls-4d__env.yml", Severity::Warning, 9, "top-level section"),
+        (
+            "3dgeo-heidelberg__vls-4d__env.yml",
+            Severity::Warning,
+            9,
+            "top-level section",
+        ),
         // Template placeholders are not specs.
-        ("dmlc__dgl__script__dgl_dev.yml.template.yml", Severity::Error, 7, "invalid conda spec `python=__PYTHON_VERSION__`"),
-        ("pydata__xarray__doc__environment_template.yml", Severity::Error, 7, "invalid package name '{{'"),
+        (
+            "dmlc__dgl__script__dgl_dev.yml.template.yml",
+            Severity::Error,
+            7,
+            "invalid conda spec `python=__PYTHON_VERSION__`",
+        ),
+        (
+            "pydata__xarray__doc__environment_template.yml",
+            Severity::Error,
+            7,
+            "invalid package name '{{'",
+        ),
     ];
     for (file, severity, line, message) in expected {
         let checked = check_path(dir.join(file)).unwrap();

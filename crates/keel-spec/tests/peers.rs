@@ -94,8 +94,12 @@ fn conda_fixtures_give_condas_verdicts() {
     assert!(matches!(kinds[1], PipEntryKind::Option { name, .. } if name == "--extra-index-url"));
     assert!(matches!(kinds[2], PipEntryKind::Requirement { .. }));
     assert!(matches!(kinds[3], PipEntryKind::Editable(target) if target.starts_with("git+")));
-    assert!(matches!(kinds[4], PipEntryKind::Editable(target) if target == "./module_to_install_in_editable_mode"));
-    assert!(matches!(kinds[5], PipEntryKind::RequirementsFile(file) if file == "another-project-requirements.txt"));
+    assert!(
+        matches!(kinds[4], PipEntryKind::Editable(target) if target == "./module_to_install_in_editable_mode")
+    );
+    assert!(
+        matches!(kinds[5], PipEntryKind::RequirementsFile(file) if file == "another-project-requirements.txt")
+    );
 
     // channels_with_envvars.yml: `${VAR}` expands from the environment; the spec keeps it.
     let envvars = read_path(support.join("channels_with_envvars.yml"))
@@ -105,7 +109,10 @@ fn conda_fixtures_give_condas_verdicts() {
         envvars.channels[0].expand_vars(|name| (name == "CONDA_TOKEN").then(|| "tok".into())),
         "https://localhost/t/tok/stable"
     );
-    assert_eq!(envvars.channels[0].source, "https://localhost/t/${CONDA_TOKEN}/stable");
+    assert_eq!(
+        envvars.channels[0].source,
+        "https://localhost/t/${CONDA_TOKEN}/stable"
+    );
     assert_eq!(envvars.channels[3].kind, ChannelKind::Defaults);
 
     // A channel URL with a port before `::`.
@@ -114,7 +121,16 @@ fn conda_fixtures_give_condas_verdicts() {
         .spec;
     let flask = host_port.conda_dependencies().next().unwrap();
     assert_eq!(flask.spec.name.to_string(), "flask");
-    assert!(flask.spec.channel.as_ref().unwrap().base_url.as_str().contains("104.17.92.24"));
+    assert!(
+        flask
+            .spec
+            .channel
+            .as_ref()
+            .unwrap()
+            .base_url
+            .as_str()
+            .contains("104.17.92.24")
+    );
 
     // valid_keys.yml keeps all five keys.
     let valid = read_path(support.join("valid_keys.yml")).unwrap().spec;
@@ -139,10 +155,21 @@ fn conda_fixtures_give_condas_verdicts() {
     assert!(spec.name.is_none() && spec.channels.is_empty() && spec.dependencies.is_empty());
 
     // empty_deps.yml (null dependencies) and empty_env.yml (none): empty environments.
-    assert!(read_path(support.join("empty_deps.yml")).unwrap().spec.dependencies.is_empty());
+    assert!(
+        read_path(support.join("empty_deps.yml"))
+            .unwrap()
+            .spec
+            .dependencies
+            .is_empty()
+    );
     let empty = check_path(support.join("empty_env.yml")).unwrap();
     assert!(empty.spec.is_some());
-    assert!(empty.report.warnings().any(|w| matches!(w.kind, ProblemKind::NoDependencies)));
+    assert!(
+        empty
+            .report
+            .warnings()
+            .any(|w| matches!(w.kind, ProblemKind::NoDependencies))
+    );
 
     // requirements.txt and explicit.txt are not environment files.
     for file in ["requirements.txt", "explicit.txt"] {
@@ -150,7 +177,17 @@ fn conda_fixtures_give_condas_verdicts() {
         assert!(checked.report.has_errors(), "{file} must be refused");
     }
     let explicit = check_path(support.join("explicit.txt")).unwrap();
-    assert!(explicit.report.errors().next().unwrap().help.as_deref().unwrap().contains("explicit"));
+    assert!(
+        explicit
+            .report
+            .errors()
+            .next()
+            .unwrap()
+            .help
+            .as_deref()
+            .unwrap()
+            .contains("explicit")
+    );
 }
 
 /// rattler's own parser is the reference for what rattler reads: wherever it reads a file, the
@@ -158,7 +195,10 @@ fn conda_fixtures_give_condas_verdicts() {
 #[test]
 fn rattler_reads_every_fixture_as_keel_does() {
     let mut compared = 0;
-    for path in all_yaml(&peers()).into_iter().chain(all_yaml(&common::shared_data().join("envs"))) {
+    for path in all_yaml(&peers())
+        .into_iter()
+        .chain(all_yaml(&common::shared_data().join("envs")))
+    {
         let text = fs_err::read_to_string(&path).unwrap();
         let Ok(theirs) = EnvironmentYaml::from_yaml_str(&text) else {
             continue;
@@ -237,14 +277,21 @@ fn mamba_fixtures_give_mambas_verdicts() {
             .map(|s| s.name.to_string())
             .collect()
     };
-    assert_eq!(on(Subdir::Linux64), ["test1-unix", "test1-linux", "test2-linux", "test4"]);
+    assert_eq!(
+        on(Subdir::Linux64),
+        ["test1-unix", "test1-linux", "test2-linux", "test4"]
+    );
     assert_eq!(on(Subdir::OsxArm64), ["test1-unix", "test1-osx", "test4"]);
     assert_eq!(on(Subdir::Win64), ["test1-win", "test4"]);
 
     // env_3 / env_4: `pip` added implicitly, pip sub-section kept.
     for file in ["env_3.yaml", "env_4.yaml"] {
         let spec = read_path(dir.join(file)).unwrap().spec;
-        let specs: Vec<String> = spec.match_specs_for(None).iter().map(|s| s.name.to_string()).collect();
+        let specs: Vec<String> = spec
+            .match_specs_for(None)
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect();
         assert!(specs.contains(&"pip".to_owned()), "{file}");
         let pip: Vec<_> = spec.pip_entries().map(|e| e.source.as_str()).collect();
         assert_eq!(pip, ["pytest", "numpy"], "{file}");
@@ -253,7 +300,12 @@ fn mamba_fixtures_give_mambas_verdicts() {
     // micromamba's files all read; extra white space inside specs is fine.
     for path in all_yaml(&peers().join("mamba/micromamba/tests")) {
         let checked = check_path(&path).unwrap();
-        assert!(!checked.report.has_errors(), "{}:\n{}", path.display(), checked.report);
+        assert!(
+            !checked.report.has_errors(),
+            "{}:\n{}",
+            path.display(),
+            checked.report
+        );
     }
     let spaces = read_path(peers().join("mamba/micromamba/tests/env-extra-white-space.yaml"))
         .unwrap()
@@ -262,7 +314,10 @@ fn mamba_fixtures_give_mambas_verdicts() {
         .conda_dependencies()
         .find(|d| d.spec.name.to_string() == "scipy")
         .unwrap();
-    assert_eq!(scipy.spec.version.as_ref().unwrap().to_string(), ">=1.5.0,<2.0.0");
+    assert_eq!(
+        scipy.spec.version.as_ref().unwrap().to_string(),
+        ">=1.5.0,<2.0.0"
+    );
 }
 
 #[test]
@@ -276,27 +331,44 @@ fn conda_lock_fixtures_give_conda_locks_verdicts() {
             continue;
         }
         let checked = check_path(&path).unwrap();
-        assert!(!checked.report.has_errors(), "{}:\n{}", path.display(), checked.report);
+        assert!(
+            !checked.report.has_errors(),
+            "{}:\n{}",
+            path.display(),
+            checked.report
+        );
     }
 
     // `nodefaults` first; files without a final newline.
-    let nodefaults = read_path(dir.join("test-env-nodefaults/environment.yml")).unwrap().spec;
+    let nodefaults = read_path(dir.join("test-env-nodefaults/environment.yml"))
+        .unwrap()
+        .spec;
     assert_eq!(nodefaults.channels[0].kind, ChannelKind::NoDefaults);
     assert_eq!(nodefaults.channels[1].source, "conda-forge");
 
     // Comment selectors filter per platform; `platforms:` is read.
-    let filter = read_path(dir.join("test-env-filter-platform/environment.yml")).unwrap().spec;
-    assert_eq!(filter.platforms, [Subdir::OsxArm64, Subdir::Osx64, Subdir::Linux64]);
+    let filter = read_path(dir.join("test-env-filter-platform/environment.yml"))
+        .unwrap()
+        .spec;
+    assert_eq!(
+        filter.platforms,
+        [Subdir::OsxArm64, Subdir::Osx64, Subdir::Linux64]
+    );
     let on = |platform| -> Vec<String> {
-        filter.match_specs_for(Some(platform)).iter().map(|s| s.name.to_string()).collect()
+        filter
+            .match_specs_for(Some(platform))
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect()
     };
     assert_eq!(on(Subdir::OsxArm64), ["python", "clang_osx-arm64"]);
     assert_eq!(on(Subdir::Osx64), ["python", "clang_osx-64"]);
     assert_eq!(on(Subdir::Linux64), ["python", "gcc_linux-64"]);
 
     // A selector on a pip line.
-    let pip_selector =
-        read_path(dir.join("test-pip-with-platform-selector/environment.yml")).unwrap().spec;
+    let pip_selector = read_path(dir.join("test-pip-with-platform-selector/environment.yml"))
+        .unwrap()
+        .spec;
     let psutil = pip_selector.pip_entries().next().unwrap();
     assert!(psutil.selector.as_ref().unwrap().matches(Subdir::Linux64));
     assert!(!psutil.selector.as_ref().unwrap().matches(Subdir::OsxArm64));
@@ -309,16 +381,29 @@ fn conda_lock_fixtures_give_conda_locks_verdicts() {
     assert!(!categories.is_empty());
 
     // Hash-checking pip lines keep their `--hash` options.
-    let hashes = read_path(dir.join("test-pip-hash-checking/environment.yml")).unwrap().spec;
+    let hashes = read_path(dir.join("test-pip-hash-checking/environment.yml"))
+        .unwrap()
+        .spec;
     assert!(hashes.pip_entries().any(|e| matches!(
         &e.kind,
         PipEntryKind::Requirement { options, .. } if options.iter().any(|o| o.starts_with("--hash="))
     )));
 
     // Full-URL pip requirements.
-    let full_url = read_path(dir.join("test-pip-full-url/environment.yml")).unwrap().spec;
-    assert!(full_url.pip_entries().all(|e| !matches!(e.kind, PipEntryKind::Invalid { .. })));
-    assert!(full_url.dependencies.iter().any(|d| matches!(d, DependencyEntry::Pip(_))));
+    let full_url = read_path(dir.join("test-pip-full-url/environment.yml"))
+        .unwrap()
+        .spec;
+    assert!(
+        full_url
+            .pip_entries()
+            .all(|e| !matches!(e.kind, PipEntryKind::Invalid { .. }))
+    );
+    assert!(
+        full_url
+            .dependencies
+            .iter()
+            .any(|d| matches!(d, DependencyEntry::Pip(_)))
+    );
 
     // No warning of any file is an error in disguise.
     for path in all_yaml(&dir) {

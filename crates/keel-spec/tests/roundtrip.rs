@@ -39,12 +39,15 @@ fn channel() -> impl Strategy<Value = ChannelEntry> {
 }
 
 fn version() -> impl Strategy<Value = String> {
-    ("[0-9]{1,2}", "[0-9]{1,2}", proptest::option::of("[0-9]{1,2}")).prop_map(|(a, b, c)| {
-        match c {
+    (
+        "[0-9]{1,2}",
+        "[0-9]{1,2}",
+        proptest::option::of("[0-9]{1,2}"),
+    )
+        .prop_map(|(a, b, c)| match c {
             Some(c) => format!("{a}.{b}.{c}"),
             None => format!("{a}.{b}"),
-        }
-    })
+        })
 }
 
 /// Conda specs in every form conda accepts.
@@ -101,7 +104,7 @@ fn dependency() -> impl Strategy<Value = DependencyEntry> {
         6 => (conda_source(), selector()).prop_map(|(source, selector)| {
             let mut dependency = CondaDependency::parse(&source).expect("generated specs are valid");
             dependency.selector = selector;
-            DependencyEntry::Conda(dependency)
+            DependencyEntry::Conda(Box::new(dependency))
         }),
         2 => proptest::collection::vec((pip_source(), proptest::bool::weighted(0.2)), 0..5).prop_map(
             |lines| {
@@ -147,24 +150,35 @@ fn spec() -> impl Strategy<Value = EnvironmentSpec> {
         proptest::collection::vec(channel(), 0..4),
         proptest::collection::vec(dependency(), 0..8),
         proptest::collection::vec(("[A-Z_][A-Z0-9_]{0,8}", variable_value()), 0..4),
-        proptest::option::of(prop_oneof![Just("/opt/conda/envs/x"), Just("C:\\envs\\x"), Just("~/envs/x y")]),
+        proptest::option::of(prop_oneof![
+            Just("/opt/conda/envs/x"),
+            Just("C:\\envs\\x"),
+            Just("~/envs/x y")
+        ]),
         proptest::collection::vec(
-            prop_oneof![Just(Subdir::Linux64), Just(Subdir::OsxArm64), Just(Subdir::Win64), Just(Subdir::LinuxAarch64)],
+            prop_oneof![
+                Just(Subdir::Linux64),
+                Just(Subdir::OsxArm64),
+                Just(Subdir::Win64),
+                Just(Subdir::LinuxAarch64)
+            ],
             0..3,
         ),
         proptest::option::of(prop_oneof![Just("main"), Just("dev")]),
     )
-        .prop_map(|(name, channels, dependencies, variables, prefix, platforms, category)| {
-            EnvironmentSpec {
-                name,
-                channels,
-                dependencies,
-                variables: variables.into_iter().collect::<IndexMap<_, _>>(),
-                prefix: prefix.map(str::to_owned),
-                platforms,
-                category: category.map(str::to_owned),
-            }
-        })
+        .prop_map(
+            |(name, channels, dependencies, variables, prefix, platforms, category)| {
+                EnvironmentSpec {
+                    name,
+                    channels,
+                    dependencies,
+                    variables: variables.into_iter().collect::<IndexMap<_, _>>(),
+                    prefix: prefix.map(str::to_owned),
+                    platforms,
+                    category: category.map(str::to_owned),
+                }
+            },
+        )
 }
 
 proptest! {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-pub fn shared_data() -> PathBuf {
+pub(crate) fn shared_data() -> PathBuf {
     let path = std::env::var_os("KEEL_SHARED_DATA").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
         PathBuf::from,
@@ -18,7 +18,7 @@ pub fn shared_data() -> PathBuf {
 
 /// The YAML files of a folder, sorted, so that a test over a folder can say which file failed.
 #[allow(dead_code)]
-pub fn yaml_files(dir: &std::path::Path) -> Vec<PathBuf> {
+pub(crate) fn yaml_files(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = fs_err::read_dir(dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())

@@ -1,0 +1,28 @@
+//! The `keel` command line: argument parsing, then one module per command.
+//!
+//! Exit codes: 0 ok, 1 a problem was found (drift, a failed verification), 2 bad usage or
+//! input.
+
+mod args;
+mod render;
+mod spec;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+/// Runs `keel` with the process's arguments and returns its exit code.
+pub fn run() -> ExitCode {
+    let args = args::Cli::parse();
+    render::install_hook();
+    let result = match args.command {
+        args::Command::Spec(args::SpecCommand::Check(check)) => spec::check(check.into()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            render::error(&error);
+            ExitCode::from(2)
+        }
+    }
+}
