@@ -36,6 +36,17 @@ fn all_yaml(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The file reads without errors (warnings allowed).
+fn assert_reads(path: &Path) {
+    let checked = check_path(path).unwrap();
+    assert!(
+        !checked.report.has_errors(),
+        "{}:\n{}",
+        path.display(),
+        checked.report
+    );
+}
+
 fn names(path: &Path) -> Vec<String> {
     read_path(path)
         .unwrap()
@@ -63,8 +74,7 @@ fn conda_fixtures_give_condas_verdicts() {
         "env_with_dependencies.yml",
         "just_vars.yml",
     ] {
-        let checked = check_path(support.join(file)).unwrap();
-        assert!(!checked.report.has_errors(), "{file}:\n{}", checked.report);
+        assert_reads(&support.join(file));
     }
 
     // with-pip.yml: the pip sub-section is `foo`, `baz`, and `pip` is listed.
@@ -299,13 +309,7 @@ fn mamba_fixtures_give_mambas_verdicts() {
 
     // micromamba's files all read; extra white space inside specs is fine.
     for path in all_yaml(&peers().join("mamba/micromamba/tests")) {
-        let checked = check_path(&path).unwrap();
-        assert!(
-            !checked.report.has_errors(),
-            "{}:\n{}",
-            path.display(),
-            checked.report
-        );
+        assert_reads(&path);
     }
     let spaces = read_path(peers().join("mamba/micromamba/tests/env-extra-white-space.yaml"))
         .unwrap()
@@ -330,13 +334,7 @@ fn conda_lock_fixtures_give_conda_locks_verdicts() {
             assert!(check_path(&path).unwrap().report.has_errors());
             continue;
         }
-        let checked = check_path(&path).unwrap();
-        assert!(
-            !checked.report.has_errors(),
-            "{}:\n{}",
-            path.display(),
-            checked.report
-        );
+        assert_reads(&path);
     }
 
     // `nodefaults` first; files without a final newline.
