@@ -1,0 +1,77 @@
+//! From the spec's channel entries to rattler channels, in priority order.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use keel_spec::{ChannelKind, EnvironmentSpec};
+use rattler_conda_types::{Channel, ChannelConfig, NamedChannelOrUrl};
+
+use crate::SolveError;
+
+/// Anaconda's `defaults`: the channels conda's `default_channels` lists.
+const DEFAULTS_UNIX: &[&str] = &[
+    "https://repo.anaconda.com/pkgs/main",
+    "https://repo.anaconda.com/pkgs/r",
+];
+const DEFAULTS_WINDOWS: &str = "https://repo.anaconda.com/pkgs/msys2";
+
+/// A channel to solve against, with the text it was written as.
+#[derive(Debug, Clone)]
+pub struct ResolvedChannel {
+    /// The channel.
+    pub channel: Channel,
+    /// The entry as written in the file, `${VAR}` unexpanded; what the lock records.
+    pub written: String,
+}
+
+/// The spec's channels as rattler channels, highest priority first.
+///
+/// Environment variables in channels are expanded with `lookup` (conda expands them from the
+/// environment). Relative paths are relative to `base_dir`, the environment file's folder.
+/// `nodefaults` is dropped; `defaults` becomes Anaconda's `main` and `r` channels, in that
+/// priority order (plus `msys2` when any target is Windows). keel never adds `defaults` on its own: a lock lists
+/// exactly the channels its file names.
+pub fn resolve_channels(
+    spec: &EnvironmentSpec,
+    base_dir: &Path,
+    any_windows: bool,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<ResolvedChannel>, SolveError> {
+    let config = ChannelConfig::default_with_root_dir(base_dir.to_path_buf());
+    let mut channels = Vec::new();
+    for entry in &spec.channels {
+        match entry.kind {
+            ChannelKind::NoDefaults => {}
+            ChannelKind::Defaults => {
+                let mut urls: Vec<&str> = DEFAULTS_UNIX.to_vec();
+                if any_windows {
+                    urls.push(DEFAULTS_WINDOWS);
+                }
+                for url in urls {
+                    channels.push(ResolvedChannel {
+                        channel: parse(url, &config)?,
+                        written: url.to_owned(),
+                    });
+                }
+            }
+            _ => {
+                let text = entry.expand_vars(&lookup);
+                channels.push(ResolvedChannel {
+                    channel: parse(&text, &config)?,
+                    written: entry.source.clone(),
+                });
+            }
+        }
+    }
+    Ok(channels)
+}
+
+fn parse(text: &str, config: &ChannelConfig) -> Result<Channel, SolveError> {
+    NamedChannelOrUrl::from_str(text)
+        .map_err(rattler_conda_types::ParseChannelError::from)
+        .and_then(|channel| channel.into_channel(config))
+        .map_err(|source| SolveError::Channel {
+            channel: text.to_owned(),
+            source,
+        })
+}

@@ -1,0 +1,44 @@
+//! Solve a conda environment spec into an exact, multi-platform lock that every node installs
+//! identically.
+//!
+//! `keel-solve` takes a [`keel_spec::EnvironmentSpec`], loads repodata for its channels
+//! (local directories and `file://` URLs offline, remote channels through
+//! `rattler_repodata_gateway` and its cache), solves each platform with `rattler_solve`'s
+//! resolvo backend in strict channel priority (as conda's `channel_priority: strict`), and
+//! writes the result with `rattler_lock` in the pixi lock format, which pixi reads. The virtual
+//! packages each solve assumed are recorded per platform, so that a lock made on a login node
+//! can target GPU nodes; a hash of the inputs in the lock's header tells whether it is stale.
+//! The lock exports to conda's `@EXPLICIT` lists and to conda-lock's `conda-lock.yml`.
+//!
+//! It does not install anything; `keel-prefix` does.
+//!
+//! ```
+//! use keel_solve::{LockOptions, inputs_hash, target_platforms};
+//! use rattler_conda_types::Subdir;
+//!
+//! let spec = keel_spec::parse_str("dependencies: [python=3.10]\nplatforms: [linux-64, osx-arm64]", "env.yml")?
+//!     .spec;
+//! let options = LockOptions::default();
+//! let platforms = target_platforms(&spec, &options)?;
+//! assert_eq!(platforms, [Subdir::Linux64, Subdir::OsxArm64]);
+//! // The same inputs give the same hash on every machine.
+//! assert_eq!(inputs_hash(&spec, &platforms, &options), inputs_hash(&spec, &platforms, &options));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(missing_docs)]
+
+mod channels;
+mod error;
+mod export;
+mod lockfile;
+mod solve;
+mod virtual_packages;
+
+pub use channels::{ResolvedChannel, resolve_channels};
+pub use error::{SolveError, SpecLine};
+pub use export::{conda_lock_yml, explicit};
+pub use lockfile::{Locked, PlatformSummary, inputs_hash, read_lock, recorded_hash};
+pub use rattler_solve::ChannelPriority;
+pub use solve::{LockOptions, lock, target_platforms};
+pub use virtual_packages::{VirtualPackageOverridesByPlatform, virtual_packages_for};
