@@ -18,6 +18,51 @@ pub(crate) enum Command {
     /// Work with conda environment files (environment.yml).
     #[command(subcommand)]
     Spec(SpecCommand),
+    /// Solve an environment file into an exact lock for every platform (pixi's lock format),
+    /// keeping existing pins unless the file changed. Exit 0 on success, 1 when `--check`
+    /// finds the lock stale, 2 on bad input or an unsolvable environment.
+    Lock(LockArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LockArgs {
+    /// The environment file.
+    #[arg(default_value = "environment.yml", value_name = "ENV.yml")]
+    pub(crate) file: PathBuf,
+    /// Where to write the lock [default: keel.lock beside the environment file].
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+    /// A platform to lock for (repeatable) [default: the file's `platforms:`, else this
+    /// machine's].
+    #[arg(long = "platform", value_name = "PLATFORM")]
+    pub(crate) platforms: Vec<String>,
+    /// A virtual package the solve assumes, `__cuda=12.4` for every platform or
+    /// `linux-64:__cuda=12.4` for one (repeatable). Replaces what is detected on this machine.
+    #[arg(long = "virtual-package", value_name = "[PLATFORM:]__NAME=VERSION")]
+    pub(crate) virtual_packages: Vec<String>,
+    /// Move this package to its newest allowed version; all others keep their pins
+    /// (repeatable).
+    #[arg(long = "update", value_name = "NAME")]
+    pub(crate) update: Vec<String>,
+    /// Do not solve: say whether the lock is up to date with the file (exit 1 when stale).
+    #[arg(long)]
+    pub(crate) check: bool,
+    /// Also write one `@EXPLICIT` list per platform into this folder
+    /// (`conda create --file explicit-linux-64.txt`).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) explicit: Option<PathBuf>,
+    /// Also write the lock as conda-lock's `conda-lock.yml` to this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) conda_lock: Option<PathBuf>,
+    /// Channel priority: `strict` (conda's default), `flexible` or `disabled`.
+    #[arg(long, default_value = "strict", value_name = "PRIORITY")]
+    pub(crate) channel_priority: String,
+    /// Where remote repodata is cached [default: the user cache folder].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Print one JSON document to stdout instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]

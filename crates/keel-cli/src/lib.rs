@@ -4,6 +4,7 @@
 //! input.
 
 mod args;
+mod lock;
 mod render;
 mod spec;
 
@@ -17,6 +18,7 @@ pub fn run() -> ExitCode {
     render::install_hook();
     let result = match args.command {
         args::Command::Spec(args::SpecCommand::Check(check)) => spec::check(check.into()),
+        args::Command::Lock(args) => lock::run(args),
     };
     match result {
         Ok(code) => code,

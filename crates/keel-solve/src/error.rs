@@ -9,6 +9,9 @@ use rattler_conda_types::Subdir;
 pub struct SpecLine {
     /// The line in the environment file, when known.
     pub line: Option<usize>,
+    /// Where the dependency is written, for drawing it.
+    #[serde(skip)]
+    pub location: Option<keel_spec::Location>,
     /// The dependency as written.
     pub source: String,
 }

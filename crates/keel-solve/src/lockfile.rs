@@ -54,13 +54,12 @@ struct Inputs<'a> {
 #[derive(Serialize)]
 struct PlatformInputs {
     specs: Vec<String>,
-    virtual_packages_given: Vec<String>,
 }
 
 /// The hash of what a lock is made from: the channels as written, the channel priority, and
-/// per platform the specs that apply (selectors applied) and the virtual packages given on the
-/// command line. Virtual packages detected on this machine are recorded in the lock but not
-/// hashed, so that `keel lock --check` gives the same answer on every node.
+/// per platform the specs that apply (selectors applied). Virtual packages are recorded in the
+/// lock per platform rather than hashed, so that `keel lock --check` gives the same answer on
+/// every node, whatever its GPU.
 pub fn inputs_hash(spec: &EnvironmentSpec, platforms: &[Subdir], options: &LockOptions) -> String {
     let inputs = Inputs {
         format: 1,
@@ -73,20 +72,6 @@ pub fn inputs_hash(spec: &EnvironmentSpec, platforms: &[Subdir], options: &LockO
         platforms: platforms
             .iter()
             .map(|platform| {
-                let given = options
-                    .virtual_packages
-                    .all
-                    .iter()
-                    .chain(
-                        options
-                            .virtual_packages
-                            .per_platform
-                            .get(platform)
-                            .into_iter()
-                            .flatten(),
-                    )
-                    .map(ToString::to_string)
-                    .collect();
                 (
                     platform.as_str(),
                     PlatformInputs {
@@ -95,7 +80,6 @@ pub fn inputs_hash(spec: &EnvironmentSpec, platforms: &[Subdir], options: &LockO
                             .iter()
                             .map(ToString::to_string)
                             .collect(),
-                        virtual_packages_given: given,
                     },
                 )
             })

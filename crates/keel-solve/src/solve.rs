@@ -233,6 +233,7 @@ fn spec_lines_named_in(spec: &EnvironmentSpec, explanation: &str) -> Vec<SpecLin
                 (line.unwrap_or(usize::MAX), dependency.source.clone()),
                 SpecLine {
                     line,
+                    location: dependency.location,
                     source: dependency.source.clone(),
                 },
             );

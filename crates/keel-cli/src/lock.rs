@@ -1,0 +1,324 @@
+//! `keel lock`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use indicatif::{MultiProgress, ProgressDrawTarget};
+use keel_solve::{
+    ChannelPriority, LockOptions, Locked, SolveError, VirtualPackageOverridesByPlatform,
+};
+use miette::{Context as _, IntoDiagnostic as _, LabeledSpan, MietteDiagnostic, NamedSource};
+use rattler_conda_types::Subdir;
+use serde::Serialize;
+
+use crate::args::LockArgs;
+use crate::render;
+
+/// Checked settings of `keel lock`.
+struct LockSettings {
+    file: PathBuf,
+    output: PathBuf,
+    options: LockOptions,
+    explicit: Option<PathBuf>,
+    conda_lock: Option<PathBuf>,
+    check: bool,
+    json: bool,
+}
+
+impl LockSettings {
+    fn from_args(args: LockArgs) -> miette::Result<Self> {
+        let platforms = args
+            .platforms
+            .iter()
+            .map(|p| {
+                Subdir::from_str(p)
+                    .into_diagnostic()
+                    .wrap_err_with(|| format!("invalid --platform `{p}`"))
+            })
+            .collect::<miette::Result<Vec<_>>>()?;
+        let mut virtual_packages = VirtualPackageOverridesByPlatform::default();
+        for value in &args.virtual_packages {
+            virtual_packages.add(value).into_diagnostic()?;
+        }
+        let channel_priority = match args.channel_priority.as_str() {
+            "strict" => ChannelPriority::Strict,
+            "flexible" => ChannelPriority::Flexible,
+            "disabled" => ChannelPriority::Disabled,
+            other => miette::bail!(
+                "invalid --channel-priority `{other}`: use strict, flexible or disabled"
+            ),
+        };
+        let output = args.output.unwrap_or_else(|| {
+            args.file
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join("keel.lock")
+        });
+        let cache_dir = args.cache_dir.unwrap_or_else(default_cache_dir);
+        Ok(Self {
+            file: args.file,
+            output,
+            options: LockOptions {
+                platforms,
+                virtual_packages,
+                cache_dir,
+                update: args.update,
+                channel_priority,
+                progress: None,
+            },
+            explicit: args.explicit,
+            conda_lock: args.conda_lock,
+            check: args.check,
+            json: args.json,
+        })
+    }
+}
+
+/// `$XDG_CACHE_HOME/keel/repodata`, else `~/.cache/keel/repodata`.
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("keel").join("repodata")
+}
+
+#[derive(Serialize)]
+struct LockJson<'a> {
+    lock: String,
+    inputs_hash: &'a str,
+    platforms: &'a [keel_solve::PlatformSummary],
+    written: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct CheckJson {
+    lock: String,
+    fresh: bool,
+    recorded_hash: Option<String>,
+    inputs_hash: String,
+    reasons: Vec<String>,
+}
+
+pub(crate) fn run(args: LockArgs) -> miette::Result<ExitCode> {
+    let mut settings = LockSettings::from_args(args)?;
+    let checked = keel_spec::check_path(&settings.file).into_diagnostic()?;
+    render::problems(&checked.report);
+    let Some(spec) = checked.spec.clone() else {
+        return Ok(ExitCode::from(2));
+    };
+    if settings.check {
+        return check(&settings, &spec);
+    }
+
+    let previous = keel_solve::read_lock(&settings.output).into_diagnostic()?;
+    let progress = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    settings.options.progress = Some(progress);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .into_diagnostic()?;
+    let result = runtime.block_on(keel_solve::lock(
+        &spec,
+        &settings.file,
+        &settings.options,
+        previous.as_ref().map(|(lock, _)| lock),
+    ));
+    let locked = match result {
+        Ok(locked) => locked,
+        Err(SolveError::Unsolvable {
+            platform,
+            explanation,
+            spec_lines,
+        }) => {
+            let mut diagnostic = MietteDiagnostic::new(format!(
+                "the environment cannot be solved for {platform}:\n{explanation}"
+            ))
+            .with_help("loosen or change the specs the solver names, or add a channel that provides what is missing");
+            for line in spec_lines.iter().filter_map(|l| l.location) {
+                diagnostic = diagnostic.with_label(LabeledSpan::new(
+                    Some("requested here".to_owned()),
+                    line.offset,
+                    line.len,
+                ));
+            }
+            let report = miette::Report::new(diagnostic).with_source_code(NamedSource::new(
+                settings.file.display().to_string(),
+                checked.report.text.clone(),
+            ));
+            render::error(&report);
+            return Ok(ExitCode::from(2));
+        }
+        Err(error) => return Err(error).into_diagnostic(),
+    };
+
+    // Everything is rendered before anything is written: an export that fails leaves every
+    // file as it was.
+    let mut outputs: Vec<(PathBuf, String)> = vec![(settings.output.clone(), locked.text.clone())];
+    if let Some(dir) = &settings.explicit {
+        for platform in locked.lock.platforms() {
+            let subdir = platform.subdir();
+            if let Some(text) = keel_solve::explicit(&locked.lock, subdir).into_diagnostic()? {
+                outputs.push((dir.join(format!("explicit-{subdir}.txt")), text));
+            }
+        }
+    }
+    if let Some(path) = &settings.conda_lock {
+        let source = settings.file.file_name().map_or_else(
+            || "environment.yml".to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let text = keel_solve::conda_lock_yml(&locked.lock, &source, &locked.inputs_hash)
+            .into_diagnostic()?;
+        outputs.push((path.clone(), text));
+    }
+    let mut written = Vec::new();
+    for (path, text) in outputs {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs_err::create_dir_all(dir).into_diagnostic()?;
+        }
+        write_atomically(&path, text.as_bytes())?;
+        written.push(path.display().to_string());
+    }
+    report(&settings, &locked, written)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(settings: &LockSettings, locked: &Locked, written: Vec<String>) -> miette::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    if settings.json {
+        let json = LockJson {
+            lock: settings.output.display().to_string(),
+            inputs_hash: &locked.inputs_hash,
+            platforms: &locked.platforms,
+            written,
+        };
+        serde_json::to_writer_pretty(&mut stdout, &json).into_diagnostic()?;
+        let _ = writeln!(stdout);
+        return Ok(());
+    }
+    let width = locked
+        .platforms
+        .iter()
+        .map(|p| p.platform.len())
+        .max()
+        .unwrap_or(8)
+        .max("PLATFORM".len());
+    let _ = writeln!(stdout, "{:<width$}  PACKAGES  VIRTUAL PACKAGES", "PLATFORM");
+    for platform in &locked.platforms {
+        let _ = writeln!(
+            stdout,
+            "{:<width$}  {:<8}  {}",
+            platform.platform,
+            platform.packages,
+            platform.virtual_packages.join(" ")
+        );
+    }
+    for path in written {
+        let _ = writeln!(stdout, "wrote {path}");
+    }
+    Ok(())
+}
+
+/// `--check`: the lock exists, reads, and was made from the same inputs.
+fn check(settings: &LockSettings, spec: &keel_spec::EnvironmentSpec) -> miette::Result<ExitCode> {
+    let Some((lock, recorded)) = keel_solve::read_lock(&settings.output).into_diagnostic()? else {
+        miette::bail!(
+            "no lock at {}: run `keel lock {}` first",
+            settings.output.display(),
+            settings.file.display()
+        );
+    };
+    let platforms: Vec<Subdir> = if settings.options.platforms.is_empty() {
+        lock.platforms().map(|p| p.subdir()).collect()
+    } else {
+        settings.options.platforms.clone()
+    };
+    let expected = keel_solve::inputs_hash(spec, &platforms, &settings.options);
+    let mut reasons = Vec::new();
+    match &recorded {
+        None => {
+            reasons.push("the lock has no keel inputs hash (not written by keel lock)".to_owned())
+        }
+        Some(hash) if *hash != expected => reasons.push(
+            "the environment file, its channels, the platforms or the channel priority changed"
+                .to_owned(),
+        ),
+        Some(_) => {}
+    }
+    // Virtual packages given now must be the ones the lock was solved with.
+    for platform in lock.platforms() {
+        let recorded: Vec<&String> = platform.virtual_packages().iter().collect();
+        let given = settings.options.virtual_packages.all.iter().chain(
+            settings
+                .options
+                .virtual_packages
+                .per_platform
+                .get(&platform.subdir())
+                .into_iter()
+                .flatten(),
+        );
+        for package in given {
+            let text = package.to_string();
+            if !recorded.iter().any(|r| **r == text) {
+                reasons.push(format!(
+                    "{} was solved without {text} (it has {})",
+                    platform.subdir(),
+                    platform.virtual_packages().join(" ")
+                ));
+            }
+        }
+    }
+    let fresh = reasons.is_empty();
+    let mut stdout = std::io::stdout().lock();
+    if settings.json {
+        let json = CheckJson {
+            lock: settings.output.display().to_string(),
+            fresh,
+            recorded_hash: recorded,
+            inputs_hash: expected,
+            reasons,
+        };
+        serde_json::to_writer_pretty(&mut stdout, &json).into_diagnostic()?;
+        let _ = writeln!(stdout);
+    } else if fresh {
+        let _ = writeln!(stdout, "{} is up to date", settings.output.display());
+    } else {
+        let _ = writeln!(stdout, "{} is stale:", settings.output.display());
+        for reason in &reasons {
+            let _ = writeln!(stdout, "  - {reason}");
+        }
+    }
+    Ok(if fresh {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Writes through a temporary file in the same folder and a rename, so that a failed write
+/// never leaves a half-written lock where the old one was.
+fn write_atomically(path: &Path, bytes: &[u8]) -> miette::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or_else(|| "keel".into(), |n| n.to_string_lossy().into_owned());
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = fs_err::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs_err::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = fs_err::remove_file(&temp);
+    }
+    result
+        .into_diagnostic()
+        .wrap_err_with(|| format!("failed to write {}", path.display()))
+}
