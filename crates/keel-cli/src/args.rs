@@ -57,6 +57,9 @@ pub(crate) struct LockArgs {
     /// Channel priority: `strict` (conda's default), `flexible` or `disabled`.
     #[arg(long, default_value = "strict", value_name = "PRIORITY")]
     pub(crate) channel_priority: String,
+    /// Do not run uv for the pip section: record exact `==` pins as given, refuse other lines.
+    #[arg(long)]
+    pub(crate) no_uv: bool,
     /// Where remote repodata is cached [default: the user cache folder].
     #[arg(long, value_name = "DIR")]
     pub(crate) cache_dir: Option<PathBuf>,

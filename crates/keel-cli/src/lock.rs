@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use keel_solve::{
-    ChannelPriority, LockOptions, Locked, SolveError, VirtualPackageOverridesByPlatform,
+    ChannelPriority, LockOptions, Locked, SolveError, Uv, VirtualPackageOverridesByPlatform,
 };
 use miette::{Context as _, IntoDiagnostic as _, LabeledSpan, MietteDiagnostic, NamedSource};
 use rattler_conda_types::Subdir;
@@ -67,6 +67,7 @@ impl LockSettings {
                 update: args.update,
                 channel_priority,
                 progress: None,
+                uv: if args.no_uv { Uv::Disabled } else { Uv::Auto },
             },
             explicit: args.explicit,
             conda_lock: args.conda_lock,
@@ -206,13 +207,18 @@ fn report(settings: &LockSettings, locked: &Locked, written: Vec<String>) -> mie
         .max()
         .unwrap_or(8)
         .max("PLATFORM".len());
-    let _ = writeln!(stdout, "{:<width$}  PACKAGES  VIRTUAL PACKAGES", "PLATFORM");
+    let _ = writeln!(
+        stdout,
+        "{:<width$}  CONDA  PYPI  VIRTUAL PACKAGES",
+        "PLATFORM"
+    );
     for platform in &locked.platforms {
         let _ = writeln!(
             stdout,
-            "{:<width$}  {:<8}  {}",
+            "{:<width$}  {:<5}  {:<4}  {}",
             platform.platform,
             platform.packages,
+            platform.pypi_packages,
             platform.virtual_packages.join(" ")
         );
     }

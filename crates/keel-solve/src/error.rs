@@ -73,11 +73,48 @@ pub enum SolveError {
         #[source]
         source: rattler_solve::SolveError,
     },
-    /// A pip section the lock cannot hold yet.
-    #[error("pip sections are not locked yet ({count} pip line{} in the file)", if *count == 1 { "" } else { "s" })]
-    PipNotSupported {
-        /// How many pip lines.
-        count: usize,
+    /// A pip line pip would refuse.
+    #[error("pip will refuse `{source_line}`{}: {reason}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    PipLine {
+        /// The line in the environment file.
+        line: Option<usize>,
+        /// The pip line as written.
+        source_line: String,
+        /// Why.
+        reason: String,
+    },
+    /// Without uv, only exact `==` pins can be locked.
+    #[error("`{source_line}`{} needs uv to be resolved: install it (`pip install uv`) or pin it exactly with `==`", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    PipNeedsUv {
+        /// The line in the environment file.
+        line: Option<usize>,
+        /// The pip line as written.
+        source_line: String,
+    },
+    /// The pip section needs a Python, and the conda solve has none.
+    #[error(
+        "the pip section needs `python` in the dependencies, and the solve for {platform} has none"
+    )]
+    PipWithoutPython {
+        /// The platform.
+        platform: Subdir,
+    },
+    /// uv cannot resolve for this platform.
+    #[error("keel cannot resolve pip requirements for {platform}")]
+    PipPlatform {
+        /// The platform.
+        platform: Subdir,
+    },
+    /// Running uv failed.
+    #[error("failed to run uv")]
+    Pip(#[source] std::io::Error),
+    /// uv could not resolve the pip section.
+    #[error("uv could not resolve the pip section for {platform}:\n{stderr}")]
+    UvFailed {
+        /// The platform.
+        platform: Subdir,
+        /// What uv said.
+        stderr: String,
     },
     /// Building the lock failed.
     #[error("failed to build the lock")]

@@ -8,6 +8,8 @@
 //! writes the result with `rattler_lock` in the pixi lock format, which pixi reads. The virtual
 //! packages each solve assumed are recorded per platform, so that a lock made on a login node
 //! can target GPU nodes; a hash of the inputs in the lock's header tells whether it is stale.
+//! The `pip:` section is resolved with `uv pip compile` against the Python the conda solve
+//! picked and recorded as PyPI packages (without uv, exact `==` pins are recorded as given).
 //! The lock exports to conda's `@EXPLICIT` lists and to conda-lock's `conda-lock.yml`.
 //!
 //! It does not install anything; `keel-prefix` does.
@@ -32,6 +34,7 @@ mod channels;
 mod error;
 mod export;
 mod lockfile;
+mod pypi;
 mod solve;
 mod virtual_packages;
 
@@ -39,6 +42,7 @@ pub use channels::{ResolvedChannel, resolve_channels};
 pub use error::{SolveError, SpecLine};
 pub use export::{conda_lock_yml, explicit};
 pub use lockfile::{Locked, PlatformSummary, inputs_hash, read_lock, recorded_hash};
+pub use pypi::Uv;
 pub use rattler_solve::ChannelPriority;
 pub use solve::{LockOptions, lock, target_platforms};
 pub use virtual_packages::{VirtualPackageOverridesByPlatform, virtual_packages_for};

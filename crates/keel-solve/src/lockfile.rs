@@ -37,8 +37,10 @@ pub struct Locked {
 pub struct PlatformSummary {
     /// The platform.
     pub platform: String,
-    /// How many packages it pins.
+    /// How many conda packages it pins.
     pub packages: usize,
+    /// How many PyPI packages it pins.
+    pub pypi_packages: usize,
     /// The virtual packages its solve assumed.
     pub virtual_packages: Vec<String>,
 }
@@ -54,10 +56,11 @@ struct Inputs<'a> {
 #[derive(Serialize)]
 struct PlatformInputs {
     specs: Vec<String>,
+    pip: Vec<String>,
 }
 
 /// The hash of what a lock is made from: the channels as written, the channel priority, and
-/// per platform the specs that apply (selectors applied). Virtual packages are recorded in the
+/// per platform the conda specs and pip lines that apply (selectors applied). Virtual packages are recorded in the
 /// lock per platform rather than hashed, so that `keel lock --check` gives the same answer on
 /// every node, whatever its GPU.
 pub fn inputs_hash(spec: &EnvironmentSpec, platforms: &[Subdir], options: &LockOptions) -> String {
@@ -79,6 +82,10 @@ pub fn inputs_hash(spec: &EnvironmentSpec, platforms: &[Subdir], options: &LockO
                             .match_specs_for(Some(*platform))
                             .iter()
                             .map(ToString::to_string)
+                            .collect(),
+                        pip: crate::pypi::entries_for(spec, *platform)
+                            .iter()
+                            .map(|entry| entry.source.clone())
                             .collect(),
                     },
                 )
@@ -138,6 +145,7 @@ pub(crate) fn build(
         summaries.push(PlatformSummary {
             platform: solve.platform.as_str().to_owned(),
             packages: solve.records.len(),
+            pypi_packages: solve.pypi.len(),
             virtual_packages: solve
                 .virtual_packages
                 .iter()
@@ -150,6 +158,15 @@ pub(crate) fn build(
                     DEFAULT_ENVIRONMENT_NAME,
                     solve.platform.as_str(),
                     CondaPackageData::from(record),
+                )
+                .map_err(SolveError::Lock)?;
+        }
+        for package in solve.pypi {
+            builder
+                .add_pypi_package(
+                    DEFAULT_ENVIRONMENT_NAME,
+                    solve.platform.as_str(),
+                    rattler_lock::PypiPackageData::Distribution(Box::new(package)),
                 )
                 .map_err(SolveError::Lock)?;
         }

@@ -14,6 +14,7 @@ use crate::SolveError;
 use crate::channels::{ResolvedChannel, resolve_channels};
 use crate::error::SpecLine;
 use crate::lockfile::{self, Locked};
+use crate::pypi::{self, Uv};
 use crate::virtual_packages::{VirtualPackageOverridesByPlatform, virtual_packages_for};
 
 /// How to lock.
@@ -32,6 +33,8 @@ pub struct LockOptions {
     pub channel_priority: ChannelPriority,
     /// Draw progress bars here while repodata loads.
     pub progress: Option<MultiProgress>,
+    /// Which uv resolves pip sections.
+    pub uv: Uv,
 }
 
 impl Default for LockOptions {
@@ -43,6 +46,7 @@ impl Default for LockOptions {
             update: Vec::new(),
             channel_priority: ChannelPriority::Strict,
             progress: None,
+            uv: Uv::Auto,
         }
     }
 }
@@ -53,6 +57,7 @@ pub(crate) struct PlatformSolve {
     pub(crate) platform: Subdir,
     pub(crate) virtual_packages: Vec<GenericVirtualPackage>,
     pub(crate) records: Vec<RepoDataRecord>,
+    pub(crate) pypi: Vec<rattler_lock::PypiDistributionData>,
 }
 
 /// The platforms a lock is for: the options', else the file's, else this machine's.
@@ -83,10 +88,6 @@ pub async fn lock(
     options: &LockOptions,
     previous: Option<&LockFile>,
 ) -> Result<Locked, SolveError> {
-    let pip_lines = spec.pip_entries().count();
-    if pip_lines > 0 {
-        return Err(SolveError::PipNotSupported { count: pip_lines });
-    }
     let platforms = target_platforms(spec, options)?;
     let base_dir = spec_path
         .parent()
@@ -119,10 +120,19 @@ pub async fn lock(
             spec,
         )
         .await?;
+        let pypi = pypi::resolve(
+            &pypi::entries_for(spec, *platform),
+            &base_dir,
+            *platform,
+            &records,
+            &virtual_packages,
+            &options.uv,
+        )?;
         solves.push(PlatformSolve {
             platform: *platform,
             virtual_packages,
             records,
+            pypi,
         });
     }
     lockfile::build(spec, spec_path, &channels, options, solves)
