@@ -46,7 +46,10 @@ fn lock_writes_the_lock_and_explicit_lists_then_check_tracks_the_file() {
     let output = keel(dir, &["lock", "--explicit", "explicit"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
-    assert!(stdout.starts_with("PLATFORM") && stdout.contains("CONDA  PYPI"), "{stdout}");
+    assert!(
+        stdout.starts_with("PLATFORM") && stdout.contains("CONDA  PYPI"),
+        "{stdout}"
+    );
     assert!(stdout.contains("wrote keel.lock"), "{stdout}");
     let lock = fs_err::read_to_string(dir.join("keel.lock")).unwrap();
     assert!(lock.contains("# keel-inputs-sha256: "));

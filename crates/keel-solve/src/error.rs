@@ -128,6 +128,9 @@ pub enum SolveError {
         #[source]
         source: Box<rattler_lock::ParseCondaLockError>,
     },
+    /// An existing lock could not be opened.
+    #[error("failed to open the lock")]
+    OpenLock(#[source] std::io::Error),
     /// A lock could not be written or rendered.
     #[error("failed to write the lock")]
     WriteLock(#[source] std::io::Error),

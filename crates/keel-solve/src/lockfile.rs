@@ -194,7 +194,7 @@ pub fn read_lock(path: &Path) -> Result<Option<(LockFile, Option<String>)>, Solv
     let text = match fs_err::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(SolveError::WriteLock(error)),
+        Err(error) => return Err(SolveError::OpenLock(error)),
     };
     let base = path.parent().unwrap_or(Path::new("."));
     let lock = LockFile::from_str_with_base_directory(&text, Some(base)).map_err(|source| {
