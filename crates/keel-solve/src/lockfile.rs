@@ -126,7 +126,8 @@ pub(crate) fn build(
             if c.written.contains('$') {
                 rattler_lock::Channel::from(c.written.as_str())
             } else {
-                rattler_lock::Channel::from(c.channel.base_url.as_str())
+                let url = rattler_redaction::strip_url_for_serialization(c.channel.base_url.url());
+                rattler_lock::Channel::from(url.as_str())
             }
         }),
     );
@@ -152,7 +153,11 @@ pub(crate) fn build(
                 .map(ToString::to_string)
                 .collect(),
         });
-        for record in solve.records {
+        for mut record in solve.records {
+            // A channel token (`/t/<token>/`), a password or a query string never reaches the
+            // lock: the lock is shared, the credentials are not. Installers add them back from
+            // their own configuration, as pixi does.
+            record.url = rattler_redaction::strip_url_for_serialization(&record.url);
             builder
                 .add_conda_package(
                     DEFAULT_ENVIRONMENT_NAME,

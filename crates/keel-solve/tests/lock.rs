@@ -56,16 +56,26 @@ fn channel_from_single_file(dir: &Path, source: &Path) -> PathBuf {
 /// `info.base_url` (where conda-forge's own repodata keeps it), so that records point at
 /// conda-forge's real download URLs.
 fn py39_channel(dir: &Path) -> PathBuf {
+    py39_channel_served_from(dir, None)
+}
+
+/// The same, with packages served from `base` instead of conda-forge.
+fn py39_channel_served_from(dir: &Path, base: Option<&str>) -> PathBuf {
     let source = repodata().join("conda-forge-py39");
     for subdir in ["linux-64", "noarch", "osx-arm64", "win-64"] {
         let mut repodata: serde_json::Value = serde_json::from_slice(
             &fs_err::read(source.join(subdir).join("repodata.json")).unwrap(),
         )
         .unwrap();
-        let base = repodata["metadata"]["base_url"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let base = base.map_or_else(
+            || {
+                repodata["metadata"]["base_url"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            },
+            str::to_owned,
+        );
         repodata["info"] = serde_json::json!({
             "subdir": subdir,
             "base_url": format!("{base}/{subdir}/"),
@@ -219,6 +229,39 @@ async fn python39_locks_for_three_platforms_and_relocks_byte_identical() {
     let conda_lock =
         keel_solve::conda_lock_yml(&read_back, "environment.yml", &locked.inputs_hash).unwrap();
     assert!(conda_lock.contains("python"), "{conda_lock}");
+}
+
+/// A channel served with a token in its URL (`/t/<token>/`): the token never reaches the lock
+/// or its exports.
+#[tokio::test(flavor = "multi_thread")]
+async fn channel_tokens_never_reach_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = py39_channel_served_from(
+        &dir.path().join("private"),
+        Some("https://user:hunter2@conda.example.com/t/s3cr3t-token/private"),
+    );
+    let env = env_file(&format!(
+        "channels: [{}]\ndependencies: [python=3.9]\nplatforms: [linux-64]\n",
+        channel.display()
+    ));
+    let spec = keel_spec::read_path(&env.path).unwrap().spec;
+    let locked = lock(&spec, &env.path, &options(&env), None).await.unwrap();
+    for secret in ["s3cr3t-token", "hunter2", "user:"] {
+        assert!(
+            !locked.text.contains(secret),
+            "{secret} leaked into the lock"
+        );
+        let explicit = explicit(&locked.lock, Subdir::Linux64).unwrap().unwrap();
+        assert!(
+            !explicit.contains(secret),
+            "{secret} leaked into the explicit list"
+        );
+    }
+    assert!(
+        locked
+            .text
+            .contains("https://conda.example.com/private/linux-64/python-3.9")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
