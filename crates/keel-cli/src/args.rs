@@ -22,6 +22,42 @@ pub(crate) enum Command {
     /// keeping existing pins unless the file changed. Exit 0 on success, 1 when `--check`
     /// finds the lock stale, 2 on bad input or an unsolvable environment.
     Lock(LockArgs),
+    /// Ask the CUDA driver what this node has: driver, CUDA version, every visible GPU.
+    /// Without a driver it says "no CUDA driver found" and exits 0.
+    Probe(ProbeArgs),
+    /// Check the lock (or an installed prefix) against this node: driver new enough for the
+    /// CUDA pinned, GPUs' compute capability, free memory, glibc and kernel. Each finding says
+    /// what to do. Exit 1 when anything will not work.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DoctorArgs {
+    /// The lock to check [default: keel.lock, when there is one].
+    #[arg(short, long, value_name = "LOCK")]
+    pub(crate) lock: Option<PathBuf>,
+    /// An installed prefix to check instead of the lock (reads its conda-meta).
+    #[arg(short, long, value_name = "PREFIX")]
+    pub(crate) prefix: Option<PathBuf>,
+    /// Use a recorded `keel probe --json` report instead of probing this node.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) probe_json: Option<PathBuf>,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProbeArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Also report each GPU's free memory (creates a CUDA context per GPU).
+    #[arg(long)]
+    pub(crate) free_memory: bool,
+    /// Give up on a driver that does not answer within this many seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub(crate) timeout: f64,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,9 @@
 //! input.
 
 mod args;
+mod doctor;
 mod lock;
+mod probe;
 mod render;
 mod spec;
 
@@ -19,6 +21,8 @@ pub fn run() -> ExitCode {
     let result = match args.command {
         args::Command::Spec(args::SpecCommand::Check(check)) => spec::check(check.into()),
         args::Command::Lock(args) => lock::run(args),
+        args::Command::Probe(args) => probe::run(&args),
+        args::Command::Doctor(args) => doctor::run(&args),
     };
     match result {
         Ok(code) => code,

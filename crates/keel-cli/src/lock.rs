@@ -42,6 +42,7 @@ impl LockSettings {
         for value in &args.virtual_packages {
             virtual_packages.add(value).into_diagnostic()?;
         }
+        add_probed_cuda(&mut virtual_packages)?;
         let channel_priority = match args.channel_priority.as_str() {
             "strict" => ChannelPriority::Strict,
             "flexible" => ChannelPriority::Flexible,
@@ -75,6 +76,52 @@ impl LockSettings {
             json: args.json,
         })
     }
+}
+
+/// This node's `__cuda` from keel's own driver probe (with `CONDA_OVERRIDE_CUDA` first), for
+/// this node's platform, unless the command line gives `__cuda` itself.
+fn add_probed_cuda(virtual_packages: &mut VirtualPackageOverridesByPlatform) -> miette::Result<()> {
+    let Some(host) = Subdir::current() else {
+        return Ok(());
+    };
+    let given = virtual_packages
+        .all
+        .iter()
+        .chain(
+            virtual_packages
+                .per_platform
+                .get(&host)
+                .into_iter()
+                .flatten(),
+        )
+        .any(|p| p.name.as_normalized() == "__cuda");
+    if given {
+        return Ok(());
+    }
+    let report = match keel_cuda::probe_with_timeout(
+        keel_cuda::DriverProbe::default(),
+        std::time::Duration::from_secs(10),
+    ) {
+        Ok(report) => report,
+        Err(error) => {
+            render::error(&miette::miette!(
+                severity = miette::Severity::Warning,
+                "{error}; solving without a probed __cuda"
+            ));
+            return Ok(());
+        }
+    };
+    let override_cuda = std::env::var("CONDA_OVERRIDE_CUDA").ok();
+    if let Some(cuda) =
+        keel_cuda::cuda_virtual_package(&report, override_cuda.as_deref()).into_diagnostic()?
+    {
+        virtual_packages
+            .per_platform
+            .entry(host)
+            .or_default()
+            .push(cuda);
+    }
+    Ok(())
 }
 
 /// `$XDG_CACHE_HOME/keel/repodata`, else `~/.cache/keel/repodata`.

@@ -1,0 +1,65 @@
+//! `keel probe`.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use keel_cuda::{DriverProbe, probe_with_timeout};
+use miette::IntoDiagnostic as _;
+
+use crate::args::ProbeArgs;
+
+pub(crate) fn run(args: &ProbeArgs) -> miette::Result<ExitCode> {
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        miette::bail!(
+            "--timeout must be a positive number of seconds, not {}",
+            args.timeout
+        );
+    }
+    let probe = DriverProbe {
+        free_memory: args.free_memory,
+    };
+    let report = match probe_with_timeout(probe, Duration::from_secs_f64(args.timeout)) {
+        Ok(report) => report,
+        Err(error) => {
+            crate::render::error(&miette::Report::new_boxed(Box::new(
+                miette::MietteDiagnostic::new(error.to_string()).with_help(
+                    "check `nvidia-smi`; a driver that fails here fails the training job too",
+                ),
+            )));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut stdout, &report).into_diagnostic()?;
+        let _ = writeln!(stdout);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _ = writeln!(stdout, "{}", report.summary());
+    if report.devices.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _ = writeln!(
+        stdout,
+        "ORD  CC    MEMORY      FREE        PCI BUS ID        UUID                                      NAME"
+    );
+    for device in &report.devices {
+        let gib = |bytes: u64| format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30));
+        let _ = writeln!(
+            stdout,
+            "{:<3}  {:<4}  {:<10}  {:<10}  {:<16}  {:<40}  {}",
+            device.ordinal,
+            format!(
+                "{}.{}",
+                device.compute_capability[0], device.compute_capability[1]
+            ),
+            gib(device.total_memory_bytes),
+            device.free_memory_bytes.map_or_else(|| "-".to_owned(), gib),
+            device.pci_bus_id,
+            device.uuid,
+            device.name
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
