@@ -117,6 +117,26 @@ fn lock_json_reports_platforms_and_virtual_packages() {
 }
 
 #[test]
+fn conda_override_cuda_reaches_the_lock() {
+    let project = project("  - python=3.9\n");
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["lock", "--json", "--platform", "linux-64"])
+        .current_dir(project.path())
+        .env("NO_COLOR", "1")
+        .env("XDG_CACHE_HOME", project.path().join("cache"))
+        .env("CONDA_OVERRIDE_CUDA", "12.2")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let virtual_packages = json["platforms"][0]["virtual_packages"].as_array().unwrap();
+    assert!(
+        virtual_packages.iter().any(|v| v == "__cuda=12.2=0"),
+        "{virtual_packages:?}"
+    );
+}
+
+#[test]
 fn unsolvable_points_at_the_spec_line() {
     let project = project("  - python=3.9\n  - numpy\n");
     let output = keel(project.path(), &["lock"]);
