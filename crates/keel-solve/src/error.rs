@@ -25,6 +25,11 @@ pub enum SolveError {
         "no platform to lock for: pass --platform, or list `platforms:` in the environment file"
     )]
     NoPlatform,
+    /// The file lists no channel to solve from.
+    #[error(
+        "the environment file lists no channels: add `channels:` (for example `conda-forge`); keel does not fall back to a .condarc"
+    )]
+    NoChannels,
     /// A channel entry could not be turned into a channel.
     #[error("invalid channel `{channel}`")]
     Channel {

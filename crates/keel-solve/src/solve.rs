@@ -100,6 +100,9 @@ pub async fn lock(
         platforms.iter().any(|p| p.is_windows()),
         |name| std::env::var(name).ok(),
     )?;
+    if channels.is_empty() {
+        return Err(SolveError::NoChannels);
+    }
     let gateway = Gateway::builder()
         .with_cache_dir(options.cache_dir.clone())
         .finish();

@@ -408,6 +408,21 @@ async fn channel_without_repodata_is_a_clear_error() {
     assert!(chain.contains("repodata"), "{chain}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_without_channels_says_so() {
+    for text in [
+        "dependencies: [python]\n",
+        "channels: [nodefaults]\ndependencies: [python]\n",
+    ] {
+        let env = env_file(text);
+        let spec = keel_spec::read_path(&env.path).unwrap().spec;
+        let error = lock(&spec, &env.path, &options(&env), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, SolveError::NoChannels), "{error}");
+    }
+}
+
 #[test]
 fn the_hash_follows_the_inputs() {
     let spec = |deps: &str| {
