@@ -78,8 +78,9 @@ impl LockSettings {
     }
 }
 
-/// This node's `__cuda` from keel's own driver probe (with `CONDA_OVERRIDE_CUDA` first), for
-/// this node's platform, unless the command line gives `__cuda` itself.
+/// This node's `__cuda` and `__cuda_arch` from keel's own driver probe (with
+/// `CONDA_OVERRIDE_CUDA` / `CONDA_OVERRIDE_CUDA_ARCH` first), for this node's platform, unless
+/// the command line gives them itself.
 fn add_probed_cuda(virtual_packages: &mut VirtualPackageOverridesByPlatform) -> miette::Result<()> {
     let Some(host) = Subdir::current() else {
         return Ok(());

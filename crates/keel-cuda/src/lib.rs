@@ -54,9 +54,35 @@ pub enum ProbeError {
     /// The probe thread could not start.
     #[error("failed to start the probe thread")]
     Thread(#[source] std::io::Error),
-    /// `CONDA_OVERRIDE_CUDA` holds something that is not a version.
-    #[error("CONDA_OVERRIDE_CUDA=`{0}` is not a CUDA version like 12.4 (or empty for none)")]
+    /// `CONDA_OVERRIDE_CUDA` or `CONDA_OVERRIDE_CUDA_ARCH` holds something that is not a
+    /// version.
+    #[error("the override `{0}` is not a version like 12.4 (or empty for none)")]
     Override(String),
+}
+
+/// The `__cuda_arch` virtual package for a solve on this node (CEP: the minimum compute
+/// capability across the visible GPUs, so that packages built for it run on every one):
+/// `CONDA_OVERRIDE_CUDA_ARCH` when set (empty means none), else the probe's GPUs, else none.
+pub fn cuda_arch_virtual_package(
+    report: &ProbeReport,
+    conda_override_cuda_arch: Option<&str>,
+) -> Result<Option<GenericVirtualPackage>, ProbeError> {
+    let version = match conda_override_cuda_arch {
+        Some(text) if text.trim().is_empty() => return Ok(None),
+        Some(text) => {
+            CudaVersion::from_str(text).map_err(|_| ProbeError::Override(text.to_owned()))?
+        }
+        None => match report.devices.iter().map(|d| d.compute_capability).min() {
+            Some([major, minor]) => CudaVersion { major, minor },
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(GenericVirtualPackage {
+        name: PackageName::from_str("__cuda_arch").expect("a valid name"),
+        version: Version::from_str(&version.to_string()).expect("a valid version"),
+        build_string: rattler_conda_types::package::BuildString::from_str("0")
+            .expect("a valid build string"),
+    }))
 }
 
 /// The `__cuda` virtual package for a solve on this node: `CONDA_OVERRIDE_CUDA` when it is

@@ -1,6 +1,9 @@
 //! The `__cuda` a solve sees: `CONDA_OVERRIDE_CUDA` first, then the probed driver.
 
-use keel_cuda::{CudaVersion, DriverInfo, Probe, ProbeReport, RecordedProbe, cuda_virtual_package};
+use keel_cuda::{
+    CudaVersion, DriverInfo, Probe, ProbeReport, RecordedProbe, cuda_arch_virtual_package,
+    cuda_virtual_package,
+};
 
 fn report(cuda: Option<(u32, u32)>) -> ProbeReport {
     ProbeReport {
@@ -52,5 +55,28 @@ fn driver_versions_decode() {
     assert_eq!(
         summary,
         "NVIDIA driver 550.54.15 (CUDA 12.4), 0 visible GPUs"
+    );
+}
+
+#[test]
+fn cuda_arch_is_the_oldest_visible_gpu() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/a100.json");
+    let mut a100: ProbeReport = serde_json::from_slice(&fs_err::read(path).unwrap()).unwrap();
+    let arch = cuda_arch_virtual_package(&a100, None).unwrap().unwrap();
+    assert_eq!(arch.to_string(), "__cuda_arch=8.0=0");
+    a100.devices[1].compute_capability = [7, 5];
+    let mixed = cuda_arch_virtual_package(&a100, None).unwrap().unwrap();
+    assert_eq!(mixed.to_string(), "__cuda_arch=7.5=0");
+    assert_eq!(
+        cuda_arch_virtual_package(&a100, Some("9.0"))
+            .unwrap()
+            .unwrap()
+            .to_string(),
+        "__cuda_arch=9.0=0"
+    );
+    assert!(
+        cuda_arch_virtual_package(&report(None), None)
+            .unwrap()
+            .is_none()
     );
 }
