@@ -67,22 +67,13 @@ pub fn cuda_arch_virtual_package(
     report: &ProbeReport,
     conda_override_cuda_arch: Option<&str>,
 ) -> Result<Option<GenericVirtualPackage>, ProbeError> {
-    let version = match conda_override_cuda_arch {
-        Some(text) if text.trim().is_empty() => return Ok(None),
-        Some(text) => {
-            CudaVersion::from_str(text).map_err(|_| ProbeError::Override(text.to_owned()))?
-        }
-        None => match report.devices.iter().map(|d| d.compute_capability).min() {
-            Some([major, minor]) => CudaVersion { major, minor },
-            None => return Ok(None),
-        },
-    };
-    Ok(Some(GenericVirtualPackage {
-        name: PackageName::from_str("__cuda_arch").expect("a valid name"),
-        version: Version::from_str(&version.to_string()).expect("a valid version"),
-        build_string: rattler_conda_types::package::BuildString::from_str("0")
-            .expect("a valid build string"),
-    }))
+    let probed = report
+        .devices
+        .iter()
+        .map(|d| d.compute_capability)
+        .min()
+        .map(|[major, minor]| CudaVersion { major, minor });
+    virtual_package("__cuda_arch", conda_override_cuda_arch, probed)
 }
 
 /// The `__cuda` virtual package for a solve on this node: `CONDA_OVERRIDE_CUDA` when it is
@@ -91,18 +82,29 @@ pub fn cuda_virtual_package(
     report: &ProbeReport,
     conda_override_cuda: Option<&str>,
 ) -> Result<Option<GenericVirtualPackage>, ProbeError> {
-    let version = match conda_override_cuda {
+    let probed = report.driver.as_ref().map(|driver| driver.cuda_version);
+    virtual_package("__cuda", conda_override_cuda, probed)
+}
+
+/// `name=version=0`, the version from the override when one is set (empty: none), else the
+/// probed one.
+fn virtual_package(
+    name: &str,
+    override_value: Option<&str>,
+    probed: Option<CudaVersion>,
+) -> Result<Option<GenericVirtualPackage>, ProbeError> {
+    let version = match override_value {
         Some(text) if text.trim().is_empty() => return Ok(None),
         Some(text) => {
             CudaVersion::from_str(text).map_err(|_| ProbeError::Override(text.to_owned()))?
         }
-        None => match &report.driver {
-            Some(driver) => driver.cuda_version,
+        None => match probed {
+            Some(version) => version,
             None => return Ok(None),
         },
     };
     Ok(Some(GenericVirtualPackage {
-        name: PackageName::from_str("__cuda").expect("a valid name"),
+        name: PackageName::from_str(name).expect("a valid name"),
         version: Version::from_str(&version.to_string()).expect("a valid version"),
         build_string: rattler_conda_types::package::BuildString::from_str("0")
             .expect("a valid build string"),
