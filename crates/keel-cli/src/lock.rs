@@ -42,7 +42,6 @@ impl LockSettings {
         for value in &args.virtual_packages {
             virtual_packages.add(value).into_diagnostic()?;
         }
-        add_probed_cuda(&mut virtual_packages)?;
         let channel_priority = match args.channel_priority.as_str() {
             "strict" => ChannelPriority::Strict,
             "flexible" => ChannelPriority::Flexible,
@@ -165,6 +164,8 @@ pub(crate) fn run(args: LockArgs) -> miette::Result<ExitCode> {
     let previous = keel_solve::read_lock(&settings.output).into_diagnostic()?;
     let progress = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     settings.options.progress = Some(progress);
+    // Only a solve needs this node's GPUs; `--check` compares what the command line gives.
+    add_probed_cuda(&mut settings.options.virtual_packages)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
