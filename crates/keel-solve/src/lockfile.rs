@@ -105,16 +105,26 @@ pub(crate) fn build(
 ) -> Result<Locked, SolveError> {
     let platforms: Vec<Subdir> = solves.iter().map(|s| s.platform).collect();
     let inputs_hash = inputs_hash(spec, &platforms, options);
-    let platform_data = solves
+    let summaries: Vec<PlatformSummary> = solves
         .iter()
-        .map(|solve| PlatformData {
-            name: PlatformName::from(&solve.platform),
-            subdir: solve.platform,
+        .map(|solve| PlatformSummary {
+            platform: solve.platform.as_str().to_owned(),
+            packages: solve.records.len(),
+            pypi_packages: solve.pypi.len(),
             virtual_packages: solve
                 .virtual_packages
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+        })
+        .collect();
+    let platform_data = solves
+        .iter()
+        .zip(&summaries)
+        .map(|(solve, summary)| PlatformData {
+            name: PlatformName::from(&solve.platform),
+            subdir: solve.platform,
+            virtual_packages: summary.virtual_packages.clone(),
         })
         .collect();
     let mut builder = LockFile::builder()
@@ -138,21 +148,10 @@ pub(crate) fn build(
             ..SolveOptions::default()
         },
     );
-    let mut summaries = Vec::new();
     for solve in solves {
         builder
             .add_environment_platform(DEFAULT_ENVIRONMENT_NAME, solve.platform.as_str())
             .map_err(SolveError::Lock)?;
-        summaries.push(PlatformSummary {
-            platform: solve.platform.as_str().to_owned(),
-            packages: solve.records.len(),
-            pypi_packages: solve.pypi.len(),
-            virtual_packages: solve
-                .virtual_packages
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-        });
         for mut record in solve.records {
             // A channel token (`/t/<token>/`), a password or a query string never reaches the
             // lock: the lock is shared, the credentials are not. Installers add them back from
