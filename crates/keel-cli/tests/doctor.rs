@@ -1,6 +1,8 @@
 //! `keel doctor` end to end: a prefix whose conda-meta pins CUDA 11.8, checked against recorded
 //! probes and against this node.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -87,12 +89,7 @@ fn doctor_passes_an_h100_and_warns_on_an_old_driver() {
 
 #[test]
 fn doctor_on_this_node_without_a_driver_fails_a_cuda_prefix() {
-    let has_driver = [
-        "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
-        "/usr/lib64/libcuda.so.1",
-    ]
-    .iter()
-    .any(|p| Path::new(p).exists());
+    let has_driver = common::has_cuda_driver();
     let dir = tempfile::tempdir().unwrap();
     let prefix = cuda_prefix(dir.path());
     let output = keel(dir.path(), &["doctor", "-p", prefix.to_str().unwrap()]);

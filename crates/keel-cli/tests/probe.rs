@@ -1,6 +1,10 @@
 //! `keel probe` on this machine. Without a CUDA driver (as on CI) it must say so and exit 0.
 
+mod common;
+
 use std::process::Command;
+
+use common::has_cuda_driver;
 
 fn keel(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_keel"))
@@ -8,16 +12,6 @@ fn keel(args: &[&str]) -> std::process::Output {
         .env("NO_COLOR", "1")
         .output()
         .unwrap()
-}
-
-fn has_cuda_driver() -> bool {
-    [
-        "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
-        "/usr/lib64/libcuda.so.1",
-        "/run/opengl-driver/lib/libcuda.so.1",
-    ]
-    .iter()
-    .any(|p| std::path::Path::new(p).exists())
 }
 
 #[test]
