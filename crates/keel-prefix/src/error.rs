@@ -1,0 +1,121 @@
+//! Why a prefix could not be installed, fingerprinted, verified or compared.
+
+use std::path::PathBuf;
+
+/// One error enum for keel-prefix. Every variant that concerns a file names it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrefixError {
+    /// The directory has no `conda-meta` folder, so it is not a conda prefix.
+    #[error("{} is not a conda prefix (it has no conda-meta folder)", .0.display())]
+    NotAPrefix(PathBuf),
+    /// A `conda-meta/*.json` record that cannot be read or parsed.
+    #[error("corrupted conda-meta record {}", path.display())]
+    Record {
+        /// The record's file.
+        path: PathBuf,
+        /// The parser's reason (line and column for JSON errors).
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing a file failed. The source (from fs-err) names the path.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A file of the prefix could not be read while fingerprinting or verifying it.
+    #[error("cannot read {}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The lock could not be read.
+    #[error("cannot read the lock {}", path.display())]
+    ReadLock {
+        /// The lock file.
+        path: PathBuf,
+        /// rattler_lock's reason.
+        #[source]
+        source: Box<rattler_lock::ParseCondaLockError>,
+    },
+    /// A locked conda package that cannot be turned into a repodata record.
+    #[error("the lock {} has a conda package keel cannot read", path.display())]
+    LockRecord {
+        /// The lock file.
+        path: PathBuf,
+        /// rattler_lock's reason.
+        #[source]
+        source: rattler_lock::ConversionError,
+    },
+    /// The lock has no environment of this name.
+    #[error("the lock {} has no environment `{name}`", path.display())]
+    NoEnvironment {
+        /// The lock file.
+        path: PathBuf,
+        /// The environment asked for.
+        name: String,
+    },
+    /// The lock has no packages for the platform being installed or verified.
+    #[error("the lock {} has no packages for {platform} (it locks: {locked})", path.display())]
+    PlatformNotLocked {
+        /// The lock file.
+        path: PathBuf,
+        /// The platform asked for.
+        platform: String,
+        /// The platforms the lock has.
+        locked: String,
+    },
+    /// A locked package has no sha256, so what gets installed could not be checked.
+    #[error("the lock pins {name} without a sha256; keel installs only packages it can check (re-lock with `keel lock`)")]
+    MissingSha256 {
+        /// The package file name.
+        name: String,
+    },
+    /// rattler's installer failed (a download, a sha256 mismatch, a link error).
+    #[error("installing into {} failed", prefix.display())]
+    Install {
+        /// The prefix.
+        prefix: PathBuf,
+        /// The installer's reason, naming the package.
+        #[source]
+        source: Box<rattler::install::InstallerError>,
+    },
+    /// A conda-meta record that the interrupted install left corrupted could not be removed.
+    #[error("the record {} of an interrupted install is corrupted and could not be removed", path.display())]
+    Repair {
+        /// The record.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A fingerprint file that is not a keel fingerprint, or of another schema version.
+    #[error("{} is not a keel fingerprint of schema {expected}: {reason}", path.display())]
+    FingerprintSchema {
+        /// The file.
+        path: PathBuf,
+        /// The schema this keel reads.
+        expected: u32,
+        /// What was found instead.
+        reason: String,
+    },
+    /// A fingerprint file that is not valid JSON.
+    #[error("cannot parse the fingerprint {}", path.display())]
+    FingerprintJson {
+        /// The file.
+        path: PathBuf,
+        /// serde_json's reason, with line and column.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An `--exclude` pattern that is not a valid glob.
+    #[error("invalid exclude pattern `{pattern}`")]
+    Exclude {
+        /// The pattern.
+        pattern: String,
+        /// globset's reason.
+        #[source]
+        source: globset::Error,
+    },
+}

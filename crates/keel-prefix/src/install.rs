@@ -1,0 +1,179 @@
+//! `keel install`: the lock's conda packages into a prefix, with rattler's installer.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use rattler::install::{Installer, Reporter};
+use rattler::package_cache::PackageCache;
+use rattler_conda_types::{PackageName, PrefixRecord, RepoDataRecord, Subdir};
+
+use crate::PrefixError;
+use crate::lock::LockedPlatform;
+use crate::verify::check_package;
+
+/// The file that marks an install in progress. It lives in `conda-meta/` without a `.json`
+/// extension, so conda, pixi and rattler do not read it as a package record.
+pub const INSTALL_MARKER: &str = "conda-meta/.keel-install-in-progress";
+
+/// How to install.
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    /// The package cache (extracted packages, shared between prefixes; hard links point
+    /// into it). rattler's and pixi's default is `~/.cache/rattler/cache/pkgs`.
+    pub package_cache: PathBuf,
+    /// The platform whose packages are installed (default: this machine's).
+    pub platform: Option<Subdir>,
+}
+
+/// What an install did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct InstallReport {
+    /// The prefix.
+    pub prefix: PathBuf,
+    /// Packages linked into the prefix (new or replacing another version), `name-version-build`.
+    pub installed: Vec<String>,
+    /// Packages removed from the prefix.
+    pub removed: Vec<String>,
+    /// Packages already installed as locked, left alone.
+    pub unchanged: usize,
+    /// A previous install into this prefix was interrupted; this run repaired it.
+    pub repaired_interrupted: bool,
+    /// Packages re-linked because the interrupted install left them incomplete or changed.
+    pub repaired_packages: Vec<String>,
+    /// The lock's PyPI packages, which keel install does not install (`uv pip install`
+    /// does, from the lock's URLs and hashes).
+    pub pypi_not_installed: Vec<String>,
+}
+
+fn identifier(record: &RepoDataRecord) -> String {
+    let package = &record.package_record;
+    format!(
+        "{}-{}-{}",
+        package.name.as_normalized(),
+        package.version,
+        package.build
+    )
+}
+
+/// Installs what `locked` pins into `prefix`.
+///
+/// Only the difference is applied: packages already installed as locked stay, others are
+/// linked, packages the lock does not pin are removed. Every archive is checked against the
+/// lock's sha256 before it is extracted (rattler's package cache refuses a mismatch).
+///
+/// An install marks the prefix while it runs; a run that finds the mark of an interrupted one
+/// re-checks every installed package's files and re-links those that are incomplete.
+pub async fn install<R: Reporter + 'static>(
+    prefix: &Path,
+    locked: &LockedPlatform,
+    options: &InstallOptions,
+    reporter: Option<R>,
+) -> Result<InstallReport, PrefixError> {
+    let prefix = std::path::absolute(prefix)?;
+    for record in &locked.conda {
+        if record.package_record.sha256.is_none() {
+            return Err(PrefixError::MissingSha256 {
+                name: record.identifier.to_string(),
+            });
+        }
+    }
+    let mut report = InstallReport {
+        prefix: prefix.clone(),
+        pypi_not_installed: locked
+            .pypi
+            .iter()
+            .map(|p| match &p.version {
+                Some(version) => format!("{}=={version}", p.name),
+                None => p.name.clone(),
+            })
+            .collect(),
+        ..InstallReport::default()
+    };
+
+    let meta = prefix.join("conda-meta");
+    fs_err::create_dir_all(&meta)?;
+    let marker = prefix.join(INSTALL_MARKER);
+    report.repaired_interrupted = marker.exists();
+
+    let installed = installed_records(&meta, report.repaired_interrupted)?;
+    let mut reinstall: HashSet<PackageName> = HashSet::new();
+    if report.repaired_interrupted {
+        for record in &installed {
+            let (problems, _, _) = check_package(&prefix, record);
+            if !problems.is_empty() {
+                reinstall.insert(record.repodata_record.package_record.name.clone());
+                report
+                    .repaired_packages
+                    .push(identifier(&record.repodata_record));
+            }
+        }
+    }
+
+    fs_err::write(
+        &marker,
+        format!(
+            "keel install started by process {}; if this file remains, the install was interrupted and the next `keel install` repairs it\n",
+            std::process::id()
+        ),
+    )?;
+
+    let mut installer = Installer::new()
+        .with_package_cache(PackageCache::new(&options.package_cache))
+        .with_installed_packages(installed)
+        .with_reinstall_packages(reinstall)
+        .with_execute_link_scripts(false);
+    if let Some(platform) = options.platform {
+        installer = installer.with_target_platform(platform);
+    }
+    if let Some(reporter) = reporter {
+        installer = installer.with_reporter(reporter);
+    }
+    let result = installer
+        .install(&prefix, locked.conda.iter().cloned())
+        .await
+        .map_err(|source| PrefixError::Install {
+            prefix: prefix.clone(),
+            source: Box::new(source),
+        })?;
+
+    for operation in &result.transaction.operations {
+        if let Some(record) = operation.record_to_install() {
+            report.installed.push(identifier(record));
+        } else if let Some(record) = operation.record_to_remove() {
+            report.removed.push(format!(
+                "{}-{}-{}",
+                record.name().as_normalized(),
+                record.version(),
+                record.build()
+            ));
+        }
+    }
+    report.installed.sort();
+    report.removed.sort();
+    report.unchanged = result.transaction.unchanged_packages().len();
+    fs_err::remove_file(&marker)?;
+    Ok(report)
+}
+
+/// The prefix's records. After an interruption a record may be half written: it is removed,
+/// so that its package is linked again.
+fn installed_records(meta: &Path, repairing: bool) -> Result<Vec<PrefixRecord>, PrefixError> {
+    let mut records = Vec::new();
+    for entry in fs_err::read_dir(meta)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|ext| ext != "json") || !path.is_file() {
+            continue;
+        }
+        match PrefixRecord::from_path(&path) {
+            Ok(record) => records.push(record),
+            Err(_) if repairing => {
+                fs_err::remove_file(&path).map_err(|source| PrefixError::Repair {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            Err(source) => return Err(PrefixError::Record { path, source }),
+        }
+    }
+    Ok(records)
+}
