@@ -29,6 +29,104 @@ pub(crate) enum Command {
     /// CUDA pinned, GPUs' compute capability, free memory, glibc and kernel. Each finding says
     /// what to do. Exit 1 when anything will not work.
     Doctor(DoctorArgs),
+    /// Install the lock's conda packages for this platform into a prefix (rattler's installer:
+    /// package cache, hard links, conda-meta records conda and pixi read). Only the difference
+    /// is applied; an interrupted install is repaired by the next run.
+    Install(InstallArgs),
+    /// Fingerprint an installed prefix: every package and every file (BLAKE3), one root hash
+    /// that is the same for the same install on any path of any machine.
+    Hash(HashArgs),
+    /// Check an installed prefix against its packages' recorded sha256 and the lock: changed
+    /// files, pip installs outside the lock, files no package owns. Exit 1 on drift.
+    Verify(VerifyArgs),
+    /// Compare fingerprints (`keel hash --json`) of many nodes: group identical ones, list
+    /// what differs in the others, package versions first. Exit 1 when they differ.
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InstallArgs {
+    /// The lock to install.
+    #[arg(short, long, default_value = "keel.lock", value_name = "LOCK")]
+    pub(crate) lock: PathBuf,
+    /// The prefix to install into [default: .keel/envs/<environment> beside the lock].
+    #[arg(short, long, value_name = "PREFIX")]
+    pub(crate) prefix: Option<PathBuf>,
+    /// The lock's environment to install.
+    #[arg(short, long, default_value = "default", value_name = "NAME")]
+    pub(crate) environment: String,
+    /// Install another platform's packages (default: this machine's).
+    #[arg(long, value_name = "PLATFORM")]
+    pub(crate) platform: Option<String>,
+    /// The package cache [default: rattler's, shared with pixi: $RATTLER_CACHE_DIR or
+    /// ~/.cache/rattler/cache/pkgs].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) package_cache: Option<PathBuf>,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HashArgs {
+    /// The installed prefix.
+    #[arg(value_name = "PREFIX")]
+    pub(crate) prefix: PathBuf,
+    /// Print the whole fingerprint as JSON (what `keel diff` reads).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Write the JSON fingerprint to this file (and the summary to stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+    /// Hash every file, ignoring the stat cache.
+    #[arg(long)]
+    pub(crate) full: bool,
+    /// Leave out files matching this glob, relative to the prefix (repeatable), for example
+    /// `**/__pycache__/**`.
+    #[arg(long, value_name = "GLOB")]
+    pub(crate) exclude: Vec<String>,
+    /// Name this node in the fingerprint [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) label: Option<String>,
+    /// Hashing threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub(crate) threads: Option<usize>,
+    /// Where the stat cache lives [default: $XDG_CACHE_HOME/keel/fingerprints].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Do not read or write the stat cache.
+    #[arg(long)]
+    pub(crate) no_cache: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// The installed prefix.
+    #[arg(value_name = "PREFIX")]
+    pub(crate) prefix: PathBuf,
+    /// The lock to compare with [default: keel.lock, when there is one; without a lock only
+    /// the files are checked].
+    #[arg(short, long, value_name = "LOCK")]
+    pub(crate) lock: Option<PathBuf>,
+    /// The lock's environment.
+    #[arg(short, long, default_value = "default", value_name = "NAME")]
+    pub(crate) environment: String,
+    /// The platform whose packages the prefix should hold (default: this machine's).
+    #[arg(long, value_name = "PLATFORM")]
+    pub(crate) platform: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DiffArgs {
+    /// Fingerprints written by `keel hash --json`, one per node.
+    #[arg(required = true, num_args = 2.., value_name = "FINGERPRINT.json")]
+    pub(crate) files: Vec<PathBuf>,
+    /// Print the comparison as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

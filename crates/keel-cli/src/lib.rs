@@ -6,6 +6,7 @@
 mod args;
 mod doctor;
 mod lock;
+mod prefix;
 mod probe;
 mod render;
 mod spec;
@@ -23,6 +24,10 @@ pub fn run() -> ExitCode {
         args::Command::Lock(args) => lock::run(args),
         args::Command::Probe(args) => probe::run(&args),
         args::Command::Doctor(args) => doctor::run(&args),
+        args::Command::Install(args) => prefix::install(args),
+        args::Command::Hash(args) => prefix::hash(args),
+        args::Command::Verify(args) => prefix::verify(args),
+        args::Command::Diff(args) => prefix::diff(&args),
     };
     match result {
         Ok(code) => code,

@@ -24,6 +24,10 @@ pub const PREFIX_PLACEHOLDER: &str = "${PREFIX}";
 /// The stat cache's own format version.
 const CACHE_VERSION: u32 = 1;
 
+/// How long before the previous run's start a file must have last changed for its cached hash
+/// to be trusted (file-system clocks tick in up to 10 ms steps).
+const SETTLE_NS: i128 = 100_000_000;
+
 /// Files at least this large are hashed in chunks with BLAKE3's multithreaded `update_rayon`.
 const LARGE_FILE: u64 = 4 << 20;
 
@@ -63,7 +67,8 @@ pub struct Fingerprint {
     pub summary: Summary,
     /// The installed conda packages, by name.
     pub packages: Vec<PackageFingerprint>,
-    /// Every file and symlink under the prefix except `conda-meta/`, by path.
+    /// Every file and symlink under the prefix except `conda-meta/` and `CACHEDIR.TAG`, by
+    /// path.
     pub files: Vec<FileFingerprint>,
 }
 
@@ -486,6 +491,10 @@ fn exclude_set(patterns: &[String]) -> Result<GlobSet, PrefixError> {
     })
 }
 
+/// What installers keep at the top of a prefix about the prefix (package records, history,
+/// rattler's backup-exclusion tag): not environment contents, never fingerprinted.
+const INSTALLER_FILES: [&str; 2] = ["conda-meta", "CACHEDIR.TAG"];
+
 /// One path found by the walk.
 pub(crate) struct Found {
     /// Relative to the prefix, `/`-separated.
@@ -494,14 +503,17 @@ pub(crate) struct Found {
     pub(crate) symlink: bool,
 }
 
-/// Every file and symlink under `prefix` except `conda-meta/` and the excluded, by path.
+/// Every file and symlink under `prefix` except [`INSTALLER_FILES`] and the excluded, by path.
 pub(crate) fn walk_prefix(prefix: &Path, excluded: &GlobSet) -> Result<Vec<Found>, PrefixError> {
     let mut found = Vec::new();
     let walker = walkdir::WalkDir::new(prefix)
         .follow_links(false)
         .min_depth(1)
         .into_iter()
-        .filter_entry(|entry| !(entry.depth() == 1 && entry.file_name() == "conda-meta"));
+        .filter_entry(|entry| {
+            !(entry.depth() == 1
+                && INSTALLER_FILES.iter().any(|name| entry.file_name() == *name))
+        });
     for entry in walker {
         let entry = entry.map_err(|error| {
             let path = error.path().unwrap_or(prefix).to_path_buf();
@@ -646,7 +658,10 @@ fn fingerprint_in_pool(
             let stat = Stat::of(&metadata);
             let cached = previous.as_ref().and_then(|cache| {
                 let entry = cache.entries.get(&item.relative)?;
-                let settled = stat.mtime_ns < cache.started_ns && stat.ctime_ns < cache.started_ns;
+                // File times come from a coarse clock that can lag the real one by a tick;
+                // changes this close to the last run's start are hashed again.
+                let horizon = cache.started_ns - SETTLE_NS;
+                let settled = stat.mtime_ns < horizon && stat.ctime_ns < horizon;
                 (entry.stat == stat && settled).then(|| entry.clone())
             });
             let (entry, from_cache) = match cached {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rattler::install::{Installer, Reporter};
 use rattler::package_cache::PackageCache;
+use rattler::validation::ValidationMode;
 use rattler_conda_types::{PackageName, PrefixRecord, RepoDataRecord, Subdir};
 
 use crate::PrefixError;
@@ -117,8 +118,17 @@ pub async fn install<R: Reporter + 'static>(
         ),
     )?;
 
+    // A file edited in place in the prefix is edited in the package cache too (they are hard
+    // links to one inode), so a repair checks the cache entries' contents as well and
+    // extracts again the ones that no longer match their package.
+    let validation = if report.repaired_interrupted {
+        ValidationMode::Full
+    } else {
+        ValidationMode::default()
+    };
+    let cache = PackageCache::new_layered([options.package_cache.clone()], false, validation);
     let mut installer = Installer::new()
-        .with_package_cache(PackageCache::new(&options.package_cache))
+        .with_package_cache(cache)
         .with_installed_packages(installed)
         .with_reinstall_packages(reinstall)
         .with_execute_link_scripts(false);

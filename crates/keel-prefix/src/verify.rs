@@ -107,8 +107,8 @@ pub struct VerifyReport {
     pub packages: usize,
     /// Files whose contents were checked against their package's sha256.
     pub files_checked: usize,
-    /// Files that could not be checked (no sha256 recorded, or one recorded before conda
-    /// wrote the prefix into the file).
+    /// Paths whose contents were not checked: symlinks, and files without a sha256 (or with
+    /// only one taken before conda wrote the prefix into the file).
     pub files_unchecked: usize,
     /// Packages the lock pins that are not installed.
     pub missing_packages: Vec<PackageRef>,

@@ -1,0 +1,349 @@
+//! `keel install`, `keel hash`, `keel verify`, `keel diff`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Instant;
+
+use keel_prefix::{
+    Change, DiffReport, FileProblem, Fingerprint, HashOptions, InstallOptions, VerifyReport,
+};
+use miette::{Context as _, IntoDiagnostic as _};
+use rattler::install::IndicatifReporter;
+use rattler_conda_types::Subdir;
+
+use crate::args::{DiffArgs, HashArgs, InstallArgs, VerifyArgs};
+
+fn platform(value: Option<&str>) -> miette::Result<Subdir> {
+    match value {
+        Some(value) => Subdir::from_str(value)
+            .into_diagnostic()
+            .wrap_err_with(|| format!("invalid --platform `{value}`")),
+        None => Subdir::current()
+            .ok_or_else(|| miette::miette!("this machine's platform is not a conda platform")),
+    }
+}
+
+fn cache_base() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn write_json(value: &impl serde::Serialize) -> miette::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, value).into_diagnostic()?;
+    let _ = writeln!(stdout);
+    Ok(())
+}
+
+pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
+    let platform = platform(args.platform.as_deref())?;
+    let locked = keel_prefix::locked_packages(&args.lock, &args.environment, platform)
+        .into_diagnostic()?;
+    let prefix = args.prefix.unwrap_or_else(|| {
+        args.lock
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(".keel/envs")
+            .join(&args.environment)
+    });
+    let package_cache = match args.package_cache {
+        Some(dir) => dir,
+        None => rattler_cache::default_cache_dir()
+            .map_err(|error| miette::miette!("{error}: pass --package-cache"))?
+            .join(rattler_cache::PACKAGE_CACHE_DIR),
+    };
+    let options = InstallOptions {
+        package_cache,
+        platform: Some(platform),
+    };
+    let reporter = (!args.json).then(|| IndicatifReporter::builder().clear_when_done(true).finish());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .into_diagnostic()?;
+    let started = Instant::now();
+    let report = runtime
+        .block_on(keel_prefix::install(&prefix, &locked, &options, reporter))
+        .into_diagnostic()?;
+    if args.json {
+        write_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut stdout = std::io::stdout().lock();
+    if report.repaired_interrupted {
+        let _ = writeln!(
+            stdout,
+            "repaired an interrupted install ({} package(s) re-linked)",
+            report.repaired_packages.len()
+        );
+    }
+    for name in &report.removed {
+        let _ = writeln!(stdout, "- {name}");
+    }
+    for name in &report.installed {
+        let _ = writeln!(stdout, "+ {name}");
+    }
+    let _ = writeln!(
+        stdout,
+        "{}: {} installed, {} removed, {} unchanged ({platform}, {:.1} s)",
+        report.prefix.display(),
+        report.installed.len(),
+        report.removed.len(),
+        report.unchanged,
+        started.elapsed().as_secs_f64()
+    );
+    if !report.pypi_not_installed.is_empty() {
+        let _ = writeln!(
+            stdout,
+            "note: the lock's {} PyPI package(s) are not installed by keel install ({}); install them with `uv pip install --python {}/bin/python --no-deps` from the lock's URLs",
+            report.pypi_not_installed.len(),
+            report.pypi_not_installed.join(", "),
+            report.prefix.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn hash(args: HashArgs) -> miette::Result<ExitCode> {
+    let options = HashOptions {
+        cache_dir: (!args.no_cache).then(|| {
+            args.cache_dir
+                .clone()
+                .unwrap_or_else(|| cache_base().join("keel").join("fingerprints"))
+        }),
+        full: args.full,
+        exclude: args.exclude,
+        label: args.label,
+        threads: args.threads,
+    };
+    let started = Instant::now();
+    let (fingerprint, stats) =
+        keel_prefix::fingerprint(&args.prefix, &options).into_diagnostic()?;
+    let elapsed = started.elapsed();
+    if let Some(path) = &args.output {
+        let text = serde_json::to_vec_pretty(&fingerprint).into_diagnostic()?;
+        fs_err::write(path, text).into_diagnostic()?;
+    }
+    if args.json {
+        write_json(&fingerprint)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let summary = &fingerprint.summary;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}  {}", fingerprint.root, fingerprint.prefix.display());
+    let _ = writeln!(
+        stdout,
+        "{} packages, {} files ({}), {} symlinks, {} files owned by no package, {} holding the prefix path",
+        summary.packages,
+        summary.files,
+        mib(summary.bytes),
+        summary.symlinks,
+        summary.unowned,
+        summary.prefix_files
+    );
+    let _ = writeln!(
+        stdout,
+        "hashed {} files ({}), {} unchanged from the stat cache, in {:.3} s",
+        stats.hashed,
+        mib(stats.bytes_hashed),
+        stats.cached,
+        elapsed.as_secs_f64()
+    );
+    if let Some(path) = &args.output {
+        let _ = writeln!(stdout, "wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn verify(args: VerifyArgs) -> miette::Result<ExitCode> {
+    let lock = match args.lock {
+        Some(lock) => Some(lock),
+        None => Some(PathBuf::from("keel.lock")).filter(|path| path.is_file()),
+    };
+    let locked = match &lock {
+        Some(path) => {
+            let platform = platform(args.platform.as_deref())?;
+            Some(
+                keel_prefix::locked_packages(path, &args.environment, platform)
+                    .into_diagnostic()?,
+            )
+        }
+        None => None,
+    };
+    let report = keel_prefix::verify(
+        &args.prefix,
+        lock.as_deref().zip(locked.as_ref()),
+    )
+    .into_diagnostic()?;
+    if args.json {
+        write_json(&report)?;
+    } else {
+        print_verify(&report);
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_verify(report: &VerifyReport) {
+    let mut out = std::io::stdout().lock();
+    for package in &report.missing_packages {
+        let _ = writeln!(out, "missing package   {package} (pinned by the lock)");
+    }
+    for change in &report.changed_packages {
+        let same_version = (&change.locked.version, &change.locked.build)
+            == (&change.installed.version, &change.installed.build);
+        let what = if same_version {
+            "another archive (sha256) than locked".to_string()
+        } else {
+            format!("locked {} {}", change.locked.version, change.locked.build)
+        };
+        let _ = writeln!(
+            out,
+            "changed package   {} {} {} ({what})",
+            change.installed.name, change.installed.version, change.installed.build
+        );
+    }
+    for package in &report.extra_packages {
+        let _ = writeln!(out, "extra package     {package} (not in the lock)");
+    }
+    for file in &report.changed_files {
+        let what = match &file.problem {
+            FileProblem::Missing => "missing".to_string(),
+            FileProblem::WrongType { expected } => format!("not a {expected}"),
+            FileProblem::Size { expected, actual } => {
+                format!("size {actual}, recorded {expected}")
+            }
+            FileProblem::Content { .. } => "contents changed (sha256 differs)".to_string(),
+            FileProblem::Unreadable { error } => format!("unreadable: {error}"),
+        };
+        let _ = writeln!(out, "changed file      {} [{}]: {what}", file.path, file.package);
+    }
+    for dist in &report.pip_outside_lock {
+        let _ = writeln!(
+            out,
+            "pip outside lock  {} {} (installed by {}, {})",
+            dist.name,
+            dist.version,
+            dist.installer.as_deref().unwrap_or("an unknown tool"),
+            dist.dist_info
+        );
+    }
+    for pypi in &report.missing_pypi {
+        let _ = writeln!(
+            out,
+            "missing PyPI      {} {} (pinned by the lock)",
+            pypi.name,
+            pypi.version.as_deref().unwrap_or("")
+        );
+    }
+    for path in &report.unowned_files {
+        let _ = writeln!(out, "unowned file      {path}");
+    }
+    let verdict = if report.is_clean() {
+        "matches"
+    } else {
+        "DRIFTED from"
+    };
+    let against = report
+        .lock
+        .as_ref()
+        .map_or("its packages' records (no lock given)".to_string(), |lock| {
+            format!("{} and its packages' records", lock.display())
+        });
+    let _ = writeln!(
+        out,
+        "{} {verdict} {against}: {} packages, {} files checked, {} not content-checked (symlinks, no sha256), {} bytecode caches ignored",
+        report.prefix.display(),
+        report.packages,
+        report.files_checked,
+        report.files_unchecked,
+        report.bytecode_caches
+    );
+}
+
+pub(crate) fn diff(args: &DiffArgs) -> miette::Result<ExitCode> {
+    let fingerprints = args
+        .files
+        .iter()
+        .map(|path| Fingerprint::from_path(path).into_diagnostic())
+        .collect::<miette::Result<Vec<_>>>()?;
+    let report = keel_prefix::diff(&fingerprints);
+    if args.json {
+        write_json(&report)?;
+    } else {
+        print_diff(&report);
+    }
+    Ok(if report.all_identical() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_diff(report: &DiffReport) {
+    let mut out = std::io::stdout().lock();
+    for (index, group) in report.groups.iter().enumerate() {
+        let role = if index == 0 { "reference" } else { "differs" };
+        let _ = writeln!(
+            out,
+            "{} {role:<9} {} node(s): {}",
+            &group.root[..16],
+            group.labels.len(),
+            group.labels.join(", ")
+        );
+    }
+    if report.all_identical() {
+        let _ = writeln!(out, "all nodes have the same prefix");
+        return;
+    }
+    for difference in &report.differences {
+        let _ = writeln!(out, "\n{}:", difference.labels.join(", "));
+        for change in &difference.changes {
+            let owner = |owner: &Option<String>| {
+                owner
+                    .as_deref()
+                    .map_or(" (no package)".to_string(), |o| format!(" [{o}]"))
+            };
+            let line = match change {
+                Change::PackageVersion {
+                    name,
+                    reference,
+                    here,
+                } => format!("  package {name}: {here} (reference {reference})"),
+                Change::PackageSource {
+                    name,
+                    reference,
+                    here,
+                } => format!("  package {name}: other archive {here} (reference {reference})"),
+                Change::PackageAdded { name, here } => format!("  + package {name} {here}"),
+                Change::PackageRemoved { name, reference } => {
+                    format!("  - package {name} {reference}")
+                }
+                Change::FileChanged { path, owner: o, what } => {
+                    format!("  ~ {path}{}: {what}", owner(o))
+                }
+                Change::FileAdded { path, owner: o } => format!("  + {path}{}", owner(o)),
+                Change::FileRemoved { path, owner: o } => format!("  - {path}{}", owner(o)),
+            };
+            let _ = writeln!(out, "{line}");
+        }
+        if difference.files_of_changed_packages > 0 {
+            let _ = writeln!(
+                out,
+                "  ({} file differences of the changed packages not listed)",
+                difference.files_of_changed_packages
+            );
+        }
+    }
+}

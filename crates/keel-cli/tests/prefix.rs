@@ -1,0 +1,384 @@
+//! `keel install`, `keel hash`, `keel verify` and `keel diff` end to end: real packages built
+//! by the test, indexed into a local channel, locked, installed, fingerprinted, verified, then
+//! changed by hand.
+
+#[path = "common/channel.rs"]
+mod channel;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use channel::{Content, PLACEHOLDER, Package, binary_with_placeholder, build_channel};
+use serde_json::Value;
+
+fn keel(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .env("RATTLER_CACHE_DIR", dir.join("rattler-cache"))
+        .env_remove("CONDA_OVERRIDE_CUDA")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs keel and expects `code`; returns stdout.
+fn expect(dir: &Path, args: &[&str], code: i32) -> String {
+    let output = keel(dir, args);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "keel {args:?}\nstdout:\n{}\nstderr:\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+fn json(dir: &Path, args: &[&str], code: i32) -> Value {
+    let stdout = expect(dir, args, code);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn libdemo(version: &'static str) -> Package {
+    Package {
+        name: "libdemo",
+        version,
+        depends: vec![],
+        files: vec![
+            ("lib/libdemo.so.1", Content::BinaryWithPrefix(binary_with_placeholder(version))),
+            ("lib/libdemo.so", Content::Symlink("libdemo.so.1".into())),
+            (
+                "share/libdemo/VERSION",
+                Content::Text(format!("libdemo {version}\n")),
+            ),
+        ],
+        tar_bz2: false,
+    }
+}
+
+fn packages() -> Vec<Package> {
+    vec![
+        libdemo("1.0"),
+        libdemo("1.1"),
+        Package {
+            name: "demotool",
+            version: "2.0",
+            depends: vec!["libdemo >=1.0"],
+            files: vec![
+                (
+                    "bin/demotool",
+                    Content::TextWithPrefix(format!(
+                        "#!/bin/sh\n# demotool 2.0\nexec {PLACEHOLDER}/bin/helper \"$@\"\n"
+                    )),
+                ),
+                ("bin/helper", Content::Executable("#!/bin/sh\necho helper\n".into())),
+                (
+                    "share/demotool/README.txt",
+                    Content::Text("demotool reads and writes demo files.\n".into()),
+                ),
+            ],
+            tar_bz2: true,
+        },
+    ]
+}
+
+/// A project folder: the channel, and one environment file per libdemo version.
+fn project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    build_channel(&dir.path().join("channel"), &packages());
+    for (name, pin) in [("env-1.0.yml", "1.0"), ("env-1.1.yml", "1.1")] {
+        fs_err::write(
+            dir.path().join(name),
+            format!(
+                "channels:\n  - ./channel\ndependencies:\n  - demotool\n  - libdemo ={pin}\n"
+            ),
+        )
+        .unwrap();
+    }
+    for (env, lock) in [("env-1.0.yml", "lock-1.0.lock"), ("env-1.1.yml", "lock-1.1.lock")] {
+        expect(dir.path(), &["lock", env, "-o", lock, "--no-uv"], 0);
+    }
+    dir
+}
+
+fn install(dir: &Path, lock: &str, prefix: &str) -> Value {
+    json(
+        dir,
+        &["install", "-l", lock, "-p", prefix, "--package-cache", "pkgs", "--json"],
+        0,
+    )
+}
+
+fn hash(dir: &Path, prefix: &str, label: &str, extra: &[&str]) -> Value {
+    let out = format!("{label}.json");
+    let mut args = vec!["hash", prefix, "--json", "--label", label, "-o", &out];
+    args.extend_from_slice(extra);
+    json(dir, &args, 0)
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn install_hash_verify_diff_end_to_end() {
+    let project = project();
+    let dir = project.path();
+
+    // Two installs of one lock at paths of different lengths: the prefix is written into the
+    // text script and the binary, yet both fingerprints are the same.
+    let a = install(dir, "lock-1.0.lock", "a");
+    assert_eq!(
+        names(&a["installed"]),
+        ["demotool-2.0-h0_0", "libdemo-1.0-h0_0"]
+    );
+    install(dir, "lock-1.0.lock", "nodes/b-with-a-longer-path");
+    let script = fs_err::read_to_string(dir.join("a/bin/demotool")).unwrap();
+    assert!(
+        script.contains(&format!("{}/bin/helper", dir.join("a").display())),
+        "prefix written into the script: {script}"
+    );
+    let fa = hash(dir, "a", "node-a", &[]);
+    let fb = hash(dir, "nodes/b-with-a-longer-path", "node-b", &[]);
+    assert_eq!(fa["root"], fb["root"]);
+    assert_eq!(fa["summary"]["prefix_files"], 2, "{}", fa["summary"]);
+    assert_eq!(fa["summary"]["packages"], 2);
+    assert_eq!(fa["summary"]["unowned"], 0);
+    let link = fa["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "lib/libdemo.so")
+        .unwrap();
+    assert_eq!(link["kind"], "symlink");
+    assert_eq!(link["target"], "libdemo.so.1");
+    let helper = fa["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "bin/helper")
+        .unwrap();
+    assert_eq!(helper["executable"], true);
+    assert_eq!(helper["owner"], "demotool");
+
+    let clean = expect(dir, &["verify", "a", "-l", "lock-1.0.lock"], 0);
+    assert!(clean.contains("matches"), "{clean}");
+    let same = expect(dir, &["diff", "node-a.json", "node-b.json"], 0);
+    assert!(same.contains("all nodes have the same prefix"), "{same}");
+    // Hashing again reads nothing: every file comes from the stat cache, same root. (Files
+    // changed less than 100 ms before the previous hash started are hashed again, since file
+    // times come from a coarse clock; the pause puts the install well before that.)
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    expect(dir, &["hash", "a"], 0);
+    let again = expect(dir, &["hash", "a", "--label", "node-a"], 0);
+    assert!(again.contains("hashed 0 files"), "{again}");
+    assert!(again.starts_with(fa["root"].as_str().unwrap()), "{again}");
+
+    // Drift on node b: another libdemo, a hand edit, an unowned file, a pip install.
+    let b = "nodes/b-with-a-longer-path";
+    let moved = install(dir, "lock-1.1.lock", b);
+    assert_eq!(names(&moved["installed"]), ["libdemo-1.1-h0_0"]);
+    assert_eq!(moved["unchanged"], 1);
+    let bp = dir.join(b);
+    fs_err::write(bp.join("share/demotool/README.txt"), "edited by hand\n").unwrap();
+    fs_err::write(bp.join("share/notes.txt"), "scratch\n").unwrap();
+    let site = bp.join("lib/python3.12/site-packages");
+    fs_err::create_dir_all(site.join("requests-2.32.0.dist-info")).unwrap();
+    fs_err::create_dir_all(site.join("requests/__pycache__")).unwrap();
+    fs_err::write(site.join("requests/__init__.py"), "__version__ = '2.32.0'\n").unwrap();
+    fs_err::write(
+        site.join("requests/__pycache__/__init__.cpython-312.pyc"),
+        b"\x0d\x0d\x0a\x00",
+    )
+    .unwrap();
+    fs_err::write(
+        site.join("requests-2.32.0.dist-info/METADATA"),
+        "Metadata-Version: 2.1\nName: requests\nVersion: 2.32.0\n\nbody\n",
+    )
+    .unwrap();
+    fs_err::write(site.join("requests-2.32.0.dist-info/INSTALLER"), "pip\n").unwrap();
+    fs_err::write(
+        site.join("requests-2.32.0.dist-info/RECORD"),
+        "requests/__init__.py,sha256=x,23\nrequests-2.32.0.dist-info/METADATA,,\nrequests-2.32.0.dist-info/INSTALLER,,\nrequests-2.32.0.dist-info/RECORD,,\n",
+    )
+    .unwrap();
+
+    let report = json(dir, &["verify", b, "-l", "lock-1.0.lock", "--json"], 1);
+    assert_eq!(report["changed_packages"].as_array().unwrap().len(), 1);
+    assert_eq!(report["changed_packages"][0]["locked"]["version"], "1.0");
+    assert_eq!(report["changed_packages"][0]["installed"]["version"], "1.1");
+    assert_eq!(
+        report["changed_files"],
+        serde_json::json!([{
+            "package": "demotool",
+            "path": "share/demotool/README.txt",
+            "problem": "size",
+            "expected": 38,
+            "actual": 15,
+        }])
+    );
+    assert_eq!(report["pip_outside_lock"].as_array().unwrap().len(), 1);
+    assert_eq!(report["pip_outside_lock"][0]["name"], "requests");
+    assert_eq!(report["pip_outside_lock"][0]["installer"], "pip");
+    assert_eq!(report["unowned_files"], serde_json::json!(["share/notes.txt"]));
+    assert_eq!(report["bytecode_caches"], 1);
+    assert_eq!(report["missing_packages"], serde_json::json!([]));
+    assert_eq!(report["extra_packages"], serde_json::json!([]));
+    // The same size but other contents is caught by the sha256.
+    fs_err::write(
+        bp.join("share/demotool/README.txt"),
+        "demotool reads and writes DEMO files.\n",
+    )
+    .unwrap();
+    let report = json(dir, &["verify", b, "-l", "lock-1.0.lock", "--json"], 1);
+    assert_eq!(report["changed_files"][0]["problem"], "content");
+    let human = expect(dir, &["verify", b, "-l", "lock-1.0.lock"], 1);
+    assert!(human.contains("changed package   libdemo 1.1 h0_0 (locked 1.0 h0_0)"), "{human}");
+    assert!(human.contains("pip outside lock  requests 2.32.0 (installed by pip"), "{human}");
+
+    // The diff names each change and nothing else; libdemo's own files follow its version.
+    hash(dir, b, "node-b", &["--exclude", "**/__pycache__/**"]);
+    hash(dir, "nodes/b-with-a-longer-path", "node-c", &["--exclude", "**/__pycache__/**"]);
+    let report = json(
+        dir,
+        &["diff", "node-a.json", "node-b.json", "node-c.json", "--json"],
+        1,
+    );
+    assert_eq!(report["groups"][0]["labels"], serde_json::json!(["node-b", "node-c"]));
+    assert_eq!(report["groups"][1]["labels"], serde_json::json!(["node-a"]));
+    let changes = &report["differences"][0]["changes"];
+    let summary: Vec<String> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["change"].as_str().unwrap(),
+                c["name"].as_str().or(c["path"].as_str()).unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "package_version libdemo",
+            "file_changed share/demotool/README.txt",
+            "file_removed lib/python3.12/site-packages/requests-2.32.0.dist-info/INSTALLER",
+            "file_removed lib/python3.12/site-packages/requests-2.32.0.dist-info/METADATA",
+            "file_removed lib/python3.12/site-packages/requests-2.32.0.dist-info/RECORD",
+            "file_removed lib/python3.12/site-packages/requests/__init__.py",
+            "file_removed share/notes.txt",
+        ],
+        "{changes:#}"
+    );
+    assert!(report["differences"][0]["files_of_changed_packages"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn interrupted_install_is_repaired() {
+    let project = project();
+    let dir = project.path();
+    install(dir, "lock-1.0.lock", "env");
+    let prefix = dir.join("env");
+    // What a kill in the middle leaves: the marker, a half-copied file, a package whose files
+    // are linked but whose record was never written.
+    fs_err::write(prefix.join(keel_marker()), "interrupted\n").unwrap();
+    fs_err::write(prefix.join("bin/helper"), "#!/bin/").unwrap();
+    let record = fs_err::read_dir(prefix.join("conda-meta"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("libdemo-"))
+        .unwrap();
+    fs_err::remove_file(record).unwrap();
+    expect(dir, &["verify", "env", "-l", "lock-1.0.lock"], 1);
+
+    let repaired = install(dir, "lock-1.0.lock", "env");
+    assert_eq!(repaired["repaired_interrupted"], true);
+    assert_eq!(names(&repaired["repaired_packages"]), ["demotool-2.0-h0_0"]);
+    assert_eq!(
+        names(&repaired["installed"]),
+        ["demotool-2.0-h0_0", "libdemo-1.0-h0_0"]
+    );
+    assert!(!prefix.join(keel_marker()).exists());
+    expect(dir, &["verify", "env", "-l", "lock-1.0.lock"], 0);
+}
+
+fn keel_marker() -> PathBuf {
+    PathBuf::from("conda-meta/.keel-install-in-progress")
+}
+
+#[test]
+fn archive_not_matching_the_lock_is_refused() {
+    let project = project();
+    let dir = project.path();
+    // The channel's libdemo 1.0 is rebuilt with other contents after the lock was made.
+    let mut tampered = libdemo("1.0");
+    tampered.files[2].1 = Content::Text("tampered\n".into());
+    let elsewhere = tempfile::tempdir().unwrap();
+    build_channel(elsewhere.path(), &[tampered.clone()]);
+    let subdir = rattler_conda_types::Subdir::current().unwrap();
+    fs_err::copy(
+        elsewhere.path().join(subdir.as_str()).join(tampered.file_name()),
+        dir.join("channel").join(subdir.as_str()).join(tampered.file_name()),
+    )
+    .unwrap();
+    let output = keel(
+        dir,
+        &["install", "-l", "lock-1.0.lock", "-p", "env", "--package-cache", "pkgs"],
+    );
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("libdemo-1.0-h0_0"), "{stderr}");
+    assert!(stderr.contains("sha256") || stderr.contains("hash"), "{stderr}");
+    // Nothing of libdemo got in; the prefix says an install is unfinished.
+    assert!(!dir.join("env/lib/libdemo.so.1").exists());
+    assert!(dir.join("env").join(keel_marker()).exists());
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    fs_err::create_dir_all(dir.join("not-a-prefix/bin")).unwrap();
+    let output = keel(dir, &["hash", "not-a-prefix"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("is not a conda prefix"));
+
+    fs_err::create_dir_all(dir.join("broken/conda-meta")).unwrap();
+    fs_err::write(dir.join("broken/conda-meta/zlib-1.3-h0_0.json"), "{\"name\": \"zlib\",").unwrap();
+    for command in ["hash", "verify"] {
+        let output = keel(dir, &[command, "broken"]);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        assert!(stderr.contains("zlib-1.3-h0_0.json"), "{command}: {stderr}");
+    }
+
+    fs_err::create_dir_all(dir.join("empty/conda-meta")).unwrap();
+    expect(dir, &["hash", "empty", "-o", "good.json"], 0);
+    let mut value: Value = serde_json::from_slice(&fs_err::read(dir.join("good.json")).unwrap()).unwrap();
+    value["schema"] = 99.into();
+    fs_err::write(dir.join("future.json"), value.to_string()).unwrap();
+    let output = keel(dir, &["diff", "good.json", "future.json"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("future.json") && stderr.contains("schema 99"), "{stderr}");
+
+    value["schema"] = 1.into();
+    value["files"] = serde_json::json!([{"path": "x", "kind": "file", "size": 1, "blake3": "00"}]);
+    fs_err::write(dir.join("edited.json"), value.to_string()).unwrap();
+    let output = keel(dir, &["diff", "good.json", "edited.json"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("does not match its contents"), "{stderr}");
+}
