@@ -45,8 +45,8 @@ fn write_json(value: &impl serde::Serialize) -> miette::Result<()> {
 
 pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
     let platform = platform(args.platform.as_deref())?;
-    let locked = keel_prefix::locked_packages(&args.lock, &args.environment, platform)
-        .into_diagnostic()?;
+    let locked =
+        keel_prefix::locked_packages(&args.lock, &args.environment, platform).into_diagnostic()?;
     let prefix = args.prefix.unwrap_or_else(|| {
         args.lock
             .parent()
@@ -64,7 +64,8 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
         package_cache,
         platform: Some(platform),
     };
-    let reporter = (!args.json).then(|| IndicatifReporter::builder().clear_when_done(true).finish());
+    let reporter =
+        (!args.json).then(|| IndicatifReporter::builder().clear_when_done(true).finish());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -138,7 +139,12 @@ pub(crate) fn hash(args: HashArgs) -> miette::Result<ExitCode> {
     }
     let summary = &fingerprint.summary;
     let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{}  {}", fingerprint.root, fingerprint.prefix.display());
+    let _ = writeln!(
+        stdout,
+        "{}  {}",
+        fingerprint.root,
+        fingerprint.prefix.display()
+    );
     let _ = writeln!(
         stdout,
         "{} packages, {} files ({}), {} symlinks, {} files owned by no package, {} holding the prefix path",
@@ -178,11 +184,8 @@ pub(crate) fn verify(args: VerifyArgs) -> miette::Result<ExitCode> {
         }
         None => None,
     };
-    let report = keel_prefix::verify(
-        &args.prefix,
-        lock.as_deref().zip(locked.as_ref()),
-    )
-    .into_diagnostic()?;
+    let report = keel_prefix::verify(&args.prefix, lock.as_deref().zip(locked.as_ref()))
+        .into_diagnostic()?;
     if args.json {
         write_json(&report)?;
     } else {
@@ -227,7 +230,11 @@ fn print_verify(report: &VerifyReport) {
             FileProblem::Content { .. } => "contents changed (sha256 differs)".to_string(),
             FileProblem::Unreadable { error } => format!("unreadable: {error}"),
         };
-        let _ = writeln!(out, "changed file      {} [{}]: {what}", file.path, file.package);
+        let _ = writeln!(
+            out,
+            "changed file      {} [{}]: {what}",
+            file.path, file.package
+        );
     }
     for dist in &report.pip_outside_lock {
         let _ = writeln!(
@@ -255,12 +262,10 @@ fn print_verify(report: &VerifyReport) {
     } else {
         "DRIFTED from"
     };
-    let against = report
-        .lock
-        .as_ref()
-        .map_or("its packages' records (no lock given)".to_string(), |lock| {
-            format!("{} and its packages' records", lock.display())
-        });
+    let against = report.lock.as_ref().map_or(
+        "its packages' records (no lock given)".to_string(),
+        |lock| format!("{} and its packages' records", lock.display()),
+    );
     let _ = writeln!(
         out,
         "{} {verdict} {against}: {} packages, {} files checked, {} not content-checked (symlinks, no sha256), {} bytecode caches ignored",
@@ -330,7 +335,11 @@ fn print_diff(report: &DiffReport) {
                 Change::PackageRemoved { name, reference } => {
                     format!("  - package {name} {reference}")
                 }
-                Change::FileChanged { path, owner: o, what } => {
+                Change::FileChanged {
+                    path,
+                    owner: o,
+                    what,
+                } => {
                     format!("  ~ {path}{}: {what}", owner(o))
                 }
                 Change::FileAdded { path, owner: o } => format!("  + {path}{}", owner(o)),

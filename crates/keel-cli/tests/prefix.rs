@@ -51,7 +51,10 @@ fn libdemo(version: &'static str) -> Package {
         version,
         depends: vec![],
         files: vec![
-            ("lib/libdemo.so.1", Content::BinaryWithPrefix(binary_with_placeholder(version))),
+            (
+                "lib/libdemo.so.1",
+                Content::BinaryWithPrefix(binary_with_placeholder(version)),
+            ),
             ("lib/libdemo.so", Content::Symlink("libdemo.so.1".into())),
             (
                 "share/libdemo/VERSION",
@@ -77,7 +80,10 @@ fn packages() -> Vec<Package> {
                         "#!/bin/sh\n# demotool 2.0\nexec {PLACEHOLDER}/bin/helper \"$@\"\n"
                     )),
                 ),
-                ("bin/helper", Content::Executable("#!/bin/sh\necho helper\n".into())),
+                (
+                    "bin/helper",
+                    Content::Executable("#!/bin/sh\necho helper\n".into()),
+                ),
                 (
                     "share/demotool/README.txt",
                     Content::Text("demotool reads and writes demo files.\n".into()),
@@ -95,13 +101,14 @@ fn project() -> tempfile::TempDir {
     for (name, pin) in [("env-1.0.yml", "1.0"), ("env-1.1.yml", "1.1")] {
         fs_err::write(
             dir.path().join(name),
-            format!(
-                "channels:\n  - ./channel\ndependencies:\n  - demotool\n  - libdemo ={pin}\n"
-            ),
+            format!("channels:\n  - ./channel\ndependencies:\n  - demotool\n  - libdemo ={pin}\n"),
         )
         .unwrap();
     }
-    for (env, lock) in [("env-1.0.yml", "lock-1.0.lock"), ("env-1.1.yml", "lock-1.1.lock")] {
+    for (env, lock) in [
+        ("env-1.0.yml", "lock-1.0.lock"),
+        ("env-1.1.yml", "lock-1.1.lock"),
+    ] {
         expect(dir.path(), &["lock", env, "-o", lock, "--no-uv"], 0);
     }
     dir
@@ -110,7 +117,16 @@ fn project() -> tempfile::TempDir {
 fn install(dir: &Path, lock: &str, prefix: &str) -> Value {
     json(
         dir,
-        &["install", "-l", lock, "-p", prefix, "--package-cache", "pkgs", "--json"],
+        &[
+            "install",
+            "-l",
+            lock,
+            "-p",
+            prefix,
+            "--package-cache",
+            "pkgs",
+            "--json",
+        ],
         0,
     )
 }
@@ -195,7 +211,11 @@ fn install_hash_verify_diff_end_to_end() {
     let site = bp.join("lib/python3.12/site-packages");
     fs_err::create_dir_all(site.join("requests-2.32.0.dist-info")).unwrap();
     fs_err::create_dir_all(site.join("requests/__pycache__")).unwrap();
-    fs_err::write(site.join("requests/__init__.py"), "__version__ = '2.32.0'\n").unwrap();
+    fs_err::write(
+        site.join("requests/__init__.py"),
+        "__version__ = '2.32.0'\n",
+    )
+    .unwrap();
     fs_err::write(
         site.join("requests/__pycache__/__init__.cpython-312.pyc"),
         b"\x0d\x0d\x0a\x00",
@@ -230,7 +250,10 @@ fn install_hash_verify_diff_end_to_end() {
     assert_eq!(report["pip_outside_lock"].as_array().unwrap().len(), 1);
     assert_eq!(report["pip_outside_lock"][0]["name"], "requests");
     assert_eq!(report["pip_outside_lock"][0]["installer"], "pip");
-    assert_eq!(report["unowned_files"], serde_json::json!(["share/notes.txt"]));
+    assert_eq!(
+        report["unowned_files"],
+        serde_json::json!(["share/notes.txt"])
+    );
     assert_eq!(report["bytecode_caches"], 1);
     assert_eq!(report["missing_packages"], serde_json::json!([]));
     assert_eq!(report["extra_packages"], serde_json::json!([]));
@@ -243,18 +266,38 @@ fn install_hash_verify_diff_end_to_end() {
     let report = json(dir, &["verify", b, "-l", "lock-1.0.lock", "--json"], 1);
     assert_eq!(report["changed_files"][0]["problem"], "content");
     let human = expect(dir, &["verify", b, "-l", "lock-1.0.lock"], 1);
-    assert!(human.contains("changed package   libdemo 1.1 h0_0 (locked 1.0 h0_0)"), "{human}");
-    assert!(human.contains("pip outside lock  requests 2.32.0 (installed by pip"), "{human}");
+    assert!(
+        human.contains("changed package   libdemo 1.1 h0_0 (locked 1.0 h0_0)"),
+        "{human}"
+    );
+    assert!(
+        human.contains("pip outside lock  requests 2.32.0 (installed by pip"),
+        "{human}"
+    );
 
     // The diff names each change and nothing else; libdemo's own files follow its version.
     hash(dir, b, "node-b", &["--exclude", "**/__pycache__/**"]);
-    hash(dir, "nodes/b-with-a-longer-path", "node-c", &["--exclude", "**/__pycache__/**"]);
+    hash(
+        dir,
+        "nodes/b-with-a-longer-path",
+        "node-c",
+        &["--exclude", "**/__pycache__/**"],
+    );
     let report = json(
         dir,
-        &["diff", "node-a.json", "node-b.json", "node-c.json", "--json"],
+        &[
+            "diff",
+            "node-a.json",
+            "node-b.json",
+            "node-c.json",
+            "--json",
+        ],
         1,
     );
-    assert_eq!(report["groups"][0]["labels"], serde_json::json!(["node-b", "node-c"]));
+    assert_eq!(
+        report["groups"][0]["labels"],
+        serde_json::json!(["node-b", "node-c"])
+    );
     assert_eq!(report["groups"][1]["labels"], serde_json::json!(["node-a"]));
     let changes = &report["differences"][0]["changes"];
     let summary: Vec<String> = changes
@@ -282,7 +325,12 @@ fn install_hash_verify_diff_end_to_end() {
         ],
         "{changes:#}"
     );
-    assert!(report["differences"][0]["files_of_changed_packages"].as_u64().unwrap() >= 2);
+    assert!(
+        report["differences"][0]["files_of_changed_packages"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
 }
 
 #[test]
@@ -298,7 +346,12 @@ fn interrupted_install_is_repaired() {
     let record = fs_err::read_dir(prefix.join("conda-meta"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("libdemo-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("libdemo-")
+        })
         .unwrap();
     fs_err::remove_file(record).unwrap();
     expect(dir, &["verify", "env", "-l", "lock-1.0.lock"], 1);
@@ -329,18 +382,34 @@ fn archive_not_matching_the_lock_is_refused() {
     build_channel(elsewhere.path(), &[tampered.clone()]);
     let subdir = rattler_conda_types::Subdir::current().unwrap();
     fs_err::copy(
-        elsewhere.path().join(subdir.as_str()).join(tampered.file_name()),
-        dir.join("channel").join(subdir.as_str()).join(tampered.file_name()),
+        elsewhere
+            .path()
+            .join(subdir.as_str())
+            .join(tampered.file_name()),
+        dir.join("channel")
+            .join(subdir.as_str())
+            .join(tampered.file_name()),
     )
     .unwrap();
     let output = keel(
         dir,
-        &["install", "-l", "lock-1.0.lock", "-p", "env", "--package-cache", "pkgs"],
+        &[
+            "install",
+            "-l",
+            "lock-1.0.lock",
+            "-p",
+            "env",
+            "--package-cache",
+            "pkgs",
+        ],
     );
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("libdemo-1.0-h0_0"), "{stderr}");
-    assert!(stderr.contains("sha256") || stderr.contains("hash"), "{stderr}");
+    assert!(
+        stderr.contains("sha256") || stderr.contains("hash"),
+        "{stderr}"
+    );
     // Nothing of libdemo got in; the prefix says an install is unfinished.
     assert!(!dir.join("env/lib/libdemo.so.1").exists());
     assert!(dir.join("env").join(keel_marker()).exists());
@@ -356,7 +425,11 @@ fn bad_input_gets_clear_errors() {
     assert!(text(&output.stderr).contains("is not a conda prefix"));
 
     fs_err::create_dir_all(dir.join("broken/conda-meta")).unwrap();
-    fs_err::write(dir.join("broken/conda-meta/zlib-1.3-h0_0.json"), "{\"name\": \"zlib\",").unwrap();
+    fs_err::write(
+        dir.join("broken/conda-meta/zlib-1.3-h0_0.json"),
+        "{\"name\": \"zlib\",",
+    )
+    .unwrap();
     for command in ["hash", "verify"] {
         let output = keel(dir, &[command, "broken"]);
         let stderr = text(&output.stderr);
@@ -366,13 +439,17 @@ fn bad_input_gets_clear_errors() {
 
     fs_err::create_dir_all(dir.join("empty/conda-meta")).unwrap();
     expect(dir, &["hash", "empty", "-o", "good.json"], 0);
-    let mut value: Value = serde_json::from_slice(&fs_err::read(dir.join("good.json")).unwrap()).unwrap();
+    let mut value: Value =
+        serde_json::from_slice(&fs_err::read(dir.join("good.json")).unwrap()).unwrap();
     value["schema"] = 99.into();
     fs_err::write(dir.join("future.json"), value.to_string()).unwrap();
     let output = keel(dir, &["diff", "good.json", "future.json"]);
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("future.json") && stderr.contains("schema 99"), "{stderr}");
+    assert!(
+        stderr.contains("future.json") && stderr.contains("schema 99"),
+        "{stderr}"
+    );
 
     value["schema"] = 1.into();
     value["files"] = serde_json::json!([{"path": "x", "kind": "file", "size": 1, "blake3": "00"}]);

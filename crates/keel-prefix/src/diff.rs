@@ -86,7 +86,8 @@ impl Change {
             Change::PackageSource { .. } => 1,
             Change::PackageAdded { .. } | Change::PackageRemoved { .. } => 2,
             Change::FileChanged { owner: Some(_), .. } => 3,
-            Change::FileAdded { owner: Some(_), .. } | Change::FileRemoved { owner: Some(_), .. } => 4,
+            Change::FileAdded { owner: Some(_), .. }
+            | Change::FileRemoved { owner: Some(_), .. } => 4,
             Change::FileChanged { owner: None, .. } => 5,
             Change::FileAdded { owner: None, .. } | Change::FileRemoved { owner: None, .. } => 6,
         }
@@ -150,8 +151,11 @@ fn file_difference(reference: &FileFingerprint, here: &FileFingerprint) -> Optio
 /// What differs in `here` compared with `reference`.
 pub fn compare(reference: &Fingerprint, here: &Fingerprint) -> GroupDiff {
     let mut changes = Vec::new();
-    let reference_packages: BTreeMap<&str, &PackageFingerprint> =
-        reference.packages.iter().map(|p| (p.name.as_str(), p)).collect();
+    let reference_packages: BTreeMap<&str, &PackageFingerprint> = reference
+        .packages
+        .iter()
+        .map(|p| (p.name.as_str(), p))
+        .collect();
     let here_packages: BTreeMap<&str, &PackageFingerprint> =
         here.packages.iter().map(|p| (p.name.as_str(), p)).collect();
     let mut changed_packages: HashSet<&str> = HashSet::new();

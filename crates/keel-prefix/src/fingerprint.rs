@@ -299,7 +299,10 @@ fn save_cache(path: &Path, cache: &StatCache) -> Result<(), PrefixError> {
     let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|source| {
         PrefixError::Io(std::io::Error::new(
             source.kind(),
-            format!("failed to create a temporary file in {}: {source}", dir.display()),
+            format!(
+                "failed to create a temporary file in {}: {source}",
+                dir.display()
+            ),
         ))
     })?;
     serde_json::to_writer(std::io::BufWriter::new(temp.as_file_mut()), cache)
@@ -445,7 +448,8 @@ fn replace_prefix(contents: &[u8], finders: &[Finder<'_>]) -> Vec<u8> {
         if binary {
             // Copy the rest of this C string (replacing further prefixes in it), then one NUL
             // for the whole run of padding.
-            let end = memchr::memchr(0, &contents[position..]).map_or(contents.len(), |i| position + i);
+            let end =
+                memchr::memchr(0, &contents[position..]).map_or(contents.len(), |i| position + i);
             let rest = &contents[position..end];
             if finders.iter().any(|finder| finder.find(rest).is_some()) {
                 continue;
@@ -512,7 +516,9 @@ pub(crate) fn walk_prefix(prefix: &Path, excluded: &GlobSet) -> Result<Vec<Found
         .into_iter()
         .filter_entry(|entry| {
             !(entry.depth() == 1
-                && INSTALLER_FILES.iter().any(|name| entry.file_name() == *name))
+                && INSTALLER_FILES
+                    .iter()
+                    .any(|name| entry.file_name() == *name))
         });
     for entry in walker {
         let entry = entry.map_err(|error| {
@@ -551,6 +557,10 @@ fn strip_credentials(channel: &str) -> String {
         Err(_) => channel.to_string(),
     }
 }
+
+/// One walked path: its fingerprint, its cache entry (files only), whether that came from the
+/// cache.
+type Walked = (FileFingerprint, Option<CacheEntry>, bool);
 
 /// The host name of this machine, for labelling fingerprints.
 fn host_name() -> String {
@@ -626,10 +636,10 @@ fn fingerprint_in_pool(
     };
 
     let spellings = prefix_spellings(&prefix);
-    let finders: Vec<Finder<'_>> = spellings.iter().map(|s| Finder::new(s)).collect();
+    let finders: Vec<Finder<'_>> = spellings.iter().map(Finder::new).collect();
     let found = walk_prefix(&prefix, &excluded)?;
 
-    let results: Vec<Result<(FileFingerprint, Option<CacheEntry>, bool), PrefixError>> = found
+    let results: Vec<Result<Walked, PrefixError>> = found
         .par_iter()
         .map(|item| {
             let unreadable = |source| PrefixError::Unreadable {
@@ -757,7 +767,7 @@ mod tests {
     use super::*;
 
     fn finders(spellings: &[Vec<u8>]) -> Vec<Finder<'_>> {
-        spellings.iter().map(|s| Finder::new(s)).collect()
+        spellings.iter().map(Finder::new).collect()
     }
 
     /// Text files: the same contents written for two prefixes of different lengths hash alike.
@@ -816,6 +826,9 @@ mod tests {
             normalize_target(Path::new("/opt/envx/lib"), &spellings),
             "/opt/envx/lib"
         );
-        assert_eq!(normalize_target(Path::new("libz.so.1"), &spellings), "libz.so.1");
+        assert_eq!(
+            normalize_target(Path::new("libz.so.1"), &spellings),
+            "libz.so.1"
+        );
     }
 }

@@ -53,6 +53,4 @@ pub use fingerprint::{
 pub use install::{INSTALL_MARKER, InstallOptions, InstallReport, install};
 pub use lock::{LockedPlatform, LockedPypi, locked_packages};
 pub use meta::PythonDist;
-pub use verify::{
-    ChangedFile, FileProblem, PackageChange, PackageRef, VerifyReport, verify,
-};
+pub use verify::{ChangedFile, FileProblem, PackageChange, PackageRef, VerifyReport, verify};

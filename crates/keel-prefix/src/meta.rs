@@ -108,7 +108,9 @@ pub(crate) fn python_dists(prefix: &Path) -> Result<Vec<PythonDist>, PrefixError
             let mut files = Vec::new();
             if let Ok(record) = fs_err::read_to_string(dist_info.join("RECORD")) {
                 for line in record.lines() {
-                    let Some(path) = record_path(line) else { continue };
+                    let Some(path) = record_path(line) else {
+                        continue;
+                    };
                     if let Some(joined) = join_normalized(&site_relative, &path) {
                         files.push(joined);
                     }

@@ -8,10 +8,10 @@ use rattler_digest::Sha256;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::PrefixError;
 use crate::fingerprint::walk_prefix;
 use crate::lock::{LockedPlatform, LockedPypi};
 use crate::meta::{PythonDist, python_dists, read_records, slash_path};
-use crate::PrefixError;
 
 /// A package as reports name it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -167,7 +167,10 @@ enum Checked {
 }
 
 /// Checks the files of one installed package against its `paths_data`.
-pub(crate) fn check_package(prefix: &Path, record: &PrefixRecord) -> (Vec<ChangedFile>, usize, usize) {
+pub(crate) fn check_package(
+    prefix: &Path,
+    record: &PrefixRecord,
+) -> (Vec<ChangedFile>, usize, usize) {
     let name = record
         .repodata_record
         .package_record
@@ -210,7 +213,7 @@ pub(crate) fn check_package(prefix: &Path, record: &PrefixRecord) -> (Vec<Change
                     // Hard links, copies, and the files conda writes for noarch Python. The
                     // installer may have linked the file with a symlink into its cache.
                     let metadata = if link_metadata.is_symlink() {
-                        match std::fs::metadata(&path) {
+                        match fs_err::metadata(&path) {
                             Ok(metadata) => metadata,
                             Err(_) => return problem(FileProblem::Missing),
                         }
@@ -313,7 +316,8 @@ pub fn verify(
                 Some(record) => {
                     let have = &record.repodata_record.package_record;
                     let want = &lock_record.package_record;
-                    let sha256_differs = matches!((have.sha256, want.sha256), (Some(a), Some(b)) if a != b);
+                    let sha256_differs =
+                        matches!((have.sha256, want.sha256), (Some(a), Some(b)) if a != b);
                     if have.version != want.version || have.build != want.build || sha256_differs {
                         report.changed_packages.push(PackageChange {
                             locked: PackageRef::of(lock_record),
@@ -326,14 +330,18 @@ pub fn verify(
         }
         for (name, record) in &installed {
             if !pinned.contains_key(name) {
-                report.extra_packages.push(PackageRef::of(&record.repodata_record));
+                report
+                    .extra_packages
+                    .push(PackageRef::of(&record.repodata_record));
             }
         }
     }
 
     // Python distributions: conda's own (their dist-info is owned), the lock's PyPI packages,
     // and the rest, installed by pip behind the lock's back.
-    let lock_pypi: Vec<&LockedPypi> = locked.map(|(_, l)| l.pypi.iter().collect()).unwrap_or_default();
+    let lock_pypi: Vec<&LockedPypi> = locked
+        .map(|(_, l)| l.pypi.iter().collect())
+        .unwrap_or_default();
     let mut found_pypi: HashSet<String> = HashSet::new();
     let mut pip_owned: HashSet<String> = HashSet::new();
     for dist in python_dists(&prefix)? {
@@ -345,7 +353,10 @@ pub fn verify(
         let name = normalize_pypi_name(&dist.name);
         let in_lock = lock_pypi.iter().any(|locked| {
             normalize_pypi_name(&locked.name) == name
-                && locked.version.as_deref().is_none_or(|version| version == dist.version)
+                && locked
+                    .version
+                    .as_deref()
+                    .is_none_or(|version| version == dist.version)
         });
         if in_lock {
             found_pypi.insert(name);

@@ -146,7 +146,8 @@ fn write_package(package: &Package, subdir: Subdir, archive: &Path) {
                         .unwrap();
                 }
                 entry["path_type"] = "hardlink".into();
-                entry["sha256"] = hex::encode(rattler_digest::compute_bytes_digest::<Sha256>(&bytes)).into();
+                entry["sha256"] =
+                    hex::encode(rattler_digest::compute_bytes_digest::<Sha256>(&bytes)).into();
                 entry["size_in_bytes"] = bytes.len().into();
                 match other {
                     Content::TextWithPrefix(_) => {
