@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -211,6 +212,9 @@ fn root_hash(packages: &[PackageFingerprint], files: &[FileFingerprint]) -> Stri
 }
 
 /// The stat cache of one prefix: what each file looked like when it was last hashed.
+///
+/// Stored with postcard (a compact binary serde format): it is read on every `keel hash`, and
+/// a JSON cache of a 20,000-file prefix takes longer to parse than the prefix takes to stat.
 #[derive(Debug, Serialize, Deserialize)]
 struct StatCache {
     version: u32,
@@ -218,19 +222,25 @@ struct StatCache {
     /// When the hashing that wrote this cache started (ns since the epoch). Entries changed
     /// at or after it may have changed again unseen ("racily clean" in git's words).
     started_ns: i128,
-    entries: HashMap<String, CacheEntry>,
+    entries: Vec<(String, CacheEntry)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CacheEntry {
     stat: Stat,
     size: u64,
-    blake3: String,
+    blake3: [u8; 32],
     prefix_replaced: bool,
 }
 
+/// A loaded cache, by path.
+struct LoadedCache {
+    started_ns: i128,
+    entries: HashMap<String, CacheEntry>,
+}
+
 /// What the cache compares: a file with the same stat is taken to have the same contents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Stat {
     len: u64,
     mtime_ns: i128,
@@ -284,13 +294,18 @@ fn now_ns() -> i128 {
 /// The cache file for one prefix path inside `cache_dir`.
 fn cache_file(cache_dir: &Path, prefix: &Path) -> PathBuf {
     let key = blake3::hash(prefix.as_os_str().as_encoded_bytes()).to_hex();
-    cache_dir.join(format!("{}.json", &key[..32]))
+    cache_dir.join(format!("{}.stat-cache", &key[..32]))
 }
 
-fn load_cache(path: &Path, prefix: &Path) -> Option<StatCache> {
-    let text = fs_err::read(path).ok()?;
-    let cache: StatCache = serde_json::from_slice(&text).ok()?;
-    (cache.version == CACHE_VERSION && cache.prefix == prefix).then_some(cache)
+/// The cache of `prefix`, when there is a readable one of this version. A damaged cache is
+/// ignored (every file is hashed), never trusted.
+fn load_cache(path: &Path, prefix: &Path) -> Option<LoadedCache> {
+    let bytes = fs_err::read(path).ok()?;
+    let cache: StatCache = postcard::from_bytes(&bytes).ok()?;
+    (cache.version == CACHE_VERSION && cache.prefix == prefix).then(|| LoadedCache {
+        started_ns: cache.started_ns,
+        entries: cache.entries.into_iter().collect(),
+    })
 }
 
 fn save_cache(path: &Path, cache: &StatCache) -> Result<(), PrefixError> {
@@ -305,8 +320,13 @@ fn save_cache(path: &Path, cache: &StatCache) -> Result<(), PrefixError> {
             ),
         ))
     })?;
-    serde_json::to_writer(std::io::BufWriter::new(temp.as_file_mut()), cache)
-        .map_err(|source| PrefixError::Io(source.into()))?;
+    let bytes = postcard::to_stdvec(cache).map_err(std::io::Error::other)?;
+    std::io::Write::write_all(temp.as_file_mut(), &bytes).map_err(|source| {
+        PrefixError::Io(std::io::Error::new(
+            source.kind(),
+            format!("failed to write {}: {source}", temp.path().display()),
+        ))
+    })?;
     temp.persist(path).map_err(|error| {
         PrefixError::Io(std::io::Error::new(
             error.error.kind(),
@@ -337,7 +357,7 @@ fn prefix_spellings(prefix: &Path) -> Vec<Vec<u8>> {
 
 struct Hashed {
     size: u64,
-    blake3: String,
+    blake3: [u8; 32],
     prefix_replaced: bool,
 }
 
@@ -357,13 +377,13 @@ fn hash_file(path: &Path, len: u64, finders: &[Finder<'_>]) -> std::io::Result<H
                 let normalized = replace_prefix(buffer, finders);
                 return Ok(Hashed {
                     size: normalized.len() as u64,
-                    blake3: blake3::hash(&normalized).to_hex().to_string(),
+                    blake3: *blake3::hash(&normalized).as_bytes(),
                     prefix_replaced: true,
                 });
             }
             Ok(Hashed {
                 size: buffer.len() as u64,
-                blake3: blake3::hash(buffer).to_hex().to_string(),
+                blake3: *blake3::hash(buffer).as_bytes(),
                 prefix_replaced: false,
             })
         });
@@ -390,7 +410,7 @@ fn hash_file(path: &Path, len: u64, finders: &[Finder<'_>]) -> std::io::Result<H
             let normalized = replace_prefix(&contents, finders);
             return Ok(Hashed {
                 size: normalized.len() as u64,
-                blake3: blake3::hash(&normalized).to_hex().to_string(),
+                blake3: *blake3::hash(&normalized).as_bytes(),
                 prefix_replaced: true,
             });
         }
@@ -400,7 +420,7 @@ fn hash_file(path: &Path, len: u64, finders: &[Finder<'_>]) -> std::io::Result<H
     }
     Ok(Hashed {
         size,
-        blake3: hasher.finalize().to_hex().to_string(),
+        blake3: *hasher.finalize().as_bytes(),
         prefix_replaced: false,
     })
 }
@@ -505,47 +525,64 @@ pub(crate) struct Found {
     pub(crate) relative: String,
     pub(crate) path: PathBuf,
     pub(crate) symlink: bool,
+    /// The file's `lstat`, taken during the walk (files only).
+    stat: Option<Stat>,
 }
 
 /// Every file and symlink under `prefix` except [`INSTALLER_FILES`] and the excluded, by path.
+/// Directories are read in parallel (on the current rayon pool), and each file is `lstat`ed
+/// relative to its open directory (`DirEntry::metadata`), which spares the kernel a lookup of
+/// the whole path per file.
 pub(crate) fn walk_prefix(prefix: &Path, excluded: &GlobSet) -> Result<Vec<Found>, PrefixError> {
-    let mut found = Vec::new();
-    let walker = walkdir::WalkDir::new(prefix)
-        .follow_links(false)
-        .min_depth(1)
-        .into_iter()
-        .filter_entry(|entry| {
-            !(entry.depth() == 1
-                && INSTALLER_FILES
-                    .iter()
-                    .any(|name| entry.file_name() == *name))
-        });
-    for entry in walker {
-        let entry = entry.map_err(|error| {
-            let path = error.path().unwrap_or(prefix).to_path_buf();
-            let source = error
-                .into_io_error()
-                .unwrap_or_else(|| std::io::Error::other("file system loop"));
-            PrefixError::Unreadable { path, source }
-        })?;
-        let file_type = entry.file_type();
-        if file_type.is_dir() {
-            continue;
-        }
-        let relative = slash_path(entry.path().strip_prefix(prefix).unwrap_or(entry.path()));
-        if excluded.is_match(&relative) {
-            continue;
-        }
-        if file_type.is_file() || file_type.is_symlink() {
-            found.push(Found {
-                relative,
-                path: entry.into_path(),
-                symlink: file_type.is_symlink(),
-            });
-        }
-        // Sockets, FIFOs and devices are not package contents; they are left out.
-    }
+    let mut found = walk_dir(prefix.to_path_buf(), String::new(), excluded)?;
     found.sort_by(|a, b| a.relative.cmp(&b.relative));
+    Ok(found)
+}
+
+fn walk_dir(dir: PathBuf, relative: String, excluded: &GlobSet) -> Result<Vec<Found>, PrefixError> {
+    let mut found = Vec::new();
+    let mut subdirs = Vec::new();
+    // fs-err's errors name the directory or file.
+    for entry in fs_err::read_dir(&dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if relative.is_empty() && INSTALLER_FILES.iter().any(|installer| name == *installer) {
+            continue;
+        }
+        let name = name.to_string_lossy();
+        let path_in_prefix = if relative.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{relative}/{name}")
+        };
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            subdirs.push((entry.path(), path_in_prefix));
+            continue;
+        }
+        // Sockets, FIFOs and devices are not package contents.
+        if !(file_type.is_file() || file_type.is_symlink()) || excluded.is_match(&path_in_prefix) {
+            continue;
+        }
+        let stat = if file_type.is_file() {
+            Some(Stat::of(&entry.metadata()?))
+        } else {
+            None
+        };
+        found.push(Found {
+            relative: path_in_prefix,
+            path: entry.path(),
+            symlink: file_type.is_symlink(),
+            stat,
+        });
+    }
+    let nested: Vec<Result<Vec<Found>, PrefixError>> = subdirs
+        .into_par_iter()
+        .map(|(path, relative)| walk_dir(path, relative, excluded))
+        .collect();
+    for files in nested {
+        found.extend(files?);
+    }
     Ok(found)
 }
 
@@ -584,21 +621,15 @@ pub fn fingerprint(
     prefix: &Path,
     options: &HashOptions,
 ) -> Result<(Fingerprint, HashStats), PrefixError> {
-    match options.threads {
-        Some(threads) => rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|error| PrefixError::Io(std::io::Error::other(error)))?
-            .install(|| fingerprint_in_pool(prefix, options)),
-        None => fingerprint_in_pool(prefix, options),
-    }
-}
-
-fn fingerprint_in_pool(
-    prefix: &Path,
-    options: &HashOptions,
-) -> Result<(Fingerprint, HashStats), PrefixError> {
     let started_ns = now_ns();
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(threads) = options.threads {
+        pool = pool.num_threads(threads);
+    }
+    let pool = Arc::new(
+        pool.build()
+            .map_err(|error| PrefixError::Io(std::io::Error::other(error)))?,
+    );
     let prefix = std::path::absolute(prefix)?;
     let records = read_records(&prefix)?;
     let excluded = exclude_set(&options.exclude)?;
@@ -630,82 +661,27 @@ fn fingerprint_in_pool(
         .cache_dir
         .as_deref()
         .map(|dir| cache_file(dir, &prefix));
-    let previous = match (&cache_path, options.full) {
-        (Some(path), false) => load_cache(path, &prefix),
-        _ => None,
-    };
+    // The cache is read while the prefix is walked.
+    let (previous, found) = std::thread::scope(|scope| {
+        let loader = scope.spawn(|| match (&cache_path, options.full) {
+            (Some(path), false) => load_cache(path, &prefix),
+            _ => None,
+        });
+        let found = pool.install(|| walk_prefix(&prefix, &excluded));
+        (loader.join().ok().flatten(), found)
+    });
+    let found = found?;
 
     let spellings = prefix_spellings(&prefix);
     let finders: Vec<Finder<'_>> = spellings.iter().map(Finder::new).collect();
-    let found = walk_prefix(&prefix, &excluded)?;
+    let results: Vec<Result<Walked, PrefixError>> = pool.install(|| {
+        found
+            .par_iter()
+            .map(|item| fingerprint_one(item, &owners, previous.as_ref(), &spellings, &finders))
+            .collect()
+    });
 
-    let results: Vec<Result<Walked, PrefixError>> = found
-        .par_iter()
-        .map(|item| {
-            let unreadable = |source| PrefixError::Unreadable {
-                path: item.path.clone(),
-                source,
-            };
-            let owner = owners.get(&item.relative).cloned();
-            if item.symlink {
-                let target = std::fs::read_link(&item.path).map_err(unreadable)?;
-                return Ok((
-                    FileFingerprint {
-                        path: item.relative.clone(),
-                        kind: FileKind::Symlink,
-                        size: None,
-                        blake3: None,
-                        executable: false,
-                        prefix_replaced: false,
-                        target: Some(normalize_target(&target, &spellings)),
-                        owner,
-                    },
-                    None,
-                    false,
-                ));
-            }
-            let metadata = std::fs::symlink_metadata(&item.path).map_err(unreadable)?;
-            let stat = Stat::of(&metadata);
-            let cached = previous.as_ref().and_then(|cache| {
-                let entry = cache.entries.get(&item.relative)?;
-                // File times come from a coarse clock that can lag the real one by a tick;
-                // changes this close to the last run's start are hashed again.
-                let horizon = cache.started_ns - SETTLE_NS;
-                let settled = stat.mtime_ns < horizon && stat.ctime_ns < horizon;
-                (entry.stat == stat && settled).then(|| entry.clone())
-            });
-            let (entry, from_cache) = match cached {
-                Some(entry) => (entry, true),
-                None => {
-                    let hashed = hash_file(&item.path, stat.len, &finders).map_err(unreadable)?;
-                    let entry = CacheEntry {
-                        stat,
-                        size: hashed.size,
-                        blake3: hashed.blake3,
-                        prefix_replaced: hashed.prefix_replaced,
-                    };
-                    (entry, false)
-                }
-            };
-            Ok((
-                FileFingerprint {
-                    path: item.relative.clone(),
-                    kind: FileKind::File,
-                    size: Some(entry.size),
-                    blake3: Some(entry.blake3.clone()),
-                    executable: stat.executable,
-                    prefix_replaced: entry.prefix_replaced,
-                    target: None,
-                    owner,
-                },
-                Some(entry),
-                from_cache,
-            ))
-        })
-        .collect();
-
-    let mut files = Vec::with_capacity(results.len());
-    let mut entries = HashMap::with_capacity(results.len());
+    let mut walked = Vec::with_capacity(results.len());
     let mut stats = HashStats::default();
     let mut summary = Summary {
         packages: packages.len(),
@@ -728,15 +704,16 @@ fn fingerprint_in_pool(
         }
         summary.unowned += usize::from(file.owner.is_none());
         summary.prefix_files += usize::from(file.prefix_replaced);
-        if let Some(entry) = entry {
-            entries.insert(file.path.clone(), entry);
-        }
-        files.push(file);
+        walked.push((file, entry));
     }
 
     if let Some(path) = &cache_path
         && (stats.hashed > 0 || previous.is_none())
     {
+        let entries = walked
+            .iter()
+            .filter_map(|(file, entry)| Some((file.path.clone(), entry.clone()?)))
+            .collect();
         save_cache(
             path,
             &StatCache {
@@ -748,6 +725,7 @@ fn fingerprint_in_pool(
         )?;
     }
 
+    let files: Vec<FileFingerprint> = walked.into_iter().map(|(file, _)| file).collect();
     let root = root_hash(&packages, &files);
     let fingerprint = Fingerprint {
         schema: FINGERPRINT_SCHEMA,
@@ -760,6 +738,77 @@ fn fingerprint_in_pool(
         files,
     };
     Ok((fingerprint, stats))
+}
+
+/// One path's fingerprint, from the stat cache when its stat is unchanged and settled.
+fn fingerprint_one(
+    item: &Found,
+    owners: &HashMap<String, String>,
+    previous: Option<&LoadedCache>,
+    spellings: &[Vec<u8>],
+    finders: &[Finder<'_>],
+) -> Result<Walked, PrefixError> {
+    let unreadable = |source| PrefixError::Unreadable {
+        path: item.path.clone(),
+        source,
+    };
+    let owner = owners.get(&item.relative).cloned();
+    if item.symlink {
+        let target = fs_err::read_link(&item.path).map_err(unreadable)?;
+        return Ok((
+            FileFingerprint {
+                path: item.relative.clone(),
+                kind: FileKind::Symlink,
+                size: None,
+                blake3: None,
+                executable: false,
+                prefix_replaced: false,
+                target: Some(normalize_target(&target, spellings)),
+                owner,
+            },
+            None,
+            false,
+        ));
+    }
+    let stat = match item.stat {
+        Some(stat) => stat,
+        None => Stat::of(&fs_err::symlink_metadata(&item.path).map_err(unreadable)?),
+    };
+    let cached = previous.and_then(|cache| {
+        let entry = cache.entries.get(&item.relative)?;
+        // File times come from a coarse clock that can lag the real one by a tick; changes
+        // this close to the last run's start are hashed again.
+        let horizon = cache.started_ns - SETTLE_NS;
+        let settled = stat.mtime_ns < horizon && stat.ctime_ns < horizon;
+        (entry.stat == stat && settled).then(|| entry.clone())
+    });
+    let (entry, from_cache) = match cached {
+        Some(entry) => (entry, true),
+        None => {
+            let hashed = hash_file(&item.path, stat.len, finders).map_err(unreadable)?;
+            let entry = CacheEntry {
+                stat,
+                size: hashed.size,
+                blake3: hashed.blake3,
+                prefix_replaced: hashed.prefix_replaced,
+            };
+            (entry, false)
+        }
+    };
+    Ok((
+        FileFingerprint {
+            path: item.relative.clone(),
+            kind: FileKind::File,
+            size: Some(entry.size),
+            blake3: Some(blake3::Hash::from_bytes(entry.blake3).to_hex().to_string()),
+            executable: stat.executable,
+            prefix_replaced: entry.prefix_replaced,
+            target: None,
+            owner,
+        },
+        Some(entry),
+        from_cache,
+    ))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use rattler_conda_types::PrefixRecord;
+use rayon::prelude::*;
 
 use crate::PrefixError;
 
@@ -12,18 +13,21 @@ pub(crate) fn read_records(prefix: &Path) -> Result<Vec<(PathBuf, PrefixRecord)>
     if !meta.is_dir() {
         return Err(PrefixError::NotAPrefix(prefix.to_path_buf()));
     }
-    let mut records = Vec::new();
+    let mut paths = Vec::new();
     for entry in fs_err::read_dir(&meta)? {
         let path = entry?.path();
-        if path.extension().is_none_or(|ext| ext != "json") || !path.is_file() {
-            continue;
+        if path.extension().is_some_and(|ext| ext == "json") && path.is_file() {
+            paths.push(path);
         }
-        let record = PrefixRecord::from_path(&path).map_err(|source| PrefixError::Record {
-            path: path.clone(),
-            source,
-        })?;
-        records.push((path, record));
     }
+    // A large environment's records run to tens of megabytes of JSON: parse them in parallel.
+    let mut records = paths
+        .into_par_iter()
+        .map(|path| match PrefixRecord::from_path(&path) {
+            Ok(record) => Ok((path, record)),
+            Err(source) => Err(PrefixError::Record { path, source }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     records.sort_by(|(_, a), (_, b)| {
         a.repodata_record
             .package_record

@@ -25,7 +25,9 @@ fn hash(prefix: &Path, options: &HashOptions) -> (Fingerprint, keel_prefix::Hash
 /// the same root; one changed byte gives another.
 #[test]
 fn root_is_independent_of_creation_order_and_path() {
-    let names: Vec<String> = (0..200).map(|i| format!("d{}/f{i:03}.txt", i % 7)).collect();
+    let names: Vec<String> = (0..200)
+        .map(|i| format!("d{}/f{i:03}.txt", i % 7))
+        .collect();
     let a = prefix();
     let b = prefix();
     for name in &names {
