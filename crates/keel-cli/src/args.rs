@@ -58,6 +58,10 @@ pub(crate) struct InstallArgs {
     /// Install another platform's packages (default: this machine's).
     #[arg(long, value_name = "PLATFORM")]
     pub(crate) platform: Option<String>,
+    /// Check every installed file against its package and re-link the packages whose files
+    /// were changed or removed (what `keel verify` reports as changed files).
+    #[arg(long)]
+    pub(crate) repair: bool,
     /// The package cache [default: rattler's, shared with pixi: $RATTLER_CACHE_DIR or
     /// ~/.cache/rattler/cache/pkgs].
     #[arg(long, value_name = "DIR")]

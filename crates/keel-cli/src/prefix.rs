@@ -63,6 +63,7 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
     let options = InstallOptions {
         package_cache,
         platform: Some(platform),
+        repair: args.repair,
     };
     let reporter =
         (!args.json).then(|| IndicatifReporter::builder().clear_when_done(true).finish());
@@ -73,18 +74,23 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
     let started = Instant::now();
     let report = runtime
         .block_on(keel_prefix::install(&prefix, &locked, &options, reporter))
-        .into_diagnostic()?;
+        .into_diagnostic()
+        .wrap_err_with(|| {
+            format!(
+                "keel install stopped; {} is marked unfinished and the next `keel install` repairs it",
+                prefix.display()
+            )
+        })?;
     if args.json {
         write_json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut stdout = std::io::stdout().lock();
     if report.repaired_interrupted {
-        let _ = writeln!(
-            stdout,
-            "repaired an interrupted install ({} package(s) re-linked)",
-            report.repaired_packages.len()
-        );
+        let _ = writeln!(stdout, "a previous install was interrupted: repairing it");
+    }
+    for name in &report.repaired_packages {
+        let _ = writeln!(stdout, "~ {name} (files changed or missing: re-linked)");
     }
     for name in &report.removed {
         let _ = writeln!(stdout, "- {name}");

@@ -275,6 +275,40 @@ fn install_hash_verify_diff_end_to_end() {
         "{human}"
     );
 
+    // `--repair` puts demotool's file back (from the package cache, which the in-place edit
+    // reached through the hard link, so the cache entry is extracted again); pip's files and
+    // the unowned one are not the installer's to touch.
+    let repaired = json(
+        dir,
+        &[
+            "install",
+            "-l",
+            "lock-1.1.lock",
+            "-p",
+            b,
+            "--package-cache",
+            "pkgs",
+            "--repair",
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(names(&repaired["repaired_packages"]), ["demotool-2.0-h0_0"]);
+    assert_eq!(
+        fs_err::read_to_string(bp.join("share/demotool/README.txt")).unwrap(),
+        "demotool reads and writes demo files.\n"
+    );
+    let report = json(dir, &["verify", b, "-l", "lock-1.1.lock", "--json"], 1);
+    assert_eq!(report["changed_files"], serde_json::json!([]));
+    assert_eq!(report["changed_packages"], serde_json::json!([]));
+    assert_eq!(
+        report["unowned_files"],
+        serde_json::json!(["share/notes.txt"])
+    );
+    assert_eq!(report["pip_outside_lock"].as_array().unwrap().len(), 1);
+    // Edit it again for the diff below.
+    fs_err::write(bp.join("share/demotool/README.txt"), "edited by hand\n").unwrap();
+
     // The diff names each change and nothing else; libdemo's own files follow its version.
     hash(dir, b, "node-b", &["--exclude", "**/__pycache__/**"]);
     hash(

@@ -24,6 +24,9 @@ pub struct InstallOptions {
     pub package_cache: PathBuf,
     /// The platform whose packages are installed (default: this machine's).
     pub platform: Option<Subdir>,
+    /// Check every installed package's files (and the package cache) and re-link the packages
+    /// whose files were changed or removed, as after an interrupted install.
+    pub repair: bool,
 }
 
 /// What an install did.
@@ -39,7 +42,8 @@ pub struct InstallReport {
     pub unchanged: usize,
     /// A previous install into this prefix was interrupted; this run repaired it.
     pub repaired_interrupted: bool,
-    /// Packages re-linked because the interrupted install left them incomplete or changed.
+    /// Packages re-linked because their files were incomplete or changed (after an interrupted
+    /// install, or when asked to repair).
     pub repaired_packages: Vec<String>,
     /// The lock's PyPI packages, which keel install does not install (`uv pip install`
     /// does, from the lock's URLs and hashes).
@@ -63,7 +67,8 @@ fn identifier(record: &RepoDataRecord) -> String {
 /// lock's sha256 before it is extracted (rattler's package cache refuses a mismatch).
 ///
 /// An install marks the prefix while it runs; a run that finds the mark of an interrupted one
-/// re-checks every installed package's files and re-links those that are incomplete.
+/// (or is asked to repair) re-checks every installed package's files and re-links those that
+/// are incomplete or changed.
 pub async fn install<R: Reporter + 'static>(
     prefix: &Path,
     locked: &LockedPlatform,
@@ -96,9 +101,10 @@ pub async fn install<R: Reporter + 'static>(
     let marker = prefix.join(INSTALL_MARKER);
     report.repaired_interrupted = marker.exists();
 
+    let repairing = report.repaired_interrupted || options.repair;
     let installed = installed_records(&meta, report.repaired_interrupted)?;
     let mut reinstall: HashSet<PackageName> = HashSet::new();
-    if report.repaired_interrupted {
+    if repairing {
         for record in &installed {
             let (problems, _, _) = check_package(&prefix, record);
             if !problems.is_empty() {
@@ -121,7 +127,7 @@ pub async fn install<R: Reporter + 'static>(
     // A file edited in place in the prefix is edited in the package cache too (they are hard
     // links to one inode), so a repair checks the cache entries' contents as well and
     // extracts again the ones that no longer match their package.
-    let validation = if report.repaired_interrupted {
+    let validation = if repairing {
         ValidationMode::Full
     } else {
         ValidationMode::default()
