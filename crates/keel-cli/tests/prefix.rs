@@ -401,6 +401,82 @@ fn interrupted_install_is_repaired() {
     expect(dir, &["verify", "env", "-l", "lock-1.0.lock"], 0);
 }
 
+/// A real kill: `keel install` is SIGKILLed at several moments (while extracting into the
+/// package cache, while linking, or after it finished); whatever it left, the next install
+/// finishes the job and the prefix verifies.
+#[test]
+fn killed_install_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let files: Vec<(&'static str, Content)> = (0..300)
+        .map(|i| {
+            let path: &'static str =
+                Box::leak(format!("share/big/part{i:03}.txt").into_boxed_str());
+            (path, Content::Text(format!("{i}\n").repeat(20_000)))
+        })
+        .collect();
+    let big = Package {
+        name: "bigdata",
+        version: "1.0",
+        depends: vec![],
+        files,
+        tar_bz2: false,
+    };
+    let mut all = packages();
+    all.push(big);
+    build_channel(&dir.join("channel"), &all);
+    fs_err::write(
+        dir.join("env.yml"),
+        "channels:\n  - ./channel\ndependencies:\n  - demotool\n  - libdemo =1.0\n  - bigdata\n",
+    )
+    .unwrap();
+    expect(dir, &["lock", "env.yml", "-o", "big.lock", "--no-uv"], 0);
+    for (round, delay_ms) in [5u64, 40, 120, 300, 2000].into_iter().enumerate() {
+        let prefix = format!("env{round}");
+        // A fresh package cache each round, so that the kill can land during extraction.
+        let cache = format!("pkgs{round}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args([
+                "install",
+                "-l",
+                "big.lock",
+                "-p",
+                &prefix,
+                "--package-cache",
+                &cache,
+                "--json",
+            ])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        install_with_cache(dir, "big.lock", &prefix, &cache);
+        assert!(!dir.join(&prefix).join(keel_marker()).exists());
+        expect(dir, &["verify", &prefix, "-l", "big.lock"], 0);
+    }
+}
+
+fn install_with_cache(dir: &Path, lock: &str, prefix: &str, cache: &str) -> Value {
+    json(
+        dir,
+        &[
+            "install",
+            "-l",
+            lock,
+            "-p",
+            prefix,
+            "--package-cache",
+            cache,
+            "--json",
+        ],
+        0,
+    )
+}
+
 fn keel_marker() -> PathBuf {
     PathBuf::from("conda-meta/.keel-install-in-progress")
 }
