@@ -100,5 +100,18 @@ fn without_virtual_packages(lock: &LockFile) -> Result<LockFile, SolveError> {
                 .map_err(SolveError::Lock)?;
         }
     }
+    for (platform, packages) in environment.pypi_packages_by_platform() {
+        builder
+            .add_environment_platform(DEFAULT_ENVIRONMENT_NAME, platform.name())
+            .map_err(SolveError::Lock)?;
+        for package in packages {
+            builder
+                .add_pypi_package(DEFAULT_ENVIRONMENT_NAME, platform.name(), package.clone())
+                .map_err(SolveError::Lock)?;
+        }
+    }
+    if let Some(indexes) = environment.pypi_indexes() {
+        builder.set_pypi_indexes(DEFAULT_ENVIRONMENT_NAME, indexes.clone());
+    }
     Ok(builder.finish())
 }

@@ -468,3 +468,32 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Regression: the conda-lock export once rebuilt the lock from its conda packages only, so
+/// the `pip:` section's packages vanished from `conda-lock.yml`.
+#[tokio::test(flavor = "multi_thread")]
+async fn conda_lock_export_keeps_pip_packages() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = py39_channel(&dir.path().join("conda-forge"));
+    let env = env_file(&format!(
+        "channels: [{}]\ndependencies:\n  - python=3.9\n  - pip\n  - pip:\n    - alpha==1.0.0\n    - beta==2.0.0\nplatforms: [linux-64]\n",
+        channel.display()
+    ));
+    let spec = keel_spec::read_path(&env.path).unwrap().spec;
+    let options = LockOptions {
+        uv: keel_solve::Uv::Disabled,
+        ..options(&env)
+    };
+    let locked = lock(&spec, &env.path, &options, None).await.unwrap();
+    let yml =
+        keel_solve::conda_lock_yml(&locked.lock, "environment.yml", &locked.inputs_hash).unwrap();
+    let exported: serde_yaml::Value = serde_yaml::from_str(&yml).unwrap();
+    let pip: Vec<(&str, &str)> = exported["package"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|p| p["manager"] == "pip")
+        .map(|p| (p["name"].as_str().unwrap(), p["version"].as_str().unwrap()))
+        .collect();
+    assert_eq!(pip, [("alpha", "1.0.0"), ("beta", "2.0.0")], "{yml}");
+}
