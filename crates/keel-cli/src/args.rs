@@ -62,6 +62,10 @@ pub(crate) struct InstallArgs {
     /// were changed or removed (what `keel verify` reports as changed files).
     #[arg(long)]
     pub(crate) repair: bool,
+    /// Install the conda packages only, not the lock's PyPI packages (which need uv: `uv` on
+    /// PATH, or $KEEL_UV).
+    #[arg(long)]
+    pub(crate) no_pypi: bool,
     /// The package cache [default: rattler's, shared with pixi: $RATTLER_CACHE_DIR or
     /// ~/.cache/rattler/cache/pkgs].
     #[arg(long, value_name = "DIR")]

@@ -60,10 +60,22 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
             .map_err(|error| miette::miette!("{error}: pass --package-cache"))?
             .join(rattler_cache::PACKAGE_CACHE_DIR),
     };
+    let uv = if args.no_pypi || locked.pypi.is_empty() {
+        None
+    } else {
+        Some(keel_solve::Uv::Auto.binary().ok_or_else(|| {
+            miette::miette!(
+                help = "install uv (`pip install uv`), point $KEEL_UV at it, or pass --no-pypi to install the conda packages only",
+                "the lock pins {} PyPI package(s), which keel installs with uv, and no uv was found",
+                locked.pypi.len()
+            )
+        })?)
+    };
     let options = InstallOptions {
         package_cache,
         platform: Some(platform),
         repair: args.repair,
+        uv,
     };
     let reporter =
         (!args.json).then(|| IndicatifReporter::builder().clear_when_done(true).finish());
@@ -107,13 +119,18 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
         report.unchanged,
         started.elapsed().as_secs_f64()
     );
+    if !report.pypi_installed.is_empty() {
+        let _ = writeln!(
+            stdout,
+            "PyPI (uv, --no-deps): {}",
+            report.pypi_installed.join(", ")
+        );
+    }
     if !report.pypi_not_installed.is_empty() {
         let _ = writeln!(
             stdout,
-            "note: the lock's {} PyPI package(s) are not installed by keel install ({}); install them with `uv pip install --python {}/bin/python --no-deps` from the lock's URLs",
-            report.pypi_not_installed.len(),
-            report.pypi_not_installed.join(", "),
-            report.prefix.display()
+            "note: --no-pypi: the lock's PyPI packages are not installed ({})",
+            report.pypi_not_installed.join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)

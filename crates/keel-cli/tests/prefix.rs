@@ -4,6 +4,8 @@
 
 #[path = "common/channel.rs"]
 mod channel;
+#[path = "../../keel-solve/tests/common/wheel.rs"]
+mod wheel;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -475,6 +477,109 @@ fn install_with_cache(dir: &Path, lock: &str, prefix: &str, cache: &str) -> Valu
         ],
         0,
     )
+}
+
+/// The `pip:` section: keel lock resolves it with uv, keel install installs exactly the locked
+/// wheels (`--no-deps`, hashes required) into the prefix's Python, and verify counts them as
+/// the lock's, not as pip drift.
+#[test]
+fn pip_section_installs_into_the_prefix_python() {
+    let uv =
+        wheel::which_uv().expect("uv is needed for this test: `pip install uv` (.ci/run does)");
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let mut all = packages();
+    // Stand-ins for conda's python and pip (the prefix's real interpreter comes from a
+    // virtual environment below): the solve needs them to resolve the pip section.
+    for (name, version) in [("python", "3.12.0"), ("pip", "24.0")] {
+        all.push(Package {
+            name,
+            version,
+            depends: vec![],
+            files: vec![(
+                if name == "pip" {
+                    "share/pip-stub/README"
+                } else {
+                    "share/python-stub/README"
+                },
+                Content::Text("stub\n".into()),
+            )],
+            tar_bz2: false,
+        });
+    }
+    build_channel(&dir.join("channel"), &all);
+    fs_err::create_dir_all(dir.join("wheels")).unwrap();
+    wheel::build_wheel(&dir.join("wheels"), "alpha", "1.0.0", &[]);
+    fs_err::write(
+        dir.join("env.yml"),
+        "channels:\n  - ./channel\ndependencies:\n  - python =3.12\n  - pip\n  - demotool\n  - libdemo =1.0\n  - pip:\n    - --find-links ./wheels\n    - --no-index\n    - alpha==1.0.0\n",
+    )
+    .unwrap();
+    expect(dir, &["lock", "env.yml", "-o", "pip.lock"], 0);
+    // A prefix with a real Python: a virtual environment of this machine's python3.
+    let venv = Command::new(&uv)
+        .args(["venv", "--python", "python3", "env"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(venv.status.success(), "{}", text(&venv.stderr));
+
+    let report = install_with_cache(dir, "pip.lock", "env", "pkgs");
+    assert_eq!(names(&report["pypi_installed"]), ["alpha==1.0.0"]);
+    let site = fs_err::read_dir(dir.join("env/lib"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("site-packages"))
+        .find(|p| p.is_dir())
+        .unwrap();
+    assert!(site.join("alpha/__init__.py").is_file());
+    let verify = json(dir, &["verify", "env", "-l", "pip.lock", "--json"], 1);
+    for clean in [
+        "missing_pypi",
+        "pip_outside_lock",
+        "changed_files",
+        "missing_packages",
+    ] {
+        assert_eq!(verify[clean], serde_json::json!([]), "{clean}: {verify:#}");
+    }
+    // What makes it drift is the virtual environment's own files, which no package owns.
+    assert!(
+        names(&verify["unowned_files"]).contains(&"pyvenv.cfg".to_string()),
+        "{verify:#}"
+    );
+
+    // Without uv's part: conda packages only, the PyPI ones listed.
+    let report = json(
+        dir,
+        &[
+            "install",
+            "-l",
+            "pip.lock",
+            "-p",
+            "conda-only",
+            "--package-cache",
+            "pkgs",
+            "--no-pypi",
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(names(&report["pypi_not_installed"]), ["alpha==1.0.0"]);
+    // With it, into a prefix without Python: a clear error.
+    let output = keel(
+        dir,
+        &[
+            "install",
+            "-l",
+            "pip.lock",
+            "-p",
+            "no-python",
+            "--package-cache",
+            "pkgs",
+        ],
+    );
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("has no Python"), "{stderr}");
 }
 
 fn keel_marker() -> PathBuf {

@@ -92,6 +92,24 @@ pub enum PrefixError {
         #[source]
         source: std::io::Error,
     },
+    /// The lock pins PyPI packages but the prefix has no Python to install them for.
+    #[error("the lock pins PyPI packages ({packages}) but {} has no Python (bin/python) to install them into", prefix.display())]
+    NoPython {
+        /// The prefix.
+        prefix: PathBuf,
+        /// The packages, comma-separated.
+        packages: String,
+    },
+    /// `uv pip install` failed.
+    #[error("`uv pip install` of the lock's PyPI packages into {} failed ({status}):\n{stderr}", prefix.display())]
+    Uv {
+        /// The prefix.
+        prefix: PathBuf,
+        /// uv's exit status.
+        status: String,
+        /// What uv said.
+        stderr: String,
+    },
     /// A fingerprint file that is not a keel fingerprint, or of another schema version.
     #[error("{} is not a keel fingerprint of schema {expected}: {reason}", path.display())]
     FingerprintSchema {

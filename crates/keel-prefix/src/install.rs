@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use rattler::install::{Installer, Reporter};
 use rattler::package_cache::PackageCache;
@@ -9,7 +10,7 @@ use rattler::validation::ValidationMode;
 use rattler_conda_types::{PackageName, PrefixRecord, RepoDataRecord, Subdir};
 
 use crate::PrefixError;
-use crate::lock::LockedPlatform;
+use crate::lock::{LockedPlatform, LockedPypi};
 use crate::verify::check_package;
 
 /// The file that marks an install in progress. It lives in `conda-meta/` without a `.json`
@@ -27,6 +28,10 @@ pub struct InstallOptions {
     /// Check every installed package's files (and the package cache) and re-link the packages
     /// whose files were changed or removed, as after an interrupted install.
     pub repair: bool,
+    /// The `uv` that installs the lock's PyPI packages into the prefix's Python (`uv pip
+    /// install --no-deps`, hashes required when the lock has them). `None`: they are listed in
+    /// the report as not installed.
+    pub uv: Option<PathBuf>,
 }
 
 /// What an install did.
@@ -45,8 +50,9 @@ pub struct InstallReport {
     /// Packages re-linked because their files were incomplete or changed (after an interrupted
     /// install, or when asked to repair).
     pub repaired_packages: Vec<String>,
-    /// The lock's PyPI packages, which keel install does not install (`uv pip install`
-    /// does, from the lock's URLs and hashes).
+    /// The lock's PyPI packages installed (or found installed) by uv, `name==version`.
+    pub pypi_installed: Vec<String>,
+    /// The lock's PyPI packages left out because no uv was given.
     pub pypi_not_installed: Vec<String>,
 }
 
@@ -83,16 +89,16 @@ pub async fn install<R: Reporter + 'static>(
             });
         }
     }
+    let pypi_names: Vec<String> = locked
+        .pypi
+        .iter()
+        .map(|p| match &p.version {
+            Some(version) => format!("{}=={version}", p.name),
+            None => p.name.clone(),
+        })
+        .collect();
     let mut report = InstallReport {
         prefix: prefix.clone(),
-        pypi_not_installed: locked
-            .pypi
-            .iter()
-            .map(|p| match &p.version {
-                Some(version) => format!("{}=={version}", p.name),
-                None => p.name.clone(),
-            })
-            .collect(),
         ..InstallReport::default()
     };
 
@@ -167,8 +173,91 @@ pub async fn install<R: Reporter + 'static>(
     report.installed.sort();
     report.removed.sort();
     report.unchanged = result.transaction.unchanged_packages().len();
+    match &options.uv {
+        Some(uv) if !locked.pypi.is_empty() => {
+            install_pypi(&prefix, &locked.pypi, uv, &pypi_names)?;
+            report.pypi_installed = pypi_names;
+        }
+        _ => report.pypi_not_installed = pypi_names,
+    }
     fs_err::remove_file(&marker)?;
     Ok(report)
+}
+
+/// The prefix's Python interpreter.
+fn prefix_python(prefix: &Path) -> PathBuf {
+    if cfg!(windows) {
+        prefix.join("python.exe")
+    } else {
+        prefix.join("bin").join("python")
+    }
+}
+
+/// `uv pip install --no-deps` of exactly the lock's PyPI packages into the prefix's Python.
+/// The lock is already a full resolution, so no dependency is resolved again; hashes are
+/// required when every package has one.
+fn install_pypi(
+    prefix: &Path,
+    pypi: &[LockedPypi],
+    uv: &Path,
+    names: &[String],
+) -> Result<(), PrefixError> {
+    let python = prefix_python(prefix);
+    if !python.exists() {
+        return Err(PrefixError::NoPython {
+            prefix: prefix.to_path_buf(),
+            packages: names.join(", "),
+        });
+    }
+    let mut requirements = String::new();
+    let mut indexes: Vec<&str> = Vec::new();
+    for package in pypi {
+        if let Some(index) = package.index.as_deref()
+            && !indexes.contains(&index)
+        {
+            indexes.push(index);
+        }
+    }
+    for (position, index) in indexes.iter().enumerate() {
+        let option = if position == 0 {
+            "--index-url"
+        } else {
+            "--extra-index-url"
+        };
+        requirements.push_str(&format!("{option} {index}\n"));
+    }
+    for package in pypi {
+        requirements.push_str(&package.requirement);
+        requirements.push('\n');
+    }
+    let mut file = tempfile::Builder::new()
+        .prefix("keel-pypi-")
+        .suffix(".txt")
+        .tempfile()?;
+    std::io::Write::write_all(file.as_file_mut(), requirements.as_bytes())?;
+    let mut command = Command::new(uv);
+    command
+        .args(["pip", "install", "--no-deps", "--python"])
+        .arg(&python)
+        .arg("-r")
+        .arg(file.path());
+    if pypi.iter().all(|package| package.hashed) {
+        command.arg("--require-hashes");
+    }
+    let output = command.output().map_err(|source| {
+        PrefixError::Io(std::io::Error::new(
+            source.kind(),
+            format!("cannot run {}: {source}", uv.display()),
+        ))
+    })?;
+    if !output.status.success() {
+        return Err(PrefixError::Uv {
+            prefix: prefix.to_path_buf(),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// The prefix's records. After an interruption a record may be half written: it is removed,

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use rattler_conda_types::{RepoDataRecord, Subdir};
-use rattler_lock::LockFile;
+use rattler_lock::{LockFile, PypiPackageData, UrlOrPath};
 
 use crate::PrefixError;
 
@@ -23,6 +23,71 @@ pub struct LockedPypi {
     pub name: String,
     /// The pinned version (`None` for a local source tree).
     pub version: Option<String>,
+    /// The requirement line that installs exactly this package: `name @ URL` for a file (a
+    /// local path as a `file://` URL) or `name==version` for an index pin, with
+    /// `--hash=sha256:...` when the lock has the file's hash.
+    #[serde(skip)]
+    pub requirement: String,
+    /// The lock has the file's sha256.
+    #[serde(skip)]
+    pub hashed: bool,
+    /// The index the package comes from, when the lock records one.
+    #[serde(skip)]
+    pub index: Option<String>,
+}
+
+/// Whether a URL names a distribution file (not an index page).
+fn is_distribution(path: &str) -> bool {
+    [".whl", ".tar.gz", ".zip", ".tar.bz2"]
+        .iter()
+        .any(|extension| path.ends_with(extension))
+}
+
+fn locked_pypi(package: &PypiPackageData, lock_dir: &Path) -> LockedPypi {
+    let name = package.name().to_string();
+    let version = package.version().map(ToString::to_string);
+    let file_url = |path: &str| {
+        let path = Path::new(path);
+        let absolute = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            lock_dir.join(path)
+        };
+        url::Url::from_file_path(&absolute)
+            .map_or_else(|()| absolute.display().to_string(), String::from)
+    };
+    let (target, hash, index) = match package {
+        PypiPackageData::Distribution(data) => {
+            let target = match &*data.location {
+                UrlOrPath::Url(url) if is_distribution(url.path()) => Some(url.to_string()),
+                UrlOrPath::Url(_) => None,
+                UrlOrPath::Path(path) => Some(file_url(path.as_ref())),
+            };
+            (
+                target,
+                data.hash.as_ref().and_then(|h| h.sha256()).map(hex::encode),
+                data.index_url.as_ref().map(ToString::to_string),
+            )
+        }
+        PypiPackageData::Source(source) => {
+            (Some(file_url(&source.location.to_string())), None, None)
+        }
+    };
+    let mut requirement = match (&target, &version) {
+        (Some(url), _) => format!("{name} @ {url}"),
+        (None, Some(version)) => format!("{name}=={version}"),
+        (None, None) => name.clone(),
+    };
+    if let Some(hash) = &hash {
+        requirement.push_str(&format!(" --hash=sha256:{hash}"));
+    }
+    LockedPypi {
+        name,
+        version,
+        requirement,
+        hashed: hash.is_some(),
+        index: index.filter(|_| target.is_none()),
+    }
 }
 
 /// Reads the packages `lock` pins for `environment` (pixi's name for the default one is
@@ -71,10 +136,7 @@ pub fn locked_packages(
         .pypi_packages(locked_platform)
         .into_iter()
         .flatten()
-        .map(|package| LockedPypi {
-            name: package.name().to_string(),
-            version: package.version().map(ToString::to_string),
-        })
+        .map(|package| locked_pypi(package, lock.parent().unwrap_or(Path::new("."))))
         .collect();
     pypi.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(LockedPlatform { conda, pypi })

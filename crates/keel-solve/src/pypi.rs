@@ -26,7 +26,8 @@ pub enum Uv {
 }
 
 impl Uv {
-    fn binary(&self) -> Option<PathBuf> {
+    /// The uv binary this setting names, if there is one.
+    pub fn binary(&self) -> Option<PathBuf> {
         match self {
             Uv::Disabled => None,
             Uv::Path(path) => Some(path.clone()),
