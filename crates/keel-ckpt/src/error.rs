@@ -1,0 +1,84 @@
+//! Why a checkpoint could not be saved, found or loaded.
+
+use std::path::PathBuf;
+
+/// One error enum for keel-ckpt. Every variant about a file or object names it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CkptError {
+    /// Local file I/O failed (fs-err's message names the path: disk full, read-only, ...).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Object storage failed.
+    #[error("object storage: {location}")]
+    Object {
+        /// The object or prefix.
+        location: String,
+        /// object_store's reason.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// A storage URL keel cannot use.
+    #[error("invalid checkpoint location `{location}`: {reason}")]
+    Location {
+        /// The location as given.
+        location: String,
+        /// Why.
+        reason: String,
+    },
+    /// Two tensors, or a tensor and its data, disagree (a shape that does not fit the bytes).
+    #[error("tensor `{name}`: {reason}")]
+    Tensor {
+        /// The tensor.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A checkpoint that does not verify: missing, truncated or changed files, a bad manifest.
+    #[error("checkpoint {id} is not valid: {reason}")]
+    Invalid {
+        /// The checkpoint.
+        id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A manifest written by a newer keel (a format this one cannot read).
+    #[error(
+        "checkpoint {id} has manifest format {found}; this keel reads up to {supported}: upgrade keel to load it"
+    )]
+    NewerFormat {
+        /// The checkpoint.
+        id: String,
+        /// The manifest's version.
+        found: u32,
+        /// The newest this keel reads.
+        supported: u32,
+    },
+    /// No checkpoint under the root verifies.
+    #[error("no valid checkpoint in {root}")]
+    NoValidCheckpoint {
+        /// The store's root.
+        root: String,
+    },
+    /// A background save failed; reported on the next call.
+    #[error("the background save of step {step} failed; the checkpoint before it is intact")]
+    BackgroundSave {
+        /// The step whose save failed.
+        step: u64,
+        /// Why.
+        #[source]
+        source: Box<CkptError>,
+    },
+    /// The background writer thread is gone (it panicked).
+    #[error("the background checkpoint writer stopped unexpectedly")]
+    WriterGone,
+    /// A policy or retention setting that cannot work.
+    #[error("invalid setting: {0}")]
+    Setting(String),
+    /// Serializing tensors failed.
+    #[error("cannot write tensors as safetensors")]
+    Safetensors(#[source] safetensors::SafeTensorError),
+    /// A local path that is not a directory where a store needs one.
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+}
