@@ -165,7 +165,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in listing order.
-    pub const ALL: [Kind; 4] = [Kind::Regular, Kind::Interrupted, Kind::Emergency, Kind::Best];
+    pub const ALL: [Kind; 4] = [
+        Kind::Regular,
+        Kind::Interrupted,
+        Kind::Emergency,
+        Kind::Best,
+    ];
 
     /// The folder name.
     pub fn as_str(self) -> &'static str {
@@ -258,8 +263,11 @@ pub struct Manifest {
 /// Serializes one group as a safetensors file. Tensors are stored by name (safetensors sorts
 /// them), with no extra metadata, so the same tensors always give the same bytes.
 pub(crate) fn group_bytes(group: &TensorGroup) -> Result<Vec<u8>, CkptError> {
-    safetensors::serialize(group.iter().map(|(name, tensor)| (name.as_str(), tensor)), None)
-        .map_err(CkptError::Safetensors)
+    safetensors::serialize(
+        group.iter().map(|(name, tensor)| (name.as_str(), tensor)),
+        None,
+    )
+    .map_err(CkptError::Safetensors)
 }
 
 /// Reads one safetensors file back into owned tensors.
@@ -268,7 +276,8 @@ pub(crate) fn parse_group(bytes: &[u8], id: &str, file: &str) -> Result<TensorGr
         id: id.to_string(),
         reason: format!("{file}: {reason}"),
     };
-    let tensors = safetensors::SafeTensors::deserialize(bytes).map_err(|e| invalid(e.to_string()))?;
+    let tensors =
+        safetensors::SafeTensors::deserialize(bytes).map_err(|e| invalid(e.to_string()))?;
     let mut group = TensorGroup::new();
     for (name, view) in tensors.iter() {
         let dtype = Dtype::from_safetensors(view.dtype())

@@ -185,9 +185,11 @@ pub struct AnyOf(pub Vec<Box<dyn SavePolicy>>);
 impl SavePolicy for AnyOf {
     fn should_save(&mut self, p: &Progress) -> bool {
         // Ask every policy (no short cut): stateful ones move on when asked.
-        self.0
-            .iter_mut()
-            .fold(false, |any, policy| policy.should_save(p) || any)
+        let mut any = false;
+        for policy in &mut self.0 {
+            any |= policy.should_save(p);
+        }
+        any
     }
     fn saved(&mut self, p: &Progress, cost: Duration) {
         for policy in &mut self.0 {
@@ -213,10 +215,14 @@ mod tests {
     fn every_n_and_exponential() {
         let now = Instant::now();
         let mut steps = EveryNSteps(3);
-        let saved: Vec<u64> = (1..=10).filter(|s| steps.should_save(&at(*s, 0, false, now))).collect();
+        let saved: Vec<u64> = (1..=10)
+            .filter(|s| steps.should_save(&at(*s, 0, false, now)))
+            .collect();
         assert_eq!(saved, [3, 6, 9]);
         let mut exp = Exponential::default();
-        let saved: Vec<u64> = (1..=20).filter(|e| exp.should_save(&at(0, *e, true, now))).collect();
+        let saved: Vec<u64> = (1..=20)
+            .filter(|e| exp.should_save(&at(0, *e, true, now)))
+            .collect();
         assert_eq!(saved, [1, 2, 4, 8, 16]);
         let mut epochs = EveryNEpochs(2);
         assert!(!epochs.should_save(&at(5, 2, false, now)));
@@ -236,7 +242,10 @@ mod tests {
         assert!((t - expected).abs() < 1e-6, "{t} vs {expected}");
         // Within a few percent of Young when C << M.
         assert!((t / young - 1.0).abs() < 0.05);
-        assert_eq!(daly_interval(Duration::from_secs(100), Duration::from_secs(40)), Duration::from_secs(40));
+        assert_eq!(
+            daly_interval(Duration::from_secs(100), Duration::from_secs(40)),
+            Duration::from_secs(40)
+        );
     }
 
     #[test]

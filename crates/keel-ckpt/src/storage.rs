@@ -6,8 +6,8 @@ use std::sync::Arc;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 
-use crate::model::{Kind, MANIFEST};
 use crate::CkptError;
+use crate::model::{Kind, MANIFEST};
 
 /// The operations a store needs. A checkpoint is a folder `KIND/NAME/` of files; it counts only
 /// once its manifest is there, and it is written last.

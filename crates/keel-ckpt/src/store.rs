@@ -409,9 +409,7 @@ impl CheckpointStore {
             for listed in of_kind.into_iter().skip(keep) {
                 let step = listed.manifest.as_ref().map_or(0, |m| m.step);
                 let kept_every = kind == Kind::Regular
-                    && retention
-                        .keep_every
-                        .is_some_and(|n| n > 0 && step % n == 0);
+                    && retention.keep_every.is_some_and(|n| n > 0 && step % n == 0);
                 if kept_every || Some(&listed.id) == newest_valid.as_ref() {
                     continue;
                 }
@@ -435,7 +433,8 @@ pub fn environment_changes(
 ) -> Vec<String> {
     let mut changes = Vec::new();
     if let (Some(before), Some(now)) = (&saved.environment, environment) {
-        let root = |v: &serde_json::Value| v.get("root").and_then(|r| r.as_str()).map(str::to_string);
+        let root =
+            |v: &serde_json::Value| v.get("root").and_then(|r| r.as_str()).map(str::to_string);
         if root(before) != root(now) {
             changes.push(format!(
                 "environment fingerprint changed: {} when saved, {} now (run `keel diff` on the two fingerprints)",
@@ -461,7 +460,8 @@ fn json_differences(
     out: &mut Vec<String>,
 ) {
     use serde_json::Value;
-    let volatile = |key: &str| key.contains("free") || key.contains("elapsed") || key.contains("time");
+    let volatile =
+        |key: &str| key.contains("free") || key.contains("elapsed") || key.contains("time");
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
@@ -481,7 +481,11 @@ fn json_differences(
                 json_differences(&format!("{path}/{i}"), p, q, out);
             }
         }
-        _ if a != b => out.push(if path.is_empty() { "/".into() } else { path.into() }),
+        _ if a != b => out.push(if path.is_empty() {
+            "/".into()
+        } else {
+            path.into()
+        }),
         _ => {}
     }
 }
