@@ -42,6 +42,57 @@ pub(crate) enum Command {
     /// Compare fingerprints (`keel hash --json`) of many nodes: group identical ones, list
     /// what differs in the others, package versions first. Exit 1 when they differ.
     Diff(DiffArgs),
+    /// Inspect a checkpoint store (a folder, or `s3://bucket/prefix`): list, verify, prune.
+    #[command(subcommand)]
+    Ckpt(CkptCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CkptCommand {
+    /// Every checkpoint, oldest first: kind, step, epoch, time, metrics, and whether its
+    /// manifest reads.
+    List(CkptListArgs),
+    /// Verify every checkpoint's files against its manifest (sizes, BLAKE3, safetensors
+    /// headers). Exit 1 when any is corrupt or incomplete.
+    Verify(CkptListArgs),
+    /// Delete what a retention rule does not keep (after the newest checkpoint is committed;
+    /// never the newest valid one), and leftovers of interrupted writes.
+    Prune(CkptPruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CkptListArgs {
+    /// The store: a folder, or `s3://bucket/prefix` (credentials and endpoint from `AWS_*`).
+    #[arg(value_name = "DIR|URL")]
+    pub(crate) store: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CkptPruneArgs {
+    /// The store: a folder, or `s3://bucket/prefix`.
+    #[arg(value_name = "DIR|URL")]
+    pub(crate) store: String,
+    /// Keep the newest K regular (and K interrupted, K emergency) checkpoints.
+    #[arg(long, value_name = "K")]
+    pub(crate) keep_last: usize,
+    /// Keep the best K `best` checkpoints (by --metric) [default: all].
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub(crate) keep_best: usize,
+    /// Also keep every regular checkpoint whose step is a multiple of N.
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_every: Option<u64>,
+    /// The metric that ranks `best` checkpoints; lower is better unless --maximize.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) metric: Option<String>,
+    /// Higher --metric is better.
+    #[arg(long)]
+    pub(crate) maximize: bool,
+    /// Print what was deleted as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

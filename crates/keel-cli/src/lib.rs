@@ -4,6 +4,7 @@
 //! input.
 
 mod args;
+mod ckpt;
 mod doctor;
 mod lock;
 mod prefix;
@@ -28,6 +29,9 @@ pub fn run() -> ExitCode {
         args::Command::Hash(args) => prefix::hash(args),
         args::Command::Verify(args) => prefix::verify(args),
         args::Command::Diff(args) => prefix::diff(&args),
+        args::Command::Ckpt(args::CkptCommand::List(args)) => ckpt::list(&args),
+        args::Command::Ckpt(args::CkptCommand::Verify(args)) => ckpt::verify(&args),
+        args::Command::Ckpt(args::CkptCommand::Prune(args)) => ckpt::prune(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,197 @@
+//! `keel ckpt list`, `keel ckpt verify`, `keel ckpt prune`.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use keel_ckpt::{CheckpointStore, Goal, Listed, Manifest, Retention};
+use miette::IntoDiagnostic as _;
+use serde::Serialize;
+
+use crate::args::{CkptListArgs, CkptPruneArgs};
+
+fn open(store: &str) -> miette::Result<CheckpointStore> {
+    CheckpointStore::open(store).into_diagnostic()
+}
+
+fn time(manifest: &Manifest) -> String {
+    i64::try_from(manifest.created_unix_ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or_else(
+            || "?".to_string(),
+            |t| t.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+        )
+}
+
+fn metrics(manifest: &Manifest) -> String {
+    manifest
+        .metrics
+        .iter()
+        .map(|(name, value)| format!("{name}={value:.6}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn write_json(value: &impl Serialize) -> miette::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, value).into_diagnostic()?;
+    let _ = writeln!(stdout);
+    Ok(())
+}
+
+fn print_table(rows: &[(String, &Listed)]) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<11}  {:>10}  {:>5}  {:<19}  {:<8}  {}",
+        "KIND", "STEP", "EPOCH", "SAVED (UTC)", "STATUS", "METRICS / PROBLEM"
+    );
+    for (status, listed) in rows {
+        match &listed.manifest {
+            Some(manifest) => {
+                let detail = if status == "ok" || status == "listed" {
+                    metrics(manifest)
+                } else {
+                    listed.problem.clone().unwrap_or_default()
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<11}  {:>10}  {:>5}  {:<19}  {:<8}  {}",
+                    listed.id.kind,
+                    manifest.step,
+                    manifest.epoch,
+                    time(manifest),
+                    status,
+                    detail
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "{:<11}  {:>10}  {:>5}  {:<19}  {:<8}  {}",
+                    listed.id.kind,
+                    "-",
+                    "-",
+                    "-",
+                    status,
+                    listed.problem.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+}
+
+pub(crate) fn list(args: &CkptListArgs) -> miette::Result<ExitCode> {
+    let store = open(&args.store)?;
+    let listed = store.list().into_diagnostic()?;
+    if args.json {
+        write_json(&listed)?;
+    } else {
+        let rows: Vec<(String, &Listed)> = listed
+            .iter()
+            .map(|l| {
+                let status = if l.manifest.is_some() {
+                    "listed"
+                } else {
+                    "invalid"
+                };
+                (status.to_string(), l)
+            })
+            .collect();
+        print_table(&rows);
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "{} checkpoint(s) in {} (manifests read; `keel ckpt verify` checks the data)",
+            listed.len(),
+            store.location()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct Verified<'a> {
+    id: String,
+    valid: bool,
+    problem: Option<String>,
+    manifest: Option<&'a Manifest>,
+}
+
+pub(crate) fn verify(args: &CkptListArgs) -> miette::Result<ExitCode> {
+    let store = open(&args.store)?;
+    let mut listed = store.list().into_diagnostic()?;
+    for entry in &mut listed {
+        if entry.manifest.is_some()
+            && let Err(error) = store.verify(&entry.id)
+        {
+            entry.problem = Some(error.to_string());
+        }
+    }
+    let bad = listed.iter().filter(|l| l.problem.is_some()).count();
+    if args.json {
+        let report: Vec<Verified<'_>> = listed
+            .iter()
+            .map(|l| Verified {
+                id: l.id.to_string(),
+                valid: l.problem.is_none(),
+                problem: l.problem.clone(),
+                manifest: l.manifest.as_ref(),
+            })
+            .collect();
+        write_json(&report)?;
+    } else {
+        let rows: Vec<(String, &Listed)> = listed
+            .iter()
+            .map(|l| {
+                let status = if l.problem.is_none() { "ok" } else { "CORRUPT" };
+                (status.to_string(), l)
+            })
+            .collect();
+        print_table(&rows);
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "{} checkpoint(s), {} corrupt or incomplete, in {}",
+            listed.len(),
+            bad,
+            store.location()
+        );
+    }
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub(crate) fn prune(args: &CkptPruneArgs) -> miette::Result<ExitCode> {
+    if args.keep_last == 0 {
+        miette::bail!("--keep-last must be at least 1 (the newest checkpoint is always kept)");
+    }
+    let store = open(&args.store)?;
+    let retention = Retention {
+        keep_last: args.keep_last,
+        keep_best: args.keep_best,
+        keep_every: args.keep_every,
+        best_metric: args
+            .metric
+            .clone()
+            .map(|metric| (metric, if args.maximize { Goal::Max } else { Goal::Min })),
+    };
+    let deleted = store.prune(&retention).into_diagnostic()?;
+    if args.json {
+        let ids: Vec<String> = deleted.iter().map(ToString::to_string).collect();
+        write_json(&ids)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for id in &deleted {
+            let _ = writeln!(out, "deleted {id}");
+        }
+        let _ = writeln!(
+            out,
+            "{} checkpoint(s) deleted from {}",
+            deleted.len(),
+            store.location()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

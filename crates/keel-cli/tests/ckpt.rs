@@ -1,0 +1,92 @@
+//! `keel ckpt list`, `verify` and `prune` on a store the test writes with keel-ckpt.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use keel_ckpt::{CheckpointStore, Kind, Snapshot, Tensor};
+
+fn keel(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn snapshot(step: u64) -> Snapshot {
+    let mut snapshot = Snapshot {
+        step,
+        epoch: step / 2,
+        ..Snapshot::default()
+    };
+    snapshot.metrics.insert("loss".into(), 1.0 / step as f64);
+    snapshot.groups.entry("model".into()).or_default().insert(
+        "w".into(),
+        Tensor::from_f32(vec![4], &[step as f32; 4]).unwrap(),
+    );
+    snapshot
+}
+
+#[test]
+fn list_verify_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("runs");
+    let store = CheckpointStore::local(&root).unwrap();
+    let mut ids = Vec::new();
+    for step in 1..=5 {
+        ids.push(store.save(Kind::Regular, &snapshot(step)).unwrap());
+    }
+    store.save(Kind::Best, &snapshot(3)).unwrap();
+
+    let output = keel(dir.path(), &["ckpt", "list", "runs"]);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(stdout.contains("6 checkpoint(s)"), "{stdout}");
+    assert!(stdout.contains("loss=0.200000"), "{stdout}");
+
+    let output = keel(dir.path(), &["ckpt", "verify", "runs"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stdout));
+
+    // Corrupt step 4's tensors: verify names it and exits 1.
+    let file = root
+        .join("regular")
+        .join(&ids[3].name)
+        .join("model.safetensors");
+    let mut bytes = fs_err::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    fs_err::write(&file, bytes).unwrap();
+    let output = keel(dir.path(), &["ckpt", "verify", "runs", "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let bad: Vec<&str> = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["valid"] == false)
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(bad, [ids[3].to_string()]);
+    assert!(report.to_string().contains("BLAKE3"));
+
+    let output = keel(
+        dir.path(),
+        &["ckpt", "prune", "runs", "--keep-last", "2", "--json"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let deleted: Vec<String> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        deleted,
+        [ids[2].to_string(), ids[1].to_string(), ids[0].to_string()]
+    );
+    assert_eq!(store.latest_valid().unwrap().manifest.step, 5);
+
+    let output = keel(dir.path(), &["ckpt", "prune", "runs", "--keep-last", "0"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("--keep-last must be at least 1"));
+}
