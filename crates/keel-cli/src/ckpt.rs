@@ -43,8 +43,8 @@ fn print_table(rows: &[(String, &Listed)]) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "{:<11}  {:>10}  {:>5}  {:<19}  {:<8}  {}",
-        "KIND", "STEP", "EPOCH", "SAVED (UTC)", "STATUS", "METRICS / PROBLEM"
+        "{:<11}  {:>10}  {:>5}  {:<19}  {:<8}  METRICS / PROBLEM",
+        "KIND", "STEP", "EPOCH", "SAVED (UTC)", "STATUS"
     );
     for (status, listed) in rows {
         match &listed.manifest {
