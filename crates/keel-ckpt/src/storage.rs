@@ -227,9 +227,14 @@ impl Objects {
         path
     }
 
+    /// `scheme://bucket/key` of an object, for messages.
     fn error(&self, location: &ObjectPath, source: object_store::Error) -> CkptError {
+        let base = url::Url::parse(&self.url)
+            .ok()
+            .map(|url| format!("{}://{}", url.scheme(), url.host_str().unwrap_or("")))
+            .unwrap_or_default();
         CkptError::Object {
-            location: format!("{}/{}", self.url.trim_end_matches('/'), location),
+            location: format!("{base}/{location}"),
             source: Box::new(source),
         }
     }

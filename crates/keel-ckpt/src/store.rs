@@ -148,7 +148,9 @@ impl CheckpointStore {
         CheckpointStore::object_store(Arc::from(store), prefix, location)
     }
 
-    /// A store in any `object_store` backend, under `prefix`.
+    /// A store in any `object_store` backend, under `prefix`. The store runs the client's
+    /// calls on a tokio runtime of its own, so give it a client that no other runtime uses (an
+    /// HTTP connection pooled on another runtime stalls until it times out).
     pub fn object_store(
         store: Arc<dyn object_store::ObjectStore>,
         prefix: object_store::path::Path,
