@@ -2,4 +2,4 @@
 
 mod bench;
 
-criterion::criterion_main!(bench::spec::benches);
+criterion::criterion_main!(bench::spec::benches, bench::ckpt::benches);

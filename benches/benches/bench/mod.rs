@@ -1,1 +1,2 @@
+pub(crate) mod ckpt;
 pub(crate) mod spec;

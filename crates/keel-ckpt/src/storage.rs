@@ -14,15 +14,19 @@ use crate::model::{Kind, MANIFEST};
 pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     /// Where, for messages.
     fn describe(&self) -> String;
-    /// Writes the files, then the manifest, so that no reader sees a manifest before the data
-    /// it describes is durable.
-    fn commit(
+    /// Writes the data files of a checkpoint durably where no reader looks for checkpoints
+    /// (local: a temporary folder; objects: under the final key, which counts only once its
+    /// manifest is there).
+    fn write_data(
         &self,
         kind: Kind,
         name: &str,
         files: &[(String, Vec<u8>)],
-        manifest: &[u8],
     ) -> Result<(), CkptError>;
+    /// Writes the manifest and makes the checkpoint visible: the commit point.
+    fn commit(&self, kind: Kind, name: &str, manifest: &[u8]) -> Result<(), CkptError>;
+    /// Removes what a failed `write_data` or `commit` left; never touches other checkpoints.
+    fn abort(&self, kind: Kind, name: &str);
     /// The checkpoint folders of a kind (complete or not), unsorted.
     fn list(&self, kind: Kind) -> Result<Vec<String>, CkptError>;
     /// A file of a checkpoint; `None` when it does not exist.
@@ -57,6 +61,10 @@ impl Local {
     fn kind_dir(&self, kind: Kind) -> PathBuf {
         self.root.join(kind.as_str())
     }
+
+    fn temp_dir(&self, kind: Kind, name: &str) -> PathBuf {
+        self.kind_dir(kind).join(format!("{TEMP_PREFIX}{name}"))
+    }
 }
 
 /// fsync a folder, so that a rename or a new entry in it is durable.
@@ -85,38 +93,40 @@ impl Backend for Local {
         self.root.display().to_string()
     }
 
-    fn commit(
+    fn write_data(
         &self,
         kind: Kind,
         name: &str,
         files: &[(String, Vec<u8>)],
-        manifest: &[u8],
     ) -> Result<(), CkptError> {
         let kind_dir = self.kind_dir(kind);
         if !kind_dir.is_dir() {
             fs_err::create_dir_all(&kind_dir)?;
             sync_dir(&self.root)?;
         }
-        let temp = kind_dir.join(format!("{TEMP_PREFIX}{name}"));
-        let result = (|| {
-            if temp.exists() {
-                fs_err::remove_dir_all(&temp)?;
-            }
-            fs_err::create_dir(&temp)?;
-            for (file, bytes) in files {
-                write_synced(&temp.join(file), bytes)?;
-            }
-            write_synced(&temp.join(MANIFEST), manifest)?;
-            sync_dir(&temp)?;
-            fs_err::rename(&temp, kind_dir.join(name))?;
-            sync_dir(&kind_dir)
-        })();
-        if result.is_err() {
-            // Leave nothing that could be mistaken for a checkpoint; the previous ones are
-            // untouched either way.
-            let _ = fs_err::remove_dir_all(&temp);
+        let temp = self.temp_dir(kind, name);
+        if temp.exists() {
+            fs_err::remove_dir_all(&temp)?;
         }
-        result
+        fs_err::create_dir(&temp)?;
+        for (file, bytes) in files {
+            write_synced(&temp.join(file), bytes)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&self, kind: Kind, name: &str, manifest: &[u8]) -> Result<(), CkptError> {
+        let kind_dir = self.kind_dir(kind);
+        let temp = self.temp_dir(kind, name);
+        write_synced(&temp.join(MANIFEST), manifest)?;
+        sync_dir(&temp)?;
+        fs_err::rename(&temp, kind_dir.join(name))?;
+        sync_dir(&kind_dir)
+    }
+
+    fn abort(&self, kind: Kind, name: &str) {
+        // Leave nothing that could be mistaken for a checkpoint; the others are untouched.
+        let _ = fs_err::remove_dir_all(self.temp_dir(kind, name));
     }
 
     fn list(&self, kind: Kind) -> Result<Vec<String>, CkptError> {
@@ -245,12 +255,11 @@ impl Backend for Objects {
         self.url.clone()
     }
 
-    fn commit(
+    fn write_data(
         &self,
         kind: Kind,
         name: &str,
         files: &[(String, Vec<u8>)],
-        manifest: &[u8],
     ) -> Result<(), CkptError> {
         self.block(async {
             for (file, bytes) in files {
@@ -260,13 +269,20 @@ impl Backend for Objects {
                     .await
                     .map_err(|e| self.error(&path, e))?;
             }
-            let path = self.path(&[kind.as_str(), name, MANIFEST]);
-            self.store
-                .put(&path, PutPayload::from(manifest.to_vec()))
-                .await
-                .map_err(|e| self.error(&path, e))?;
             Ok(())
         })
+    }
+
+    fn commit(&self, kind: Kind, name: &str, manifest: &[u8]) -> Result<(), CkptError> {
+        let path = self.path(&[kind.as_str(), name, MANIFEST]);
+        self.block(self.store.put(&path, PutPayload::from(manifest.to_vec())))
+            .map_err(|e| self.error(&path, e))?;
+        Ok(())
+    }
+
+    fn abort(&self, kind: Kind, name: &str) {
+        // Data objects without a manifest are never loaded; removing them is tidiness.
+        let _ = self.remove(kind, name);
     }
 
     fn list(&self, kind: Kind) -> Result<Vec<String>, CkptError> {
