@@ -1,6 +1,7 @@
-//! Disk full: checkpoints are saved into a 5 MiB tmpfs (mounted in a user and mount namespace
-//! the test makes with `unshare`) until the disk is full. The failing save reports it, leaves
-//! nothing that looks like a checkpoint, and the last good one still loads exactly.
+//! Disk full and read-only: checkpoints are saved into a 5 MiB tmpfs (mounted in a user and
+//! mount namespace the test makes with `unshare`) until the disk is full, then into the same
+//! file system remounted read-only. Each failing save reports why and where, leaves nothing
+//! that looks like a checkpoint, and the last good one still loads exactly.
 
 mod common;
 
@@ -48,6 +49,21 @@ fn disk_full_child() {
         .unwrap();
     store.save(Kind::Regular, &snapshot_for(100, SIZE)).unwrap();
     assert_eq!(store.latest_valid().unwrap().manifest.step, 100);
+
+    // Read-only (as a file system remounted read-only, which even root cannot write): the
+    // save fails naming the path, and the newest checkpoint still loads.
+    let remount = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(remount.success());
+    let error = store.save(Kind::Regular, &snapshot_for(101, SIZE)).unwrap_err();
+    let message = format!("{error}");
+    assert!(message.contains("Read-only file system"), "{message}");
+    assert!(message.contains(&*Path::new(&dir).to_string_lossy()), "{message}");
+    let resume = store.latest_valid().unwrap();
+    assert_eq!(resume.snapshot, snapshot_for(100, SIZE));
 }
 
 #[test]
