@@ -260,14 +260,89 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
-/// Serializes one group as a safetensors file. Tensors are stored by name (safetensors sorts
-/// them), with no extra metadata, so the same tensors always give the same bytes.
-pub(crate) fn group_bytes(group: &TensorGroup) -> Result<Vec<u8>, CkptError> {
-    safetensors::serialize(
-        group.iter().map(|(name, tensor)| (name.as_str(), tensor)),
+/// A tensor as safetensors' serializer sees it when only the header is wanted: the real
+/// dtype, shape and length, and no bytes.
+struct HeaderOnly<'a>(&'a Tensor);
+
+impl safetensors::View for HeaderOnly<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.0.dtype.to_safetensors()
+    }
+    fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&[])
+    }
+    fn data_len(&self) -> usize {
+        self.0.data.len()
+    }
+}
+
+/// One group as a safetensors file, without copying the tensors: the header (8-byte length
+/// and JSON, from the safetensors crate) and then each tensor's bytes in the order the header
+/// places them. Writing the parts one after another gives exactly `safetensors::serialize`'s
+/// bytes.
+pub(crate) fn group_file<'a>(
+    name: String,
+    group: &'a TensorGroup,
+) -> Result<FileParts<'a>, CkptError> {
+    let header = safetensors::serialize(
+        group
+            .iter()
+            .map(|(name, tensor)| (name.as_str(), HeaderOnly(tensor))),
         None,
     )
-    .map_err(CkptError::Safetensors)
+    .map_err(CkptError::Safetensors)?;
+    // The header says where each tensor goes; follow it rather than its sorting rule.
+    let json_len = u64::from_le_bytes(header[..8].try_into().expect("8-byte length")) as usize;
+    let entries: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header[8..8 + json_len]).map_err(|e| CkptError::Tensor {
+            name: "(header)".into(),
+            reason: e.to_string(),
+        })?;
+    let mut placed: Vec<(u64, &[u8])> = group
+        .iter()
+        .map(|(name, tensor)| {
+            let start = entries
+                .get(name)
+                .and_then(|entry| entry.get("data_offsets"))
+                .and_then(|offsets| offsets.get(0))
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| CkptError::Tensor {
+                    name: name.clone(),
+                    reason: "missing from the safetensors header".into(),
+                })?;
+            Ok((start, tensor.data.as_slice()))
+        })
+        .collect::<Result<_, CkptError>>()?;
+    placed.sort_by_key(|(start, _)| *start);
+    Ok(FileParts {
+        name,
+        header,
+        data: placed.into_iter().map(|(_, data)| data).collect(),
+    })
+}
+
+/// A file to write as consecutive parts (a header, then borrowed tensor bytes).
+#[derive(Debug)]
+pub(crate) struct FileParts<'a> {
+    /// The file name inside the checkpoint.
+    pub(crate) name: String,
+    header: Vec<u8>,
+    data: Vec<&'a [u8]>,
+}
+
+impl FileParts<'_> {
+    /// The parts in file order.
+    pub(crate) fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.header.as_slice()).chain(self.data.iter().copied())
+    }
+
+    /// The file's size.
+    pub(crate) fn len(&self) -> u64 {
+        self.parts().map(|part| part.len() as u64).sum()
+    }
 }
 
 /// Reads one safetensors file back into owned tensors.
@@ -288,4 +363,34 @@ pub(crate) fn parse_group(bytes: &[u8], id: &str, file: &str) -> Result<TensorGr
         );
     }
     Ok(group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writing a group as header + borrowed tensor bytes gives exactly the bytes of
+    /// `safetensors::serialize`, whatever the dtypes and names (its order mixes both).
+    #[test]
+    fn parts_equal_safetensors_serialize() {
+        let mut group = TensorGroup::new();
+        let tensors = [
+            ("b", Dtype::F32, vec![3], 12),
+            ("a", Dtype::U8, vec![5], 5),
+            ("c", Dtype::F64, vec![2, 2], 32),
+            ("aa", Dtype::BF16, vec![3], 6),
+            ("z", Dtype::I64, vec![], 8),
+        ];
+        for (name, dtype, shape, len) in tensors {
+            let data = (0..len).map(|i| (i * 7 + name.len()) as u8).collect();
+            group.insert(name.into(), Tensor::new(name, dtype, shape, data).unwrap());
+        }
+        let expected =
+            safetensors::serialize(group.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap();
+        let file = group_file("g.safetensors".into(), &group).unwrap();
+        let written: Vec<u8> = file.parts().flatten().copied().collect();
+        assert_eq!(written, expected);
+        assert_eq!(file.len(), expected.len() as u64);
+        assert_eq!(parse_group(&written, "id", "g.safetensors").unwrap(), group);
+    }
 }

@@ -7,7 +7,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 
 use crate::CkptError;
-use crate::model::{Kind, MANIFEST};
+use crate::model::{FileParts, Kind, MANIFEST};
 
 /// The operations a store needs. A checkpoint is a folder `KIND/NAME/` of files; it counts only
 /// once its manifest is there, and it is written last.
@@ -17,12 +17,7 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     /// Writes the data files of a checkpoint durably where no reader looks for checkpoints
     /// (local: a temporary folder; objects: under the final key, which counts only once its
     /// manifest is there).
-    fn write_data(
-        &self,
-        kind: Kind,
-        name: &str,
-        files: &[(String, Vec<u8>)],
-    ) -> Result<(), CkptError>;
+    fn write_data(&self, kind: Kind, name: &str, files: &[FileParts<'_>]) -> Result<(), CkptError>;
     /// Writes the manifest and makes the checkpoint visible: the commit point.
     fn commit(&self, kind: Kind, name: &str, manifest: &[u8]) -> Result<(), CkptError>;
     /// Removes what a failed `write_data` or `commit` left; never touches other checkpoints.
@@ -80,10 +75,15 @@ fn sync_dir(dir: &Path) -> Result<(), CkptError> {
     Ok(())
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CkptError> {
+fn write_synced<'a>(
+    path: &Path,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(), CkptError> {
     use std::io::Write as _;
     let mut file = fs_err::File::create(path)?;
-    file.write_all(bytes)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
     file.sync_all()?;
     Ok(())
 }
@@ -93,12 +93,7 @@ impl Backend for Local {
         self.root.display().to_string()
     }
 
-    fn write_data(
-        &self,
-        kind: Kind,
-        name: &str,
-        files: &[(String, Vec<u8>)],
-    ) -> Result<(), CkptError> {
+    fn write_data(&self, kind: Kind, name: &str, files: &[FileParts<'_>]) -> Result<(), CkptError> {
         let kind_dir = self.kind_dir(kind);
         if !kind_dir.is_dir() {
             fs_err::create_dir_all(&kind_dir)?;
@@ -109,8 +104,8 @@ impl Backend for Local {
             fs_err::remove_dir_all(&temp)?;
         }
         fs_err::create_dir(&temp)?;
-        for (file, bytes) in files {
-            write_synced(&temp.join(file), bytes)?;
+        for file in files {
+            write_synced(&temp.join(&file.name), file.parts())?;
         }
         Ok(())
     }
@@ -118,7 +113,7 @@ impl Backend for Local {
     fn commit(&self, kind: Kind, name: &str, manifest: &[u8]) -> Result<(), CkptError> {
         let kind_dir = self.kind_dir(kind);
         let temp = self.temp_dir(kind, name);
-        write_synced(&temp.join(MANIFEST), manifest)?;
+        write_synced(&temp.join(MANIFEST), [manifest])?;
         sync_dir(&temp)?;
         fs_err::rename(&temp, kind_dir.join(name))?;
         sync_dir(&kind_dir)
@@ -255,17 +250,13 @@ impl Backend for Objects {
         self.url.clone()
     }
 
-    fn write_data(
-        &self,
-        kind: Kind,
-        name: &str,
-        files: &[(String, Vec<u8>)],
-    ) -> Result<(), CkptError> {
+    fn write_data(&self, kind: Kind, name: &str, files: &[FileParts<'_>]) -> Result<(), CkptError> {
         self.block(async {
-            for (file, bytes) in files {
-                let path = self.path(&[kind.as_str(), name, file]);
+            for file in files {
+                let path = self.path(&[kind.as_str(), name, &file.name]);
+                let payload: PutPayload = file.parts().map(bytes::Bytes::copy_from_slice).collect();
                 self.store
-                    .put(&path, PutPayload::from(bytes.clone()))
+                    .put(&path, payload)
                     .await
                     .map_err(|e| self.error(&path, e))?;
             }

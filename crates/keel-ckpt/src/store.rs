@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::CkptError;
 use crate::model::{
-    FORMAT_VERSION, FileEntry, Kind, MANIFEST, Manifest, Snapshot, group_bytes, parse_group,
+    FORMAT_VERSION, FileEntry, Kind, MANIFEST, Manifest, Snapshot, group_file, parse_group,
 };
 use crate::storage::{Backend, Local, Objects};
 
@@ -177,34 +177,27 @@ impl CheckpointStore {
                 )));
             }
         }
-        // Serialize the groups in parallel, then hash them on other threads while this one
-        // writes and fsyncs them: the disk, not the CPU, sets the pace.
-        let files: Vec<(String, Vec<u8>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = snapshot
-                .groups
-                .iter()
-                .map(|(group, tensors)| {
-                    scope.spawn(move || {
-                        group_bytes(tensors).map(|bytes| (format!("{group}.safetensors"), bytes))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|handle| handle.join().expect("serializing a group panicked"))
-                .collect::<Result<_, _>>()
-        })?;
+        // Each group is written straight from the snapshot's tensors (no serialized copy),
+        // and hashed on another thread while this one writes and fsyncs: the disk, not the
+        // CPU, sets the pace.
+        let files = snapshot
+            .groups
+            .iter()
+            .map(|(group, tensors)| group_file(format!("{group}.safetensors"), tensors))
+            .collect::<Result<Vec<_>, _>>()?;
         let name = format!("step-{:012}-{created_unix_ms:013}", snapshot.step);
         let result = std::thread::scope(|scope| {
             let hashes = scope.spawn(|| {
                 files
                     .iter()
-                    .map(|(file, bytes)| {
+                    .map(|file| {
                         let mut hasher = blake3::Hasher::new();
-                        hasher.update_rayon(bytes);
+                        for part in file.parts() {
+                            hasher.update(part);
+                        }
                         FileEntry {
-                            name: file.clone(),
-                            size: bytes.len() as u64,
+                            name: file.name.clone(),
+                            size: file.len(),
                             blake3: hasher.finalize().to_hex().to_string(),
                         }
                     })

@@ -58,10 +58,15 @@ fn disk_full_child() {
         .status()
         .unwrap();
     assert!(remount.success());
-    let error = store.save(Kind::Regular, &snapshot_for(101, SIZE)).unwrap_err();
+    let error = store
+        .save(Kind::Regular, &snapshot_for(101, SIZE))
+        .unwrap_err();
     let message = format!("{error}");
     assert!(message.contains("Read-only file system"), "{message}");
-    assert!(message.contains(&*Path::new(&dir).to_string_lossy()), "{message}");
+    assert!(
+        message.contains(&*Path::new(&dir).to_string_lossy()),
+        "{message}"
+    );
     let resume = store.latest_valid().unwrap();
     assert_eq!(resume.snapshot, snapshot_for(100, SIZE));
 }
