@@ -380,6 +380,30 @@ impl CheckpointStore {
         Ok(best)
     }
 
+    /// Saves `snapshot` as a `best` checkpoint when its `metric` beats every earlier `best`
+    /// (lower for [`Goal::Min`], higher for [`Goal::Max`]); returns the new id, or `None` when
+    /// it does not improve. A snapshot without the metric is an error.
+    pub fn save_if_best(
+        &self,
+        metric: &str,
+        goal: Goal,
+        snapshot: &Snapshot,
+    ) -> Result<Option<CheckpointId>, CkptError> {
+        let value = *snapshot.metrics.get(metric).ok_or_else(|| {
+            CkptError::Setting(format!(
+                "the best checkpoint is chosen by `{metric}`, which step {} does not report",
+                snapshot.step
+            ))
+        })?;
+        if value.is_nan() {
+            return Ok(None);
+        }
+        match self.best_value(metric, goal)? {
+            Some(best) if !goal.better(value, best) => Ok(None),
+            _ => self.save(Kind::Best, snapshot).map(Some),
+        }
+    }
+
     /// Deletes what `retention` does not keep, and leftovers of interrupted writes. Never
     /// deletes the newest valid checkpoint. Returns what was deleted.
     pub fn prune(&self, retention: &Retention) -> Result<Vec<CheckpointId>, CkptError> {

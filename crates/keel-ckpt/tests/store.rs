@@ -345,3 +345,38 @@ fn metrics_round_trip_bit_for_bit() {
         );
     }
 }
+
+#[test]
+fn best_is_saved_only_when_it_improves() {
+    let (_dir, store) = store();
+    let with = |step: u64, accuracy: f64| {
+        let mut snapshot = snapshot_for(step, 16);
+        snapshot.metrics.insert("val_accuracy".into(), accuracy);
+        snapshot
+    };
+    let saved: Vec<bool> = [
+        (1, 0.5),
+        (2, 0.7),
+        (3, 0.6),
+        (4, 0.7),
+        (5, 0.9),
+        (6, f64::NAN),
+    ]
+    .into_iter()
+    .map(|(step, accuracy)| {
+        store
+            .save_if_best("val_accuracy", Goal::Max, &with(step, accuracy))
+            .unwrap()
+            .is_some()
+    })
+    .collect();
+    assert_eq!(saved, [true, true, false, false, true, false]);
+    assert_eq!(
+        store.best_value("val_accuracy", Goal::Max).unwrap(),
+        Some(0.9)
+    );
+    let error = store
+        .save_if_best("val_loss", Goal::Min, &with(7, 0.1))
+        .unwrap_err();
+    assert!(error.to_string().contains("val_loss"), "{error}");
+}
