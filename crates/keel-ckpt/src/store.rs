@@ -407,9 +407,28 @@ impl CheckpointStore {
     /// Deletes what `retention` does not keep, and leftovers of interrupted writes. Never
     /// deletes the newest valid checkpoint. Returns what was deleted.
     pub fn prune(&self, retention: &Retention) -> Result<Vec<CheckpointId>, CkptError> {
+        let newest_valid = self.latest_valid().ok().map(|resume| resume.id);
+        self.prune_keeping(retention, newest_valid)
+    }
+
+    /// [`CheckpointStore::prune`] right after `committed` was saved: that checkpoint is the
+    /// one kept whatever the rule says, without reading it back (on object storage, reading a
+    /// large checkpoint back after every save would download it).
+    pub fn prune_after(
+        &self,
+        retention: &Retention,
+        committed: &CheckpointId,
+    ) -> Result<Vec<CheckpointId>, CkptError> {
+        self.prune_keeping(retention, Some(committed.clone()))
+    }
+
+    fn prune_keeping(
+        &self,
+        retention: &Retention,
+        newest_valid: Option<CheckpointId>,
+    ) -> Result<Vec<CheckpointId>, CkptError> {
         self.backend.clean_temporaries()?;
         let listed = self.list()?;
-        let newest_valid = self.latest_valid().ok().map(|resume| resume.id);
         let newest_step = newest_valid
             .as_ref()
             .map(|id| name_key(&id.name).0)

@@ -40,8 +40,8 @@ impl AsyncSaver {
                 for job in jobs {
                     let step = job.snapshot.step;
                     let mut result = store.save(job.kind, &job.snapshot);
-                    if let (Ok(_), Some(retention)) = (&result, &retention)
-                        && let Err(error) = store.prune(retention)
+                    if let (Ok(id), Some(retention)) = (&result, &retention)
+                        && let Err(error) = store.prune_after(retention, id)
                     {
                         result = Err(error);
                     }
