@@ -136,7 +136,30 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `keel hash`'s progress bar (bytes), on stderr; hidden when stderr is not a terminal.
+#[derive(Debug)]
+struct HashBar(indicatif::ProgressBar);
+
+impl keel_prefix::HashProgress for HashBar {
+    fn total(&self, files: u64, bytes: u64) {
+        self.0.set_length(bytes);
+        self.0.set_message(format!("{files} files"));
+    }
+    fn file_done(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
 pub(crate) fn hash(args: HashArgs) -> miette::Result<ExitCode> {
+    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+        .with_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} hashing {msg} {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta})",
+            )
+            .expect("a valid progress template"),
+        );
+    let progress: std::sync::Arc<dyn keel_prefix::HashProgress> =
+        std::sync::Arc::new(HashBar(bar.clone()));
     let options = HashOptions {
         cache_dir: (!args.no_cache).then(|| {
             args.cache_dir
@@ -147,10 +170,12 @@ pub(crate) fn hash(args: HashArgs) -> miette::Result<ExitCode> {
         exclude: args.exclude,
         label: args.label,
         threads: args.threads,
+        progress: Some(progress),
     };
     let started = Instant::now();
-    let (fingerprint, stats) =
-        keel_prefix::fingerprint(&args.prefix, &options).into_diagnostic()?;
+    let result = keel_prefix::fingerprint(&args.prefix, &options);
+    bar.finish_and_clear();
+    let (fingerprint, stats) = result.into_diagnostic()?;
     let elapsed = started.elapsed();
     if let Some(path) = &args.output {
         let text = serde_json::to_vec_pretty(&fingerprint).into_diagnostic()?;

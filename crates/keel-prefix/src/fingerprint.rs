@@ -45,6 +45,16 @@ pub struct HashOptions {
     pub label: Option<String>,
     /// Threads to hash with (default: one per core).
     pub threads: Option<usize>,
+    /// Told how much there is to hash and how it goes (for a progress bar).
+    pub progress: Option<Arc<dyn HashProgress>>,
+}
+
+/// Progress of a fingerprint, for a progress bar. Called from the hashing threads.
+pub trait HashProgress: Send + Sync + std::fmt::Debug {
+    /// The walk is done: this many files and bytes are to be fingerprinted.
+    fn total(&self, files: u64, bytes: u64);
+    /// One more file is done (hashed, or found unchanged in the stat cache).
+    fn file_done(&self, bytes: u64);
 }
 
 /// A fingerprint of one installed prefix (`keel hash --json`).
@@ -671,13 +681,27 @@ pub fn fingerprint(
         (loader.join().ok().flatten(), found)
     });
     let found = found?;
+    if let Some(progress) = &options.progress {
+        let bytes = found
+            .iter()
+            .filter_map(|item| item.stat.map(|stat| stat.len))
+            .sum();
+        progress.total(found.len() as u64, bytes);
+    }
 
     let spellings = prefix_spellings(&prefix);
     let finders: Vec<Finder<'_>> = spellings.iter().map(Finder::new).collect();
     let results: Vec<Result<Walked, PrefixError>> = pool.install(|| {
         found
             .par_iter()
-            .map(|item| fingerprint_one(item, &owners, previous.as_ref(), &spellings, &finders))
+            .map(|item| {
+                let result =
+                    fingerprint_one(item, &owners, previous.as_ref(), &spellings, &finders);
+                if let Some(progress) = &options.progress {
+                    progress.file_done(item.stat.map_or(0, |stat| stat.len));
+                }
+                result
+            })
             .collect()
     });
 

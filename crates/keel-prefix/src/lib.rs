@@ -47,8 +47,8 @@ mod verify;
 pub use diff::{Change, DiffReport, Group, GroupDiff, compare, diff};
 pub use error::PrefixError;
 pub use fingerprint::{
-    FINGERPRINT_SCHEMA, FileFingerprint, FileKind, Fingerprint, HashOptions, HashStats,
-    PREFIX_PLACEHOLDER, PackageFingerprint, Summary, fingerprint,
+    FINGERPRINT_SCHEMA, FileFingerprint, FileKind, Fingerprint, HashOptions, HashProgress,
+    HashStats, PREFIX_PLACEHOLDER, PackageFingerprint, Summary, fingerprint,
 };
 pub use install::{INSTALL_MARKER, InstallOptions, InstallReport, install};
 pub use lock::{LockedPlatform, LockedPypi, locked_packages};

@@ -179,3 +179,44 @@ fn not_a_prefix() {
     let error = fingerprint(dir.path(), &HashOptions::default()).unwrap_err();
     assert!(matches!(error, PrefixError::NotAPrefix(_)), "{error}");
 }
+
+/// Progress is told the totals after the walk and every file once, cached or hashed.
+#[test]
+fn progress_counts_every_file_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[derive(Debug, Default)]
+    struct Count {
+        files: AtomicU64,
+        bytes: AtomicU64,
+        done_files: AtomicU64,
+        done_bytes: AtomicU64,
+    }
+    impl keel_prefix::HashProgress for Count {
+        fn total(&self, files: u64, bytes: u64) {
+            self.files.store(files, Ordering::SeqCst);
+            self.bytes.store(bytes, Ordering::SeqCst);
+        }
+        fn file_done(&self, bytes: u64) {
+            self.done_files.fetch_add(1, Ordering::SeqCst);
+            self.done_bytes.fetch_add(bytes, Ordering::SeqCst);
+        }
+    }
+    let p = prefix();
+    for i in 0..30 {
+        write(p.path(), &format!("d/f{i}"), &vec![b'x'; i * 100]);
+    }
+    std::os::unix::fs::symlink("d/f1", p.path().join("link")).unwrap();
+    let count = Arc::new(Count::default());
+    let options = HashOptions {
+        progress: Some(count.clone()),
+        ..HashOptions::default()
+    };
+    hash(p.path(), &options);
+    let expected_bytes: u64 = (0..30).map(|i| i * 100).sum();
+    assert_eq!(count.files.load(Ordering::SeqCst), 31);
+    assert_eq!(count.done_files.load(Ordering::SeqCst), 31);
+    assert_eq!(count.bytes.load(Ordering::SeqCst), expected_bytes);
+    assert_eq!(count.done_bytes.load(Ordering::SeqCst), expected_bytes);
+}
