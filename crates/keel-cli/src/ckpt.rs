@@ -8,6 +8,7 @@ use miette::IntoDiagnostic as _;
 use serde::Serialize;
 
 use crate::args::{CkptListArgs, CkptPruneArgs};
+use crate::render;
 
 fn open(store: &str) -> miette::Result<CheckpointStore> {
     CheckpointStore::open(store).into_diagnostic()
@@ -30,13 +31,6 @@ fn metrics(manifest: &Manifest) -> String {
         .map(|(name, value)| format!("{name}={value:.6}"))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn write_json(value: &impl Serialize) -> miette::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut stdout, value).into_diagnostic()?;
-    let _ = writeln!(stdout);
-    Ok(())
 }
 
 fn print_table(rows: &[(String, &Listed)]) {
@@ -85,7 +79,7 @@ pub(crate) fn list(args: &CkptListArgs) -> miette::Result<ExitCode> {
     let store = open(&args.store)?;
     let listed = store.list().into_diagnostic()?;
     if args.json {
-        write_json(&listed)?;
+        render::json(&listed)?;
     } else {
         let rows: Vec<(String, &Listed)> = listed
             .iter()
@@ -138,7 +132,7 @@ pub(crate) fn verify(args: &CkptListArgs) -> miette::Result<ExitCode> {
                 manifest: l.manifest.as_ref(),
             })
             .collect();
-        write_json(&report)?;
+        render::json(&report)?;
     } else {
         let rows: Vec<(String, &Listed)> = listed
             .iter()
@@ -180,7 +174,7 @@ pub(crate) fn prune(args: &CkptPruneArgs) -> miette::Result<ExitCode> {
     let deleted = store.prune(&retention).into_diagnostic()?;
     if args.json {
         let ids: Vec<String> = deleted.iter().map(ToString::to_string).collect();
-        write_json(&ids)?;
+        render::json(&ids)?;
     } else {
         let mut out = std::io::stdout().lock();
         for id in &deleted {

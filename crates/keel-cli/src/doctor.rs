@@ -11,6 +11,7 @@ use rattler_conda_types::{PrefixRecord, Subdir};
 use serde::Serialize;
 
 use crate::args::DoctorArgs;
+use crate::render;
 
 #[derive(Serialize)]
 struct DoctorJson<'a> {
@@ -38,16 +39,11 @@ pub(crate) fn run(args: &DoctorArgs) -> miette::Result<ExitCode> {
 
     let mut stdout = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(
-            &mut stdout,
-            &DoctorJson {
-                checked,
-                probe: &report,
-                findings: &findings,
-            },
-        )
-        .into_diagnostic()?;
-        let _ = writeln!(stdout);
+        render::json(&DoctorJson {
+            checked,
+            probe: &report,
+            findings: &findings,
+        })?;
     } else {
         let _ = writeln!(stdout, "{}", report.summary());
         let _ = writeln!(stdout, "checked: {checked}");

@@ -56,7 +56,9 @@ impl LockSettings {
                 .unwrap_or(Path::new(""))
                 .join("keel.lock")
         });
-        let cache_dir = args.cache_dir.unwrap_or_else(default_cache_dir);
+        let cache_dir = args
+            .cache_dir
+            .unwrap_or_else(|| render::cache_dir("repodata"));
         Ok(Self {
             file: args.file,
             output,
@@ -122,15 +124,6 @@ fn add_probed_cuda(virtual_packages: &mut VirtualPackageOverridesByPlatform) -> 
             .push(cuda);
     }
     Ok(())
-}
-
-/// `$XDG_CACHE_HOME/keel/repodata`, else `~/.cache/keel/repodata`.
-fn default_cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("keel").join("repodata")
 }
 
 #[derive(Serialize)]
@@ -245,9 +238,7 @@ fn report(settings: &LockSettings, locked: &Locked, written: Vec<String>) -> mie
             platforms: &locked.platforms,
             written,
         };
-        serde_json::to_writer_pretty(&mut stdout, &json).into_diagnostic()?;
-        let _ = writeln!(stdout);
-        return Ok(());
+        return render::json(&json);
     }
     let width = locked
         .platforms
@@ -336,8 +327,7 @@ fn check(settings: &LockSettings, spec: &keel_spec::EnvironmentSpec) -> miette::
             inputs_hash: expected,
             reasons,
         };
-        serde_json::to_writer_pretty(&mut stdout, &json).into_diagnostic()?;
-        let _ = writeln!(stdout);
+        render::json(&json)?;
     } else if fresh {
         let _ = writeln!(stdout, "{} is up to date", settings.output.display());
     } else {

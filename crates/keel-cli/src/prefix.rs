@@ -14,6 +14,7 @@ use rattler::install::IndicatifReporter;
 use rattler_conda_types::Subdir;
 
 use crate::args::{DiffArgs, HashArgs, InstallArgs, VerifyArgs};
+use crate::render;
 
 fn platform(value: Option<&str>) -> miette::Result<Subdir> {
     match value {
@@ -25,22 +26,8 @@ fn platform(value: Option<&str>) -> miette::Result<Subdir> {
     }
 }
 
-fn cache_base() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-}
-
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-fn write_json(value: &impl serde::Serialize) -> miette::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut stdout, value).into_diagnostic()?;
-    let _ = writeln!(stdout);
-    Ok(())
 }
 
 pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
@@ -94,7 +81,7 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
             )
         })?;
     if args.json {
-        write_json(&report)?;
+        render::json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut stdout = std::io::stdout().lock();
@@ -164,7 +151,7 @@ pub(crate) fn hash(args: HashArgs) -> miette::Result<ExitCode> {
         cache_dir: (!args.no_cache).then(|| {
             args.cache_dir
                 .clone()
-                .unwrap_or_else(|| cache_base().join("keel").join("fingerprints"))
+                .unwrap_or_else(|| render::cache_dir("fingerprints"))
         }),
         full: args.full,
         exclude: args.exclude,
@@ -182,7 +169,7 @@ pub(crate) fn hash(args: HashArgs) -> miette::Result<ExitCode> {
         fs_err::write(path, text).into_diagnostic()?;
     }
     if args.json {
-        write_json(&fingerprint)?;
+        render::json(&fingerprint)?;
         return Ok(ExitCode::SUCCESS);
     }
     let summary = &fingerprint.summary;
@@ -235,7 +222,7 @@ pub(crate) fn verify(args: VerifyArgs) -> miette::Result<ExitCode> {
     let report = keel_prefix::verify(&args.prefix, lock.as_deref().zip(locked.as_ref()))
         .into_diagnostic()?;
     if args.json {
-        write_json(&report)?;
+        render::json(&report)?;
     } else {
         print_verify(&report);
     }
@@ -333,7 +320,7 @@ pub(crate) fn diff(args: &DiffArgs) -> miette::Result<ExitCode> {
         .collect::<miette::Result<Vec<_>>>()?;
     let report = keel_prefix::diff(&fingerprints);
     if args.json {
-        write_json(&report)?;
+        render::json(&report)?;
     } else {
         print_diff(&report);
     }

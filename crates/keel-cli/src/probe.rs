@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use keel_cuda::{DriverProbe, probe_with_timeout};
-use miette::IntoDiagnostic as _;
 
 use crate::args::ProbeArgs;
+use crate::render;
 
 pub(crate) fn run(args: &ProbeArgs) -> miette::Result<ExitCode> {
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
@@ -32,8 +32,7 @@ pub(crate) fn run(args: &ProbeArgs) -> miette::Result<ExitCode> {
     };
     let mut stdout = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut stdout, &report).into_diagnostic()?;
-        let _ = writeln!(stdout);
+        render::json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
     let _ = writeln!(stdout, "{}", report.summary());

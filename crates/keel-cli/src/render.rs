@@ -1,9 +1,33 @@
-//! Showing problems to people: miette's graphical reports on stderr.
+//! Showing results: miette's graphical reports on stderr, JSON documents on stdout.
 
 use std::io::{IsTerminal, Write as _};
 
 use keel_spec::{Problem, Report, Severity};
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, NamedSource};
+
+/// Writes one pretty-printed JSON document and a newline to stdout (every command's `--json`).
+pub(crate) fn json(value: &impl serde::Serialize) -> miette::Result<()> {
+    use miette::IntoDiagnostic as _;
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, value)
+        .into_diagnostic()
+        .map_err(|error| error.wrap_err("failed to write JSON"))?;
+    let _ = writeln!(stdout);
+    Ok(())
+}
+
+/// keel's folder for `what` in the user's cache: `$XDG_CACHE_HOME/keel/<what>`, else
+/// `~/.cache/keel/<what>` (the temporary folder when there is no home).
+pub(crate) fn cache_dir(what: &str) -> std::path::PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache"))
+        })
+        .unwrap_or_else(std::env::temp_dir)
+        .join("keel")
+        .join(what)
+}
 
 /// Sets miette's report style once: colours only on a terminal that wants them.
 pub(crate) fn install_hook() {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use keel_spec::{Checked, EnvironmentSpec, Problem, SpecError};
-use miette::{Context as _, IntoDiagnostic as _};
+
 use serde::Serialize;
 
 use crate::args::CheckArgs;
@@ -78,10 +78,7 @@ pub(crate) fn check(settings: CheckSettings) -> miette::Result<ExitCode> {
 
     let mut stdout = std::io::stdout().lock();
     if settings.json {
-        serde_json::to_writer_pretty(&mut stdout, &results)
-            .into_diagnostic()
-            .wrap_err("failed to write JSON")?;
-        let _ = writeln!(stdout);
+        render::json(&results)?;
     } else {
         for (_, outcome) in &outcomes {
             match outcome {
