@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keel_cuda::{DriverProbe, HostFacts, Level, PackageFacts, ProbeReport, probe_with_timeout};
 use miette::{Context as _, IntoDiagnostic as _};
-use rattler_conda_types::{PrefixRecord, Subdir};
+use rattler_conda_types::Subdir;
 use serde::Serialize;
 
 use crate::args::DoctorArgs;
@@ -125,28 +125,19 @@ fn packages(args: &DoctorArgs) -> miette::Result<(String, Vec<PackageFacts>)> {
 }
 
 fn prefix_packages(prefix: &Path) -> miette::Result<Vec<PackageFacts>> {
-    let meta = prefix.join("conda-meta");
-    let entries = fs_err::read_dir(&meta)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("{} is not a conda prefix (no conda-meta)", prefix.display()))?;
-    let mut facts = Vec::new();
-    for entry in entries {
-        let path = entry.into_diagnostic()?.path();
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        let record = PrefixRecord::from_path(&path)
-            .into_diagnostic()
-            .wrap_err_with(|| format!("{} is not a conda-meta record", path.display()))?;
-        let package = &record.repodata_record.package_record;
-        facts.push(PackageFacts {
-            name: package.name.as_normalized().to_owned(),
-            version: package.version.to_string(),
-            build: package.build.to_string(),
-            depends: package.depends.clone(),
-        });
-    }
-    Ok(facts)
+    let records = keel_prefix::installed_packages(prefix).into_diagnostic()?;
+    Ok(records
+        .iter()
+        .map(|record| {
+            let package = &record.repodata_record.package_record;
+            PackageFacts {
+                name: package.name.as_normalized().to_owned(),
+                version: package.version.to_string(),
+                build: package.build.to_string(),
+                depends: package.depends.clone(),
+            }
+        })
+        .collect())
 }
 
 /// This node's glibc and Linux kernel versions.

@@ -11,6 +11,7 @@ use rattler_conda_types::{PackageName, PrefixRecord, RepoDataRecord, Subdir};
 
 use crate::PrefixError;
 use crate::lock::{LockedPlatform, LockedPypi};
+use crate::meta::parse_records;
 use crate::verify::check_package;
 
 /// The file that marks an install in progress. It lives in `conda-meta/` without a `.json`
@@ -108,7 +109,7 @@ pub async fn install<R: Reporter + 'static>(
     report.repaired_interrupted = marker.exists();
 
     let repairing = report.repaired_interrupted || options.repair;
-    let installed = installed_records(&meta, report.repaired_interrupted)?;
+    let installed = installed_records(&prefix, report.repaired_interrupted)?;
     let mut reinstall: HashSet<PackageName> = HashSet::new();
     if repairing {
         for record in &installed {
@@ -262,14 +263,10 @@ fn install_pypi(
 
 /// The prefix's records. After an interruption a record may be half written: it is removed,
 /// so that its package is linked again.
-fn installed_records(meta: &Path, repairing: bool) -> Result<Vec<PrefixRecord>, PrefixError> {
+fn installed_records(prefix: &Path, repairing: bool) -> Result<Vec<PrefixRecord>, PrefixError> {
     let mut records = Vec::new();
-    for entry in fs_err::read_dir(meta)? {
-        let path = entry?.path();
-        if path.extension().is_none_or(|ext| ext != "json") || !path.is_file() {
-            continue;
-        }
-        match PrefixRecord::from_path(&path) {
+    for (path, record) in parse_records(prefix)? {
+        match record {
             Ok(record) => records.push(record),
             Err(_) if repairing => {
                 fs_err::remove_file(&path).map_err(|source| PrefixError::Repair {

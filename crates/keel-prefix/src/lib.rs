@@ -52,5 +52,5 @@ pub use fingerprint::{
 };
 pub use install::{INSTALL_MARKER, InstallOptions, InstallReport, install};
 pub use lock::{LockedPlatform, LockedPypi, locked_packages};
-pub use meta::PythonDist;
+pub use meta::{PythonDist, installed_packages};
 pub use verify::{ChangedFile, FileProblem, PackageChange, PackageRef, VerifyReport, verify};

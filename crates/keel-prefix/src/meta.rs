@@ -7,8 +7,11 @@ use rayon::prelude::*;
 
 use crate::PrefixError;
 
-/// The `conda-meta` records of a prefix, sorted by package name, each with its file.
-pub(crate) fn read_records(prefix: &Path) -> Result<Vec<(PathBuf, PrefixRecord)>, PrefixError> {
+/// Every `conda-meta/*.json` file of a prefix, each parsed (in parallel: a large
+/// environment's records run to tens of megabytes of JSON), in file-name order.
+pub(crate) fn parse_records(
+    prefix: &Path,
+) -> Result<Vec<(PathBuf, std::io::Result<PrefixRecord>)>, PrefixError> {
     let meta = prefix.join("conda-meta");
     if !meta.is_dir() {
         return Err(PrefixError::NotAPrefix(prefix.to_path_buf()));
@@ -20,10 +23,22 @@ pub(crate) fn read_records(prefix: &Path) -> Result<Vec<(PathBuf, PrefixRecord)>
             paths.push(path);
         }
     }
-    // A large environment's records run to tens of megabytes of JSON: parse them in parallel.
-    let mut records = paths
+    paths.sort();
+    Ok(paths
         .into_par_iter()
-        .map(|path| match PrefixRecord::from_path(&path) {
+        .map(|path| {
+            let record = PrefixRecord::from_path(&path);
+            (path, record)
+        })
+        .collect())
+}
+
+/// The `conda-meta` records of a prefix, sorted by package name, each with its file. A record
+/// that does not parse is an error naming its file.
+pub(crate) fn read_records(prefix: &Path) -> Result<Vec<(PathBuf, PrefixRecord)>, PrefixError> {
+    let mut records = parse_records(prefix)?
+        .into_iter()
+        .map(|(path, record)| match record {
             Ok(record) => Ok((path, record)),
             Err(source) => Err(PrefixError::Record { path, source }),
         })
@@ -36,6 +51,14 @@ pub(crate) fn read_records(prefix: &Path) -> Result<Vec<(PathBuf, PrefixRecord)>
             .cmp(b.repodata_record.package_record.name.as_normalized())
     });
     Ok(records)
+}
+
+/// The installed packages of a prefix, from its `conda-meta` records, by name.
+pub fn installed_packages(prefix: &Path) -> Result<Vec<PrefixRecord>, PrefixError> {
+    Ok(read_records(prefix)?
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect())
 }
 
 /// A Python distribution installed in the prefix (a `*.dist-info` folder), as pip sees it.
