@@ -340,18 +340,23 @@ impl CheckpointStore {
     /// The newest checkpoint (by step, then time, any kind) that verifies, loaded. Newer ones
     /// that do not verify are skipped and reported; nothing is deleted.
     pub fn latest_valid(&self) -> Result<Resume, CkptError> {
+        self.latest_valid_of(&self.list()?)
+    }
+
+    /// [`CheckpointStore::latest_valid`] among checkpoints already listed.
+    fn latest_valid_of(&self, listed: &[Listed]) -> Result<Resume, CkptError> {
         let mut skipped = Vec::new();
-        for listed in self.list()?.into_iter().rev() {
+        for listed in listed.iter().rev() {
             match self.load(&listed.id) {
                 Ok((manifest, snapshot)) => {
                     return Ok(Resume {
-                        id: listed.id,
+                        id: listed.id.clone(),
                         manifest,
                         snapshot,
                         skipped,
                     });
                 }
-                Err(error) => skipped.push((listed.id, error.to_string())),
+                Err(error) => skipped.push((listed.id.clone(), error.to_string())),
             }
         }
         Err(CkptError::NoValidCheckpoint {
@@ -407,8 +412,9 @@ impl CheckpointStore {
     /// Deletes what `retention` does not keep, and leftovers of interrupted writes. Never
     /// deletes the newest valid checkpoint. Returns what was deleted.
     pub fn prune(&self, retention: &Retention) -> Result<Vec<CheckpointId>, CkptError> {
-        let newest_valid = self.latest_valid().ok().map(|resume| resume.id);
-        self.prune_keeping(retention, newest_valid)
+        let listed = self.list()?;
+        let newest_valid = self.latest_valid_of(&listed).ok().map(|resume| resume.id);
+        self.prune_listed(retention, newest_valid, &listed)
     }
 
     /// [`CheckpointStore::prune`] right after `committed` was saved: that checkpoint is the
@@ -419,16 +425,16 @@ impl CheckpointStore {
         retention: &Retention,
         committed: &CheckpointId,
     ) -> Result<Vec<CheckpointId>, CkptError> {
-        self.prune_keeping(retention, Some(committed.clone()))
+        self.prune_listed(retention, Some(committed.clone()), &self.list()?)
     }
 
-    fn prune_keeping(
+    fn prune_listed(
         &self,
         retention: &Retention,
         newest_valid: Option<CheckpointId>,
+        listed: &[Listed],
     ) -> Result<Vec<CheckpointId>, CkptError> {
         self.backend.clean_temporaries()?;
-        let listed = self.list()?;
         let newest_step = newest_valid
             .as_ref()
             .map(|id| name_key(&id.name).0)
