@@ -117,20 +117,7 @@ fn project() -> tempfile::TempDir {
 }
 
 fn install(dir: &Path, lock: &str, prefix: &str) -> Value {
-    json(
-        dir,
-        &[
-            "install",
-            "-l",
-            lock,
-            "-p",
-            prefix,
-            "--package-cache",
-            "pkgs",
-            "--json",
-        ],
-        0,
-    )
+    install_with_cache(dir, lock, prefix, "pkgs")
 }
 
 fn hash(dir: &Path, prefix: &str, label: &str, extra: &[&str]) -> Value {

@@ -63,9 +63,7 @@ pub(crate) fn build_wheel(dir: &Path, name: &str, version: &str, requires: &[&st
     zip.finish().unwrap();
 }
 
-/// `uv` on `PATH`, if there is one.
+/// The uv keel itself would run (`$KEEL_UV`, else `uv` on `PATH`), if there is one.
 pub(crate) fn which_uv() -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join("uv"))
-        .find(|path| path.is_file())
+    keel_solve::Uv::Auto.binary()
 }
