@@ -14,13 +14,11 @@ loading). py-rattler's in-process solve time is reported too. Prints medians and
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import ROOT, release_keel, timed
 DATA = Path(os.environ.get("KEEL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CHANNEL = DATA / "repodata" / "conda-forge-py39"
 PLATFORMS = ["linux-64", "osx-arm64", "win-64"]
@@ -52,22 +50,11 @@ os._exit(0)
 """
 
 
-def timed(command, cwd):
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"{command[0]} failed:\n{result.stdout}\n{result.stderr}")
-    return elapsed, result.stdout
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
-    keel = ROOT / "target" / "release" / "keel"
-    if not keel.is_file():
-        sys.exit("build keel first: cargo build --release -p keel-cli")
+    keel = release_keel()
     try:
         import rattler  # noqa: F401
     except ImportError:
@@ -85,10 +72,10 @@ def main():
         keel_times, rattler_times, rattler_solve = [], [], []
         for _ in range(args.rounds):
             (work / "keel.lock").unlink(missing_ok=True)
-            elapsed, _ = timed([str(keel), "lock", "--no-uv"], work)
+            elapsed, _ = timed([str(keel), "lock", "--no-uv"], cwd=work)
             keel_times.append(elapsed)
             elapsed, out = timed(
-                [sys.executable, str(script), str(CHANNEL), ",".join(PLATFORMS)], work
+                [sys.executable, str(script), str(CHANNEL), ",".join(PLATFORMS)], cwd=work
             )
             rattler_times.append(elapsed)
             rattler_solve.append(float(out.split()[1]))

@@ -27,8 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-KEEL = ROOT / "target" / "release" / "keel"
+from benchlib import release_keel, timed
 
 SMALL_FILES = 19_950
 LARGE_FILES = 50
@@ -58,23 +57,13 @@ def build_prefix(prefix: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def timed(command, **kwargs):
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"{command} failed:\n{result.stdout}\n{result.stderr}")
-    return elapsed, result.stdout
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--dir", type=Path, default=Path("/tmp/keel-bench-prefix"))
     args = parser.parse_args()
-    if not KEEL.exists():
-        sys.exit(f"build keel first: cargo build --release -p keel-cli ({KEEL} missing)")
+    keel = release_keel()
     prefix = args.dir / "prefix"
     cache = args.dir / "stat-cache"
     files, size = build_prefix(prefix)
@@ -88,9 +77,9 @@ def main():
     time.sleep(1.0)
 
     b3 = ["xargs", "-0", "b3sum", "--num-threads", str(args.threads)]
-    keel_full = [str(KEEL), "hash", str(prefix), "--full", "--threads", str(args.threads),
+    keel_full = [str(keel), "hash", str(prefix), "--full", "--threads", str(args.threads),
                  "--cache-dir", str(cache)]
-    keel_again = [str(KEEL), "hash", str(prefix), "--threads", str(args.threads),
+    keel_again = [str(keel), "hash", str(prefix), "--threads", str(args.threads),
                   "--cache-dir", str(cache)]
     # One full run first so that the stat cache exists and the files have settled.
     timed(keel_full)

@@ -14,31 +14,17 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import release_keel, timed
 QUERY = "name,uuid,pci.bus_id,compute_cap,memory.total,driver_version"
-
-
-def timed(command):
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"{command[0]} failed:\n{result.stdout}\n{result.stderr}")
-    return elapsed, result.stdout
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
-    keel = ROOT / "target" / "release" / "keel"
-    if not keel.is_file():
-        sys.exit("build keel first: cargo build --release -p keel-cli")
+    keel = release_keel()
     if shutil.which("nvidia-smi") is None:
         sys.exit("nvidia-smi not found: run this on a GPU node")
 
