@@ -1,0 +1,562 @@
+//! `keel train`'s configuration file (TOML) and the run it describes: the data, the MLP, the
+//! optimizer, the schedule, when to save and what to keep.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use candle_core::Device;
+use keel_ckpt::{
+    AnyOf, CheckpointStore, EveryNEpochs, EveryNSteps, Exponential, Goal, Retention, SavePolicy,
+    WallClock, YoungDaly,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::data::Dataset;
+use crate::metrics::LogFormat;
+use crate::model::Mlp;
+use crate::optim::{AdamW, AdamWConfig, SgdConfig, SgdMomentum};
+use crate::rng::TrainRng;
+use crate::schedule::Schedule;
+use crate::trainer::{Event, Outcome, StopSignal, TrainSettings, Trainer};
+use crate::TrainError;
+
+/// A training run as `keel train CONFIG.toml` reads it. Every field has a default: the empty
+/// file is the built-in run (784-256-10 MLP, AdamW lr 1e-3, MNIST 10k, 80/20 split).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// The run's name: its folder under `runs_dir`.
+    pub name: String,
+    /// Where runs live (relative to the working directory).
+    pub runs_dir: PathBuf,
+    /// Seed of initialisation, shuffling and dropout.
+    pub seed: u64,
+    /// Epochs in all.
+    pub epochs: u64,
+    /// Rows per step.
+    pub batch_size: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// The data.
+    pub data: DataConfig,
+    /// The model.
+    pub model: ModelConfig,
+    /// The optimizer.
+    pub optimizer: OptimizerConfig,
+    /// The learning-rate schedule.
+    pub schedule: Schedule,
+    /// Checkpoints.
+    pub checkpoint: CheckpointConfig,
+    /// Metrics log and plot.
+    pub log: LogConfig,
+}
+
+/// Which data, and the split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// `mnist10k` or `digits` (shipped with keel), `idx` (`images` + `labels`) or `csv`.
+    pub dataset: String,
+    /// IDX images file (for `idx`), relative to the configuration file.
+    pub images: Option<PathBuf>,
+    /// IDX labels file (for `idx`).
+    pub labels: Option<PathBuf>,
+    /// CSV file (for `csv`): pixel values 0..=16 then the label, as the digits set.
+    pub csv: Option<PathBuf>,
+    /// Share of rows held out for testing.
+    pub test_fraction: f64,
+    /// Seed of the split (kept apart from the training seed: the held-out set stays the same).
+    pub split_seed: u64,
+}
+
+/// The MLP: hidden layer sizes (inputs and classes come from the data).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Hidden layer sizes.
+    pub hidden: Vec<usize>,
+    /// Dropout after each hidden layer in training.
+    pub dropout: f32,
+}
+
+/// The optimizer and its hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum OptimizerConfig {
+    /// AdamW.
+    AdamW(AdamWConfig),
+    /// SGD with momentum.
+    Sgd(SgdConfig),
+}
+
+/// When to save and what to keep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// The store: a folder (NFS too) or `s3://bucket/prefix`; default `RUN/checkpoints`.
+    pub dir: Option<String>,
+    /// Save every N steps (0: off).
+    pub every_steps: u64,
+    /// Save at the end of every N-th epoch (0: off).
+    pub every_epochs: u64,
+    /// Save when this many seconds passed since the last save.
+    pub every_secs: Option<f64>,
+    /// Save at the end of epochs 1, 2, 4, 8, ...
+    pub exponential: bool,
+    /// Save at the Young/Daly interval for this mean time between failures (seconds) and the
+    /// measured save cost.
+    pub mtbf_secs: Option<f64>,
+    /// Write checkpoints on a background thread.
+    pub background: bool,
+    /// Keep the newest N regular (and interrupted, emergency) checkpoints; 0 keeps all.
+    pub keep_last: usize,
+    /// Keep the best N `best` checkpoints; 0 keeps all.
+    pub keep_best: usize,
+    /// The metric that picks the best checkpoint: `test_accuracy` or `test_loss` (empty: none).
+    pub best_metric: String,
+}
+
+/// Metrics log and plot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `csv` (metrics.csv) or `jsonl` (metrics.jsonl).
+    pub metrics: LogFormat,
+    /// Draw `loss.svg` at the end.
+    pub plot: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            name: "mnist-mlp".into(),
+            runs_dir: PathBuf::from("runs"),
+            seed: 42,
+            epochs: 5,
+            batch_size: 64,
+            device: "cpu".into(),
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
+            schedule: Schedule::Constant,
+            checkpoint: CheckpointConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            dataset: "mnist10k".into(),
+            images: None,
+            labels: None,
+            csv: None,
+            test_fraction: 0.2,
+            split_seed: 0,
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            hidden: vec![256],
+            dropout: 0.0,
+        }
+    }
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            dir: None,
+            every_steps: 0,
+            every_epochs: 1,
+            every_secs: None,
+            exponential: false,
+            mtbf_secs: None,
+            background: true,
+            keep_last: 3,
+            keep_best: 1,
+            best_metric: "test_accuracy".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            metrics: LogFormat::Csv,
+            plot: true,
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Where a run writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPaths {
+    /// `runs_dir/name`.
+    pub run_dir: PathBuf,
+    /// The checkpoint store's location.
+    pub checkpoints: String,
+    /// The metrics log.
+    pub metrics: PathBuf,
+    /// The loss plot, when drawn.
+    pub plot: Option<PathBuf>,
+}
+
+/// What `keel train` adds on top of the file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Start from scratch.
+    pub fresh: bool,
+    /// Fault injection: the loss of this step becomes NaN.
+    pub nan_at_step: Option<u64>,
+    /// Recorded in checkpoints and compared on resume (`keel hash --json`).
+    pub environment: Option<serde_json::Value>,
+    /// Recorded in checkpoints and compared on resume (`keel probe --json`).
+    pub device_probe: Option<serde_json::Value>,
+}
+
+/// The device a name asks for: `cpu`, `cuda` (GPU 0) or `cuda:N`. CUDA needs a keel built with
+/// the `cuda` feature.
+pub fn parse_device(name: &str) -> Result<Device, TrainError> {
+    let fail = |reason: String| TrainError::Device {
+        device: name.to_string(),
+        reason,
+    };
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match name.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| fail("expected `cpu`, `cuda` or `cuda:N`".into()))?,
+        None => return Err(fail("expected `cpu`, `cuda` or `cuda:N`".into())),
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(fail(
+            "this keel was built without CUDA support; build it with `--features cuda` \
+             (needs the CUDA toolkit) or train with `--device cpu`"
+                .into(),
+        ));
+    }
+    Device::new_cuda(ordinal).map_err(|e| fail(e.to_string()))
+}
+
+impl TrainConfig {
+    /// Reads a configuration file; errors name the file, line and column.
+    pub fn from_path(path: &Path) -> Result<Self, TrainError> {
+        let text = fs_err::read_to_string(path)?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses configuration text (`path` names it in errors and anchors relative data paths).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, TrainError> {
+        let mut config: TrainConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| line_column(text, s.start));
+            TrainError::Config {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        for file in [
+            &mut config.data.images,
+            &mut config.data.labels,
+            &mut config.data.csv,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        config.check().map_err(|message| TrainError::Config {
+            path: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || self.name.starts_with('.')
+        {
+            return Err(format!(
+                "name `{}`: use letters, digits, `-`, `_` and `.` (it names a folder)",
+                self.name
+            ));
+        }
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err("epochs and batch_size must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.model.dropout) {
+            return Err(format!("model.dropout {} is not in [0, 1)", self.model.dropout));
+        }
+        if !["", "test_accuracy", "test_loss"].contains(&self.checkpoint.best_metric.as_str()) {
+            return Err(format!(
+                "checkpoint.best_metric `{}`: expected `test_accuracy`, `test_loss` or empty",
+                self.checkpoint.best_metric
+            ));
+        }
+        for (what, v) in [
+            ("checkpoint.every_secs", self.checkpoint.every_secs),
+            ("checkpoint.mtbf_secs", self.checkpoint.mtbf_secs),
+        ] {
+            if let Some(v) = v
+                && !(v > 0.0 && v.is_finite())
+            {
+                return Err(format!("{what} must be a positive number of seconds, got {v}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where this run writes.
+    pub fn paths(&self) -> RunPaths {
+        let run_dir = self.runs_dir.join(&self.name);
+        let metrics = run_dir.join(match self.log.metrics {
+            LogFormat::Csv => "metrics.csv",
+            LogFormat::Jsonl => "metrics.jsonl",
+        });
+        RunPaths {
+            checkpoints: self
+                .checkpoint
+                .dir
+                .clone()
+                .unwrap_or_else(|| run_dir.join("checkpoints").display().to_string()),
+            plot: self.log.plot.then(|| run_dir.join("loss.svg")),
+            metrics,
+            run_dir,
+        }
+    }
+
+    /// The data, split into training and held-out sets.
+    pub fn datasets(&self) -> Result<(Dataset, Dataset), TrainError> {
+        let missing = |what: &str| {
+            TrainError::Setting(format!(
+                "data.dataset = \"{}\" needs data.{what}",
+                self.data.dataset
+            ))
+        };
+        let data = match self.data.dataset.as_str() {
+            "mnist10k" | "mnist" => Dataset::mnist10k()?,
+            "digits" => Dataset::digits()?,
+            "idx" => Dataset::from_idx(
+                self.data.images.as_deref().ok_or_else(|| missing("images"))?,
+                self.data.labels.as_deref().ok_or_else(|| missing("labels"))?,
+            )?,
+            "csv" => Dataset::from_digits_csv(self.data.csv.as_deref().ok_or_else(|| missing("csv"))?)?,
+            other => {
+                return Err(TrainError::Setting(format!(
+                    "data.dataset `{other}`: expected `mnist10k`, `digits`, `idx` or `csv`"
+                )));
+            }
+        };
+        data.split(self.data.test_fraction, self.data.split_seed)
+    }
+
+    /// The settings that change the trajectory: a checkpoint written with other values is not
+    /// resumed.
+    pub fn trajectory(&self) -> serde_json::Value {
+        let mut t = json!({
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "data": self.data,
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "schedule": self.schedule,
+        });
+        if !matches!(self.schedule, Schedule::Constant) {
+            // The schedule spans the whole run.
+            t["epochs"] = json!(self.epochs);
+        }
+        t
+    }
+
+    fn policy(&self) -> Box<dyn SavePolicy> {
+        let c = &self.checkpoint;
+        let mut all: Vec<Box<dyn SavePolicy>> = Vec::new();
+        if c.every_steps > 0 {
+            all.push(Box::new(EveryNSteps(c.every_steps)));
+        }
+        if c.every_epochs > 0 {
+            all.push(Box::new(EveryNEpochs(c.every_epochs)));
+        }
+        if let Some(secs) = c.every_secs {
+            all.push(Box::new(WallClock::new(Duration::from_secs_f64(secs))));
+        }
+        if c.exponential {
+            all.push(Box::new(Exponential::default()));
+        }
+        if let Some(mtbf) = c.mtbf_secs {
+            all.push(Box::new(YoungDaly::new(
+                Duration::from_secs_f64(mtbf),
+                Duration::from_secs(1),
+            )));
+        }
+        Box::new(AnyOf(all))
+    }
+
+    fn best_metric(&self) -> Option<(String, Goal)> {
+        match self.checkpoint.best_metric.as_str() {
+            "" => None,
+            "test_loss" => Some(("test_loss".into(), Goal::Min)),
+            other => Some((other.to_string(), Goal::Max)),
+        }
+    }
+
+    /// Builds the model, optimizer and trainer this configuration describes and runs it:
+    /// resumes from the newest valid checkpoint unless `options.fresh`.
+    pub fn run(
+        &self,
+        options: &RunOptions,
+        stop: &StopSignal,
+        observer: &mut dyn FnMut(&Event<'_>),
+    ) -> Result<Outcome, TrainError> {
+        let device = parse_device(&self.device)?;
+        let (train, test) = self.datasets()?;
+        let paths = self.paths();
+        let store = CheckpointStore::open(&paths.checkpoints)?;
+        let mut sizes = vec![train.features];
+        sizes.extend(&self.model.hidden);
+        sizes.push(train.classes.max(test.classes));
+        let mut rng = TrainRng::new(self.seed);
+        let model = Mlp::new(&sizes, self.model.dropout, &device, &mut rng)?;
+        let best_metric = self.best_metric();
+        let retention = Retention {
+            keep_last: self.checkpoint.keep_last,
+            keep_best: self.checkpoint.keep_best,
+            keep_every: None,
+            best_metric: best_metric.clone(),
+        };
+        let settings = |lr: f64| TrainSettings {
+            seed: self.seed,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            schedule: self.schedule,
+            lr,
+            policy: self.policy(),
+            save_async: self.checkpoint.background,
+            retention: Some(retention.clone()),
+            best_metric: best_metric.clone(),
+            fresh: options.fresh,
+            trajectory: self.trajectory(),
+            metrics: Some((paths.metrics.clone(), self.log.metrics)),
+            plot: paths.plot.clone(),
+            environment: options.environment.clone(),
+            device_probe: options.device_probe.clone(),
+            nan_at_step: options.nan_at_step,
+        };
+        let parameters = crate::model::Model::parameters(&model);
+        match self.optimizer {
+            OptimizerConfig::AdamW(config) => {
+                let optimizer = AdamW::named(parameters, config)?;
+                Trainer::new(model, optimizer, rng, device, store, settings(config.lr))
+                    .run(&train, &test, stop, observer)
+            }
+            OptimizerConfig::Sgd(config) => {
+                let optimizer = SgdMomentum::named(parameters, config);
+                Trainer::new(model, optimizer, rng, device, store, settings(config.lr))
+                    .run(&train, &test, stop, observer)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default_run() {
+        let config = TrainConfig::from_toml("", Path::new("train.toml")).unwrap();
+        assert_eq!(config, TrainConfig::default());
+        assert_eq!(config.paths().checkpoints, "runs/mnist-mlp/checkpoints");
+    }
+
+    #[test]
+    fn sections_parse_and_relative_paths_follow_the_file() {
+        let text = r#"
+name = "sgd-digits"
+epochs = 3
+[data]
+dataset = "csv"
+csv = "data/digits.csv"
+[optimizer]
+kind = "sgd"
+lr = 0.05
+momentum = 0.8
+[schedule]
+kind = "cosine"
+warmup_steps = 10
+[checkpoint]
+every_steps = 50
+dir = "s3://bucket/runs/x"
+"#;
+        let config = TrainConfig::from_toml(text, Path::new("conf/train.toml")).unwrap();
+        assert_eq!(config.data.csv, Some(PathBuf::from("conf/data/digits.csv")));
+        assert_eq!(
+            config.optimizer,
+            OptimizerConfig::Sgd(SgdConfig {
+                lr: 0.05,
+                momentum: 0.8,
+                ..SgdConfig::default()
+            })
+        );
+        assert_eq!(config.paths().checkpoints, "s3://bucket/runs/x");
+        assert_eq!(config.trajectory()["epochs"], 3);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let err = TrainConfig::from_toml("epochs = 3\n[model]\nhiden = [128]\n", Path::new("t.toml"))
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("t.toml:3:1: unknown field `hiden`"), "{text}");
+        let err = TrainConfig::from_toml("[optimizer]\nkind = \"adam\"\n", Path::new("t.toml"))
+            .unwrap_err();
+        assert!(err.to_string().starts_with("t.toml:2:8: unknown variant `adam`"), "{err}");
+        let err = TrainConfig::from_toml("[optimizer]\nkind = \"adamw\"\nlr = \"fast\"\n", Path::new("t.toml"))
+            .unwrap_err();
+        assert!(err.to_string().contains("t.toml:"), "{err}");
+        let err = TrainConfig::from_toml("name = \"../x\"\n", Path::new("t.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.toml: name `../x`: use letters, digits, `-`, `_` and `.` (it names a folder)"
+        );
+    }
+
+    #[test]
+    fn cuda_without_the_feature_is_a_clear_error() {
+        if cfg!(feature = "cuda") {
+            return;
+        }
+        let err = parse_device("cuda:1").unwrap_err();
+        assert!(err.to_string().starts_with("device `cuda:1`: this keel was built without CUDA support"));
+        assert!(parse_device("tpu").unwrap_err().to_string().contains("expected `cpu`"));
+        assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+    }
+}

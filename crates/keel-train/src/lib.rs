@@ -1,0 +1,64 @@
+//! candle training that survives crashes: every checkpoint holds the full state (weights,
+//! optimizer moments, learning-rate schedule position, step, epoch, position inside the epoch,
+//! best metric, and the state of the trainer's own seeded generator), a run resumes from the
+//! newest valid checkpoint by itself, and a resumed run ends with the same weights, bit for
+//! bit, as one never interrupted (on the CPU).
+//!
+//! The [`Trainer`] trains any [`Model`] (named candle [`Var`](candle_core::Var)s and a forward
+//! pass) on a classification [`Dataset`] with an optimizer whose state can be saved
+//! ([`AdamW`], [`SgdMomentum`]; both implement `candle_nn::Optimizer`). It saves through
+//! keel-ckpt by a [`SavePolicy`](keel_ckpt::SavePolicy), in the background if asked, stops
+//! after the current step on SIGINT/SIGTERM ([`StopSignal::install`]) with an `interrupted`
+//! checkpoint, and on a failed step (a NaN loss, a candle error, out of device memory) saves
+//! the last good state as an `emergency` checkpoint before returning the error.
+//! [`TrainConfig`] is `keel train`'s TOML file and runs the MNIST MLP. It is not a model zoo
+//! or a data-loading library.
+//!
+//! ```
+//! use keel_train::{AdamW, AdamWConfig, Dataset, Mlp, Model, StopSignal, TrainRng, TrainSettings, Trainer};
+//! use keel_ckpt::{CheckpointStore, EveryNEpochs};
+//!
+//! let (train, test) = Dataset::digits()?.split(0.2, 0)?;
+//! let device = candle_core::Device::Cpu;
+//! let mut rng = TrainRng::new(7);
+//! let model = Mlp::new(&[64, 32, 10], 0.0, &device, &mut rng)?;
+//! let optimizer = AdamW::named(model.parameters(), AdamWConfig::default())?;
+//! let dir = tempfile::tempdir()?;
+//! let settings = TrainSettings {
+//!     epochs: 2,
+//!     policy: Box::new(EveryNEpochs(1)),
+//!     ..TrainSettings::new(7, 1e-3)
+//! };
+//! let store = CheckpointStore::local(dir.path())?;
+//! let mut trainer = Trainer::new(model, optimizer, rng, device, store, settings);
+//! let outcome = trainer.run(&train, &test, &StopSignal::new(), &mut |_| {})?;
+//! assert_eq!(outcome.epoch, 2);
+//! assert!(outcome.test_accuracy.unwrap() > 0.5);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(missing_docs)]
+
+mod config;
+mod convert;
+mod data;
+mod error;
+mod metrics;
+mod model;
+mod optim;
+mod rng;
+mod schedule;
+mod trainer;
+
+pub use config::{
+    CheckpointConfig, DataConfig, LogConfig, ModelConfig, OptimizerConfig, RunOptions, RunPaths,
+    TrainConfig, parse_device,
+};
+pub use data::Dataset;
+pub use error::TrainError;
+pub use metrics::{LogFormat, MetricsLog, Row, plot_loss};
+pub use model::{Mlp, Model, dropout, linear_init};
+pub use optim::{AdamW, AdamWConfig, OptimizerState, SgdConfig, SgdMomentum};
+pub use rng::{RngState, TrainRng};
+pub use schedule::Schedule;
+pub use trainer::{Event, Outcome, Status, StopSignal, TrainSettings, Trainer};

@@ -1,0 +1,78 @@
+//! Learning-rate schedules: a pure function of the step, so resuming needs only the step.
+
+use serde::{Deserialize, Serialize};
+
+/// How the learning rate moves with the step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Schedule {
+    /// The optimizer's learning rate throughout.
+    #[default]
+    Constant,
+    /// Linear warm-up over `warmup_steps`, then cosine decay to `min_lr` at the last step
+    /// (PyTorch's `CosineAnnealingLR` after a `LinearLR` warm-up).
+    Cosine {
+        /// Steps of linear warm-up from `lr / warmup_steps` to `lr`.
+        #[serde(default)]
+        warmup_steps: u64,
+        /// The learning rate at the end.
+        #[serde(default)]
+        min_lr: f64,
+    },
+    /// Multiplies the rate by `gamma` every `every_steps` steps (`StepLR`).
+    Step {
+        /// Period in steps.
+        every_steps: u64,
+        /// Factor.
+        gamma: f64,
+    },
+}
+
+impl Schedule {
+    /// The learning rate for the step with 0-based index `step` of `total_steps`, from the
+    /// base rate `lr`.
+    pub fn lr_at(&self, lr: f64, step: u64, total_steps: u64) -> f64 {
+        match *self {
+            Schedule::Constant => lr,
+            Schedule::Cosine {
+                warmup_steps,
+                min_lr,
+            } => {
+                if step < warmup_steps {
+                    return lr * (step + 1) as f64 / warmup_steps as f64;
+                }
+                let span = total_steps.saturating_sub(warmup_steps).max(1) as f64;
+                let progress = ((step - warmup_steps) as f64 / span).min(1.0);
+                min_lr + 0.5 * (lr - min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+            Schedule::Step { every_steps, gamma } => {
+                lr * gamma.powi((step / every_steps.max(1)).min(i32::MAX as u64) as i32)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        assert_eq!(Schedule::Constant.lr_at(0.1, 500, 1000), 0.1);
+        let cosine = Schedule::Cosine {
+            warmup_steps: 10,
+            min_lr: 0.0,
+        };
+        assert_eq!(cosine.lr_at(1.0, 0, 110), 0.1);
+        assert_eq!(cosine.lr_at(1.0, 9, 110), 1.0);
+        assert_eq!(cosine.lr_at(1.0, 10, 110), 1.0);
+        assert!((cosine.lr_at(1.0, 60, 110) - 0.5).abs() < 1e-12);
+        assert!(cosine.lr_at(1.0, 110, 110).abs() < 1e-12);
+        let step = Schedule::Step {
+            every_steps: 100,
+            gamma: 0.5,
+        };
+        assert_eq!(step.lr_at(1.0, 99, 0), 1.0);
+        assert_eq!(step.lr_at(1.0, 250, 0), 0.25);
+    }
+}

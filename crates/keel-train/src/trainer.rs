@@ -1,0 +1,815 @@
+//! The training loop: resume, step, evaluate, save by policy, stop on signals, save the last
+//! good state on errors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use keel_ckpt::{
+    AsyncSaver, CheckpointId, CheckpointStore, CkptError, Goal, Kind, Progress, Retention,
+    SavePolicy, Snapshot, environment_changes,
+};
+use serde_json::{Value, json};
+
+use crate::convert::{from_ckpt, to_ckpt};
+use crate::data::Dataset;
+use crate::metrics::{LogFormat, MetricsLog, Row, plot_loss};
+use crate::model::Model;
+use crate::optim::OptimizerState;
+use crate::rng::{RngState, TrainRng};
+use crate::schedule::Schedule;
+use crate::TrainError;
+
+/// The version of the trainer state keel-train writes into a checkpoint's `user` field.
+const STATE_VERSION: u64 = 1;
+
+/// A request to stop after the current step: set by SIGINT/SIGTERM when installed, or by hand.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal {
+    signal: Arc<AtomicUsize>,
+}
+
+impl StopSignal {
+    /// A signal nobody has raised yet; [`StopSignal::request`] raises it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Catches SIGINT and SIGTERM (on Unix): the first one asks the loop to stop after the
+    /// current step and save; a second one ends the process at once (exit status 128 + signal).
+    pub fn install() -> Result<Self, TrainError> {
+        let stop = Self::new();
+        #[cfg(unix)]
+        {
+            use signal_hook::consts::{SIGINT, SIGTERM};
+            let again = Arc::new(AtomicBool::new(false));
+            for signal in [SIGINT, SIGTERM] {
+                signal_hook::flag::register_conditional_shutdown(
+                    signal,
+                    128 + signal,
+                    Arc::clone(&again),
+                )?;
+                signal_hook::flag::register(signal, Arc::clone(&again))?;
+                signal_hook::flag::register_usize(signal, Arc::clone(&stop.signal), signal as usize)?;
+            }
+        }
+        Ok(stop)
+    }
+
+    /// Asks the loop to stop, as if `signal` had arrived.
+    pub fn request(&self, signal: i32) {
+        self.signal.store(signal.max(1) as usize, Ordering::SeqCst);
+    }
+
+    /// The signal that asked to stop, if any.
+    pub fn requested(&self) -> Option<i32> {
+        match self.signal.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s as i32),
+        }
+    }
+}
+
+/// How the trainer runs.
+#[derive(Debug)]
+pub struct TrainSettings {
+    /// Seed of the shuffles (one stream per epoch); the model's initialisation and dropout use
+    /// the [`TrainRng`] given to [`Trainer::new`].
+    pub seed: u64,
+    /// Epochs to train in all (a resumed run trains the rest).
+    pub epochs: u64,
+    /// Rows per step (the last batch of an epoch may be smaller).
+    pub batch_size: usize,
+    /// Learning-rate schedule over the whole run.
+    pub schedule: Schedule,
+    /// The optimizer's base learning rate (the schedule scales it).
+    pub lr: f64,
+    /// When to save regular checkpoints.
+    pub policy: Box<dyn SavePolicy>,
+    /// Persist checkpoints on a background thread (the loop stalls only for the copy).
+    pub save_async: bool,
+    /// What to keep after each save.
+    pub retention: Option<Retention>,
+    /// Save a `best` checkpoint when this metric (`test_accuracy`, `test_loss`) improves.
+    pub best_metric: Option<(String, Goal)>,
+    /// Ignore existing checkpoints (the store must then be empty).
+    pub fresh: bool,
+    /// Settings that change the trajectory (model, data, optimizer...): a checkpoint written
+    /// with other values is refused on resume.
+    pub trajectory: Value,
+    /// Metrics log and its format.
+    pub metrics: Option<(std::path::PathBuf, LogFormat)>,
+    /// Loss plot (SVG), drawn when the run ends or stops.
+    pub plot: Option<std::path::PathBuf>,
+    /// Recorded in every checkpoint and compared on resume (`keel hash --json`).
+    pub environment: Option<Value>,
+    /// Recorded in every checkpoint and compared on resume (`keel probe --json`).
+    pub device_probe: Option<Value>,
+    /// Fault injection for tests and drills: the loss of this step (1-based) becomes NaN.
+    pub nan_at_step: Option<u64>,
+}
+
+impl TrainSettings {
+    /// Settings for `seed` and base learning rate `lr`: 1 epoch, batches of 64, constant
+    /// rate, saving at the end of each epoch (synchronously), no log, no plot.
+    pub fn new(seed: u64, lr: f64) -> Self {
+        TrainSettings {
+            seed,
+            epochs: 1,
+            batch_size: 64,
+            schedule: Schedule::Constant,
+            lr,
+            policy: Box::new(keel_ckpt::EveryNEpochs(1)),
+            save_async: false,
+            retention: None,
+            best_metric: None,
+            fresh: false,
+            trajectory: Value::Null,
+            metrics: None,
+            plot: None,
+            environment: None,
+            device_probe: None,
+            nan_at_step: None,
+        }
+    }
+}
+
+/// What the loop reports as it goes.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Training starts from scratch; `why` says why (no checkpoint, `--fresh`, ...).
+    Fresh {
+        /// Why.
+        why: String,
+    },
+    /// Training resumes from a checkpoint.
+    Resumed {
+        /// The checkpoint.
+        id: &'a CheckpointId,
+        /// Its step, epoch and batch within the epoch.
+        step: u64,
+        /// Epoch.
+        epoch: u64,
+        /// Batch within the epoch.
+        batch: u64,
+        /// Newer checkpoints that did not verify, with the reason.
+        skipped: &'a [(CheckpointId, String)],
+        /// What differs in the environment or device since the checkpoint was saved.
+        environment_changes: &'a [String],
+    },
+    /// The plan: steps in all and per epoch.
+    Plan {
+        /// Steps in the whole run.
+        total_steps: u64,
+        /// Steps per epoch.
+        steps_per_epoch: u64,
+        /// Steps already done (on resume).
+        done: u64,
+    },
+    /// A step finished.
+    Step(&'a Row),
+    /// An epoch ended and was evaluated on the held-out set.
+    Evaluated {
+        /// Epochs completed.
+        epoch: u64,
+        /// Held-out loss.
+        test_loss: f64,
+        /// Held-out accuracy.
+        test_accuracy: f64,
+    },
+    /// A checkpoint was saved (or, in the background, handed over).
+    Saved {
+        /// Its kind.
+        kind: Kind,
+        /// Its step.
+        step: u64,
+        /// What the loop spent on it.
+        stall: Duration,
+        /// Still being written in the background.
+        background: bool,
+    },
+    /// A save failed; training goes on (the previous checkpoints are intact).
+    SaveFailed(String),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// All epochs done.
+    Completed,
+    /// Stopped by a signal (or [`StopSignal::request`]) after saving.
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+    },
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// How it ended.
+    pub status: Status,
+    /// Steps done.
+    pub step: u64,
+    /// Epochs done.
+    pub epoch: u64,
+    /// The checkpoint that holds the final state.
+    pub checkpoint: Option<CheckpointId>,
+    /// The last held-out accuracy.
+    pub test_accuracy: Option<f64>,
+    /// The last held-out loss.
+    pub test_loss: Option<f64>,
+}
+
+/// Where the loop is.
+#[derive(Debug, Clone, Copy, Default)]
+struct Position {
+    step: u64,
+    epoch: u64,
+    batch: u64,
+    best: Option<f64>,
+}
+
+enum Saver {
+    Sync(CheckpointStore, Option<Retention>),
+    Background(AsyncSaver),
+}
+
+/// Trains a [`Model`] with an optimizer, checkpointing into a [`CheckpointStore`].
+#[derive(Debug)]
+pub struct Trainer<M, O> {
+    model: M,
+    optimizer: O,
+    rng: TrainRng,
+    device: Device,
+    store: CheckpointStore,
+    settings: TrainSettings,
+}
+
+impl std::fmt::Debug for Saver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Saver::Sync(..) => "Saver::Sync",
+            Saver::Background(_) => "Saver::Background",
+        })
+    }
+}
+
+fn differences(saved: &Value, now: &Value) -> Vec<String> {
+    let (Some(a), Some(b)) = (saved.as_object(), now.as_object()) else {
+        return if saved == now {
+            vec![]
+        } else {
+            vec![format!("{saved} -> {now}")]
+        };
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show = |v: Option<&Value>| v.map_or("unset".to_string(), Value::to_string);
+            format!("{k}: {} -> {}", show(a.get(k)), show(b.get(k)))
+        })
+        .collect()
+}
+
+impl<M: Model, O: OptimizerState> Trainer<M, O> {
+    /// A trainer for `model` (its parameters already initialised from `rng`) and `optimizer`
+    /// (over the model's parameters), computing on `device`.
+    pub fn new(
+        model: M,
+        optimizer: O,
+        rng: TrainRng,
+        device: Device,
+        store: CheckpointStore,
+        settings: TrainSettings,
+    ) -> Self {
+        Trainer {
+            model,
+            optimizer,
+            rng,
+            device,
+            store,
+            settings,
+        }
+    }
+
+    /// The model (trained so far).
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The checkpoint store.
+    pub fn store(&self) -> &CheckpointStore {
+        &self.store
+    }
+
+    /// Resumes from the newest valid checkpoint (unless `fresh`), then trains until all epochs
+    /// are done or `stop` is raised. On an error in a step it saves the last good state as an
+    /// `emergency` checkpoint and returns [`TrainError::StepFailed`].
+    pub fn run(
+        &mut self,
+        train: &Dataset,
+        test: &Dataset,
+        stop: &StopSignal,
+        observer: &mut dyn FnMut(&Event<'_>),
+    ) -> Result<Outcome, TrainError> {
+        if train.features != test.features || train.is_empty() || test.is_empty() {
+            return Err(TrainError::Setting(format!(
+                "training set `{}` ({} rows of {}) and held-out set `{}` ({} rows of {}) do not fit together",
+                train.name,
+                train.len(),
+                train.features,
+                test.name,
+                test.len(),
+                test.features
+            )));
+        }
+        if self.settings.batch_size == 0 {
+            return Err(TrainError::Setting("batch_size must be at least 1".into()));
+        }
+        let mut pos = self.resume(observer)?;
+        let n = train.len();
+        let batches = n.div_ceil(self.settings.batch_size) as u64;
+        let total_steps = batches * self.settings.epochs;
+        observer(&Event::Plan {
+            total_steps,
+            steps_per_epoch: batches,
+            done: pos.step,
+        });
+        let mut log = match &self.settings.metrics {
+            Some((path, format)) => Some(MetricsLog::open(path, *format, pos.step)?),
+            None => None,
+        };
+        let mut saver = if self.settings.save_async {
+            Saver::Background(AsyncSaver::new(
+                self.store.clone(),
+                self.settings.retention.clone(),
+            )?)
+        } else {
+            Saver::Sync(self.store.clone(), self.settings.retention.clone())
+        };
+        let x_train = Tensor::from_slice(&train.inputs, (n, train.features), &self.device)?;
+        let y_train = Tensor::from_slice(&train.labels, n, &self.device)?;
+        let x_test = Tensor::from_slice(&test.inputs, (test.len(), test.features), &self.device)?;
+        let y_test = Tensor::from_slice(&test.labels, test.len(), &self.device)?;
+
+        let mut last_saved = pos.step;
+        let mut last_eval: Option<(f64, f64)> = None;
+        let mut throughput = 0.0f64;
+        let mut status = Status::Completed;
+        'epochs: while pos.epoch < self.settings.epochs {
+            let order: Vec<u32> = TrainRng::with_stream(self.settings.seed, pos.epoch + 1)
+                .permutation(n)
+                .into_iter()
+                .map(|i| i as u32)
+                .collect();
+            while pos.batch < batches {
+                if let Some(signal) = stop.requested() {
+                    status = Status::Interrupted { signal };
+                    break 'epochs;
+                }
+                let started = Instant::now();
+                let rng_before = self.rng.clone();
+                let lr = self
+                    .settings
+                    .schedule
+                    .lr_at(self.settings.lr, pos.step, total_steps);
+                let from = pos.batch as usize * self.settings.batch_size;
+                let to = (from + self.settings.batch_size).min(n);
+                let loss = match self.train_step(&x_train, &y_train, &order[from..to], lr, &pos) {
+                    Ok(loss) => loss,
+                    Err(cause) => {
+                        return Err(self.emergency(pos, &rng_before, cause, saver, observer));
+                    }
+                };
+                pos.step += 1;
+                pos.batch += 1;
+                let rows = (to - from) as f64;
+                let rate = rows / started.elapsed().as_secs_f64().max(1e-9);
+                throughput = if throughput == 0.0 {
+                    rate
+                } else {
+                    0.9 * throughput + 0.1 * rate
+                };
+                let row = Row {
+                    step: pos.step,
+                    epoch: pos.epoch,
+                    loss: f64::from(loss),
+                    lr,
+                    samples_per_sec: throughput,
+                    test_loss: None,
+                    test_accuracy: None,
+                };
+                observer(&Event::Step(&row));
+                if let Some(log) = &mut log {
+                    log.push(row)?;
+                }
+                let mut metrics = BTreeMap::from([
+                    ("loss".to_string(), f64::from(loss)),
+                    ("lr".to_string(), lr),
+                ]);
+                let end_of_epoch = pos.batch == batches;
+                let mut improved = false;
+                if end_of_epoch {
+                    pos.epoch += 1;
+                    pos.batch = 0;
+                    let (test_loss, test_accuracy) = match self.evaluate(&x_test, &y_test) {
+                        Ok(v) => v,
+                        Err(cause) => {
+                            let rng = self.rng.clone();
+                            return Err(self.emergency(pos, &rng, cause, saver, observer));
+                        }
+                    };
+                    last_eval = Some((test_loss, test_accuracy));
+                    metrics.insert("test_loss".into(), test_loss);
+                    metrics.insert("test_accuracy".into(), test_accuracy);
+                    observer(&Event::Evaluated {
+                        epoch: pos.epoch,
+                        test_loss,
+                        test_accuracy,
+                    });
+                    if let Some(log) = &mut log {
+                        log.set_eval(test_loss, test_accuracy)?;
+                    }
+                    if let Some((metric, goal)) = &self.settings.best_metric
+                        && let Some(&value) = metrics.get(metric)
+                        && !value.is_nan()
+                        && pos.best.is_none_or(|b| goal.better(value, b))
+                    {
+                        pos.best = Some(value);
+                        improved = true;
+                    }
+                }
+                let progress = Progress {
+                    step: pos.step,
+                    epoch: pos.epoch,
+                    end_of_epoch,
+                    now: Instant::now(),
+                };
+                if self.settings.policy.should_save(&progress) {
+                    let stall = self.save(Kind::Regular, &pos, &self.rng.clone(), &metrics, &mut saver, observer);
+                    if let Some(stall) = stall {
+                        self.settings.policy.saved(&progress, stall);
+                        last_saved = pos.step;
+                    }
+                }
+                if improved {
+                    self.save(Kind::Best, &pos, &self.rng.clone(), &metrics, &mut saver, observer);
+                }
+                if end_of_epoch {
+                    break;
+                }
+            }
+        }
+        // The final (or interrupted) state; saved synchronously after the one in flight.
+        let kind = match status {
+            Status::Completed => Kind::Regular,
+            Status::Interrupted { .. } => Kind::Interrupted,
+        };
+        let previous = match saver {
+            Saver::Background(saver) => saver.finish().map(|_| ()),
+            Saver::Sync(..) => Ok(()),
+        };
+        if let Err(error) = previous {
+            observer(&Event::SaveFailed(error.to_string()));
+        }
+        let checkpoint = if last_saved != pos.step || kind == Kind::Interrupted {
+            let mut metrics = BTreeMap::new();
+            if let Some((l, a)) = last_eval {
+                metrics.insert("test_loss".to_string(), l);
+                metrics.insert("test_accuracy".to_string(), a);
+            }
+            let started = Instant::now();
+            let snapshot = self.snapshot(&pos, &self.rng, metrics)?;
+            let id = self.store.save(kind, &snapshot)?;
+            if let Some(retention) = &self.settings.retention {
+                self.store.prune_after(retention, &id)?;
+            }
+            observer(&Event::Saved {
+                kind,
+                step: pos.step,
+                stall: started.elapsed(),
+                background: false,
+            });
+            Some(id)
+        } else {
+            self.store.latest_valid().ok().map(|r| r.id)
+        };
+        if let (Some(plot), Some(log)) = (&self.settings.plot, &log) {
+            plot_loss(log.rows(), plot, &format!("{} ({})", train.name, self.optimizer.kind()))?;
+        }
+        Ok(Outcome {
+            status,
+            step: pos.step,
+            epoch: pos.epoch,
+            checkpoint,
+            test_accuracy: last_eval.map(|e| e.1),
+            test_loss: last_eval.map(|e| e.0),
+        })
+    }
+
+    fn train_step(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        rows: &[u32],
+        lr: f64,
+        pos: &Position,
+    ) -> Result<f32, TrainError> {
+        let index = Tensor::from_slice(rows, rows.len(), &self.device)?;
+        let xs = x.index_select(&index, 0)?;
+        let ys = y.index_select(&index, 0)?;
+        let logits = self.model.forward(&xs, true, &mut self.rng)?;
+        let mut loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
+        if self.settings.nan_at_step == Some(pos.step + 1) {
+            loss = (loss * f64::NAN)?;
+        }
+        let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: pos.step + 1,
+                epoch: pos.epoch,
+                batch: pos.batch,
+                loss: value,
+            });
+        }
+        let grads = loss.backward()?;
+        self.optimizer.set_lr(lr);
+        self.optimizer.update(&grads)?;
+        Ok(value)
+    }
+
+    /// Held-out loss and accuracy, in batches of 1,000 rows.
+    fn evaluate(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, f64), TrainError> {
+        let n = x.dim(0)?;
+        let mut loss_sum = 0.0f64;
+        let mut correct = 0u64;
+        let mut from = 0;
+        while from < n {
+            let len = 1000.min(n - from);
+            let xs = x.narrow(0, from, len)?;
+            let ys = y.narrow(0, from, len)?;
+            let logits = self.model.forward(&xs, false, &mut self.rng)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()?;
+            loss_sum += f64::from(loss) * len as f64;
+            let predicted = logits.argmax(1)?;
+            correct += predicted
+                .eq(&ys)?
+                .to_dtype(DType::U32)?
+                .sum_all()?
+                .to_scalar::<u32>()? as u64;
+            from += len;
+        }
+        Ok((loss_sum / n as f64, correct as f64 / n as f64))
+    }
+
+    fn snapshot(
+        &self,
+        pos: &Position,
+        rng: &TrainRng,
+        metrics: BTreeMap<String, f64>,
+    ) -> Result<Snapshot, TrainError> {
+        let mut model = BTreeMap::new();
+        for (name, var) in self.model.parameters() {
+            model.insert(name.clone(), to_ckpt(&name, var.as_tensor())?);
+        }
+        let mut optimizer = BTreeMap::new();
+        for (name, tensor) in self.optimizer.state_tensors()? {
+            optimizer.insert(name.clone(), to_ckpt(&name, &tensor)?);
+        }
+        let mut groups = BTreeMap::from([("model".to_string(), model)]);
+        if !optimizer.is_empty() {
+            groups.insert("optimizer".to_string(), optimizer);
+        }
+        Ok(Snapshot {
+            step: pos.step,
+            epoch: pos.epoch,
+            metrics,
+            user: json!({
+                "keel_train": STATE_VERSION,
+                "trajectory": self.settings.trajectory,
+                "batch": pos.batch,
+                "rng": rng.state(),
+                "optimizer": {
+                    "kind": self.optimizer.kind(),
+                    "steps": self.optimizer.steps(),
+                    "lr": self.optimizer.lr(),
+                },
+                "best": self.settings.best_metric.as_ref().map(|(metric, _)| json!({
+                    "metric": metric,
+                    "value": pos.best,
+                })),
+            }),
+            environment: self.settings.environment.clone(),
+            device: self.settings.device_probe.clone(),
+            groups,
+        })
+    }
+
+    /// Saves; returns the loop's stall, or `None` when the save failed (reported, not fatal:
+    /// the previous checkpoints are intact).
+    fn save(
+        &self,
+        kind: Kind,
+        pos: &Position,
+        rng: &TrainRng,
+        metrics: &BTreeMap<String, f64>,
+        saver: &mut Saver,
+        observer: &mut dyn FnMut(&Event<'_>),
+    ) -> Option<Duration> {
+        let started = Instant::now();
+        let result = self.snapshot(pos, rng, metrics.clone()).and_then(|snapshot| match saver {
+            Saver::Sync(store, retention) => {
+                let id = store.save(kind, &snapshot)?;
+                if let Some(retention) = retention {
+                    store.prune_after(retention, &id)?;
+                }
+                Ok(())
+            }
+            Saver::Background(saver) => {
+                // The previous background save's outcome comes back here.
+                if let Err(error) = saver.save(kind, snapshot) {
+                    observer(&Event::SaveFailed(error.to_string()));
+                }
+                Ok(())
+            }
+        });
+        match result {
+            Ok(()) => {
+                let stall = started.elapsed();
+                observer(&Event::Saved {
+                    kind,
+                    step: pos.step,
+                    stall,
+                    background: matches!(saver, Saver::Background(_)),
+                });
+                Some(stall)
+            }
+            Err(error) => {
+                observer(&Event::SaveFailed(error.to_string()));
+                None
+            }
+        }
+    }
+
+    /// Saves the last good state as an `emergency` checkpoint and wraps `cause`.
+    fn emergency(
+        &self,
+        pos: Position,
+        rng: &TrainRng,
+        cause: TrainError,
+        saver: Saver,
+        observer: &mut dyn FnMut(&Event<'_>),
+    ) -> TrainError {
+        if let Saver::Background(saver) = saver
+            && let Err(error) = saver.finish()
+        {
+            observer(&Event::SaveFailed(error.to_string()));
+        }
+        let saved = self
+            .snapshot(&pos, rng, BTreeMap::new())
+            .and_then(|snapshot| Ok(self.store.save(Kind::Emergency, &snapshot)?))
+            .map_err(Box::new);
+        TrainError::StepFailed {
+            step: pos.step + 1,
+            saved_step: pos.step,
+            source: Box::new(cause),
+            emergency: saved,
+        }
+    }
+
+    fn resume(&mut self, observer: &mut dyn FnMut(&Event<'_>)) -> Result<Position, TrainError> {
+        let listed = self.store.list()?;
+        if self.settings.fresh {
+            if !listed.is_empty() {
+                return Err(TrainError::Setting(format!(
+                    "--fresh: {} already holds {} checkpoint(s); a fresh run would be mixed with them \
+                     (move them away or train under another run name)",
+                    self.store.location(),
+                    listed.len()
+                )));
+            }
+            observer(&Event::Fresh {
+                why: "--fresh".into(),
+            });
+            return Ok(Position::default());
+        }
+        let resume = match self.store.latest_valid() {
+            Ok(resume) => resume,
+            Err(CkptError::NoValidCheckpoint { .. }) => {
+                observer(&Event::Fresh {
+                    why: if listed.is_empty() {
+                        format!("no checkpoint in {}", self.store.location())
+                    } else {
+                        format!(
+                            "none of the {} checkpoint(s) in {} verifies",
+                            listed.len(),
+                            self.store.location()
+                        )
+                    },
+                });
+                return Ok(Position::default());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let id = resume.id.clone();
+        let bad = |reason: String| TrainError::BadCheckpoint {
+            checkpoint: id.clone(),
+            reason,
+        };
+        let user = &resume.snapshot.user;
+        if user.get("keel_train").and_then(Value::as_u64) != Some(STATE_VERSION) {
+            return Err(bad(format!(
+                "it holds no keel-train state of version {STATE_VERSION}"
+            )));
+        }
+        let saved_trajectory = user.get("trajectory").cloned().unwrap_or(Value::Null);
+        let differences = differences(&saved_trajectory, &self.settings.trajectory);
+        if !differences.is_empty() {
+            return Err(TrainError::Incompatible {
+                checkpoint: id,
+                differences: differences.join(", "),
+            });
+        }
+        let rng_state: RngState = serde_json::from_value(user.get("rng").cloned().unwrap_or_default())
+            .map_err(|e| bad(format!("RNG state: {e}")))?;
+        let rng = TrainRng::from_state(&rng_state).map_err(bad)?;
+        let batch = user
+            .get("batch")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("no data position (`batch`)".into()))?;
+        let optimizer = user.get("optimizer").cloned().unwrap_or_default();
+        if optimizer.get("kind").and_then(Value::as_str) != Some(self.optimizer.kind()) {
+            return Err(bad(format!(
+                "its optimizer is {}, this run's {}",
+                optimizer.get("kind").unwrap_or(&Value::Null),
+                self.optimizer.kind()
+            )));
+        }
+        let steps = optimizer
+            .get("steps")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("no optimizer step count".into()))?;
+        let best = user
+            .get("best")
+            .and_then(|b| b.get("value"))
+            .and_then(Value::as_f64);
+
+        // Load everything before changing anything.
+        let empty = BTreeMap::new();
+        let model_group = resume
+            .snapshot
+            .groups
+            .get("model")
+            .ok_or_else(|| bad("no `model` tensors".into()))?;
+        let mut values = Vec::new();
+        for (name, var) in self.model.parameters() {
+            let saved = model_group
+                .get(&name)
+                .ok_or_else(|| bad(format!("parameter `{name}` is missing")))?;
+            if saved.shape != var.dims() {
+                return Err(bad(format!(
+                    "parameter `{name}` has shape {:?}, the model {:?}",
+                    saved.shape,
+                    var.dims()
+                )));
+            }
+            let value = from_ckpt(saved, &self.device)?.to_dtype(var.dtype())?;
+            values.push((var, value));
+        }
+        let mut state = BTreeMap::new();
+        for (name, tensor) in resume.snapshot.groups.get("optimizer").unwrap_or(&empty) {
+            state.insert(name.clone(), from_ckpt(tensor, &self.device)?);
+        }
+        self.optimizer.load_state(steps, &state).map_err(bad)?;
+        for (var, value) in values {
+            var.set(&value)?;
+        }
+        self.rng = rng;
+        let changes = environment_changes(
+            &resume.manifest,
+            self.settings.environment.as_ref(),
+            self.settings.device_probe.as_ref(),
+        );
+        let pos = Position {
+            step: resume.manifest.step,
+            epoch: resume.manifest.epoch,
+            batch,
+            best,
+        };
+        observer(&Event::Resumed {
+            id: &resume.id,
+            step: pos.step,
+            epoch: pos.epoch,
+            batch: pos.batch,
+            skipped: &resume.skipped,
+            environment_changes: &changes,
+        });
+        Ok(pos)
+    }
+}
