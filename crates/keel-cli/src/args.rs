@@ -45,6 +45,41 @@ pub(crate) enum Command {
     /// Inspect a checkpoint store (a folder, or `s3://bucket/prefix`): list, verify, prune.
     #[command(subcommand)]
     Ckpt(CkptCommand),
+    /// Train with candle and checkpoints that survive crashes: resumes from the newest valid
+    /// checkpoint by itself, saves by policy, on Ctrl-C/SIGTERM (then exits 130/143) and on a
+    /// failed step (exit 1). Without CONFIG: the 784-256-10 MLP on the MNIST images keel
+    /// ships, under ./runs/mnist-mlp.
+    Train(TrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrainArgs {
+    /// The run's configuration (TOML); every field has a default.
+    #[arg(value_name = "CONFIG.toml")]
+    pub(crate) config: Option<PathBuf>,
+    /// Start over: the run's folder is moved aside to `NAME.<time>` (nothing is deleted).
+    #[arg(long)]
+    pub(crate) fresh: bool,
+    /// `cpu`, `cuda` or `cuda:N` (CUDA needs keel built with `--features cuda`).
+    #[arg(long, value_name = "DEVICE")]
+    pub(crate) device: Option<String>,
+    /// Train this many epochs in all (overrides the file).
+    #[arg(long, value_name = "N")]
+    pub(crate) epochs: Option<u64>,
+    /// The folder runs go under (overrides the file; default `runs`).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) runs_dir: Option<PathBuf>,
+    /// Record this environment fingerprint (`keel hash --json`) in every checkpoint; a resume
+    /// on a node whose fingerprint differs says so.
+    #[arg(long, value_name = "FINGERPRINT.json")]
+    pub(crate) environment: Option<PathBuf>,
+    /// Print the outcome as JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Fault drill: make the loss of step N NaN (the run saves an emergency checkpoint of
+    /// step N-1 and exits 1).
+    #[arg(long, value_name = "N", hide = true)]
+    pub(crate) inject_nan_at: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,8 @@
 //! The `keel` command line: argument parsing, then one module per command.
 //!
-//! Exit codes: 0 ok, 1 a problem was found (drift, a failed verification), 2 bad usage or
-//! input.
+//! Exit codes: 0 ok, 1 a problem was found (drift, a failed verification, a failed training
+//! step), 2 bad usage or input; `keel train` stopped by SIGINT/SIGTERM exits 130/143 after
+//! saving.
 
 mod args;
 mod ckpt;
@@ -11,6 +12,7 @@ mod prefix;
 mod probe;
 mod render;
 mod spec;
+mod train;
 
 use std::process::ExitCode;
 
@@ -32,6 +34,7 @@ pub fn run() -> ExitCode {
         args::Command::Ckpt(args::CkptCommand::List(args)) => ckpt::list(&args),
         args::Command::Ckpt(args::CkptCommand::Verify(args)) => ckpt::verify(&args),
         args::Command::Ckpt(args::CkptCommand::Prune(args)) => ckpt::prune(&args),
+        args::Command::Train(args) => train::run(&args),
     };
     match result {
         Ok(code) => code,

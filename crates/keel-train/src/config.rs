@@ -12,6 +12,7 @@ use keel_ckpt::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::TrainError;
 use crate::data::Dataset;
 use crate::metrics::LogFormat;
 use crate::model::Mlp;
@@ -19,7 +20,6 @@ use crate::optim::{AdamW, AdamWConfig, SgdConfig, SgdMomentum};
 use crate::rng::TrainRng;
 use crate::schedule::Schedule;
 use crate::trainer::{Event, Outcome, StopSignal, TrainSettings, Trainer};
-use crate::TrainError;
 
 /// A training run as `keel train CONFIG.toml` reads it. Every field has a default: the empty
 /// file is the built-in run (784-256-10 MLP, AdamW lr 1e-3, MNIST 10k, 80/20 split).
@@ -313,7 +313,10 @@ impl TrainConfig {
             return Err("epochs and batch_size must be at least 1".into());
         }
         if !(0.0..1.0).contains(&self.model.dropout) {
-            return Err(format!("model.dropout {} is not in [0, 1)", self.model.dropout));
+            return Err(format!(
+                "model.dropout {} is not in [0, 1)",
+                self.model.dropout
+            ));
         }
         if !["", "test_accuracy", "test_loss"].contains(&self.checkpoint.best_metric.as_str()) {
             return Err(format!(
@@ -328,7 +331,9 @@ impl TrainConfig {
             if let Some(v) = v
                 && !(v > 0.0 && v.is_finite())
             {
-                return Err(format!("{what} must be a positive number of seconds, got {v}"));
+                return Err(format!(
+                    "{what} must be a positive number of seconds, got {v}"
+                ));
             }
         }
         Ok(())
@@ -365,10 +370,18 @@ impl TrainConfig {
             "mnist10k" | "mnist" => Dataset::mnist10k()?,
             "digits" => Dataset::digits()?,
             "idx" => Dataset::from_idx(
-                self.data.images.as_deref().ok_or_else(|| missing("images"))?,
-                self.data.labels.as_deref().ok_or_else(|| missing("labels"))?,
+                self.data
+                    .images
+                    .as_deref()
+                    .ok_or_else(|| missing("images"))?,
+                self.data
+                    .labels
+                    .as_deref()
+                    .ok_or_else(|| missing("labels"))?,
             )?,
-            "csv" => Dataset::from_digits_csv(self.data.csv.as_deref().ok_or_else(|| missing("csv"))?)?,
+            "csv" => {
+                Dataset::from_digits_csv(self.data.csv.as_deref().ok_or_else(|| missing("csv"))?)?
+            }
             other => {
                 return Err(TrainError::Setting(format!(
                     "data.dataset `{other}`: expected `mnist10k`, `digits`, `idx` or `csv`"
@@ -532,15 +545,26 @@ dir = "s3://bucket/runs/x"
 
     #[test]
     fn errors_name_file_line_and_column() {
-        let err = TrainConfig::from_toml("epochs = 3\n[model]\nhiden = [128]\n", Path::new("t.toml"))
-            .unwrap_err();
+        let err =
+            TrainConfig::from_toml("epochs = 3\n[model]\nhiden = [128]\n", Path::new("t.toml"))
+                .unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("t.toml:3:1: unknown field `hiden`"), "{text}");
+        assert!(
+            text.starts_with("t.toml:3:1: unknown field `hiden`"),
+            "{text}"
+        );
         let err = TrainConfig::from_toml("[optimizer]\nkind = \"adam\"\n", Path::new("t.toml"))
             .unwrap_err();
-        assert!(err.to_string().starts_with("t.toml:2:8: unknown variant `adam`"), "{err}");
-        let err = TrainConfig::from_toml("[optimizer]\nkind = \"adamw\"\nlr = \"fast\"\n", Path::new("t.toml"))
-            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("t.toml:2:8: unknown variant `adam`"),
+            "{err}"
+        );
+        let err = TrainConfig::from_toml(
+            "[optimizer]\nkind = \"adamw\"\nlr = \"fast\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("t.toml:"), "{err}");
         let err = TrainConfig::from_toml("name = \"../x\"\n", Path::new("t.toml")).unwrap_err();
         assert_eq!(
@@ -555,8 +579,16 @@ dir = "s3://bucket/runs/x"
             return;
         }
         let err = parse_device("cuda:1").unwrap_err();
-        assert!(err.to_string().starts_with("device `cuda:1`: this keel was built without CUDA support"));
-        assert!(parse_device("tpu").unwrap_err().to_string().contains("expected `cpu`"));
+        assert!(
+            err.to_string()
+                .starts_with("device `cuda:1`: this keel was built without CUDA support")
+        );
+        assert!(
+            parse_device("tpu")
+                .unwrap_err()
+                .to_string()
+                .contains("expected `cpu`")
+        );
         assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
     }
 }

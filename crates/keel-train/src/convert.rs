@@ -27,7 +27,9 @@ pub(crate) fn to_ckpt(name: &str, t: &Tensor) -> Result<keel_ckpt::Tensor, crate
         DType::U32 => (Dtype::I64, {
             // safetensors/PyTorch have no u32 tensors: widen to i64.
             let v = t.flatten_all()?.to_vec1::<u32>()?;
-            v.into_iter().flat_map(|x| i64::from(x).to_le_bytes()).collect()
+            v.into_iter()
+                .flat_map(|x| i64::from(x).to_le_bytes())
+                .collect()
         }),
         DType::I64 => (Dtype::I64, bytes(&t, i64::to_le_bytes)?),
         other => {
@@ -36,7 +38,12 @@ pub(crate) fn to_ckpt(name: &str, t: &Tensor) -> Result<keel_ckpt::Tensor, crate
             )));
         }
     };
-    Ok(keel_ckpt::Tensor::new(name, dtype, t.dims().to_vec(), data)?)
+    Ok(keel_ckpt::Tensor::new(
+        name,
+        dtype,
+        t.dims().to_vec(),
+        data,
+    )?)
 }
 
 fn values<T, const N: usize>(data: &[u8], from_le: fn([u8; N]) -> T) -> Vec<T> {
@@ -66,15 +73,30 @@ mod tests {
 
     #[test]
     fn round_trip_is_bit_exact_for_each_dtype() {
-        let base = Tensor::new(&[[1.5f32, -0.0, f32::MIN_POSITIVE], [3.25, 1e-40, -7.0]], &Device::Cpu)
-            .unwrap();
+        let base = Tensor::new(
+            &[[1.5f32, -0.0, f32::MIN_POSITIVE], [3.25, 1e-40, -7.0]],
+            &Device::Cpu,
+        )
+        .unwrap();
         for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
             let t = base.to_dtype(dtype).unwrap();
             let back = from_ckpt(&to_ckpt("t", &t).unwrap(), &Device::Cpu).unwrap();
             assert_eq!(back.dtype(), dtype);
             assert_eq!(back.dims(), [2, 3]);
-            let a = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let b = back.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let a = t
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let b = back
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
             assert_eq!(
                 a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                 b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()

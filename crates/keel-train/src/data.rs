@@ -303,7 +303,10 @@ mod tests {
     #[test]
     fn shipped_sets_have_their_documented_shape() {
         let mnist = Dataset::mnist10k().unwrap();
-        assert_eq!((mnist.len(), mnist.features, mnist.classes), (10_000, 784, 10));
+        assert_eq!(
+            (mnist.len(), mnist.features, mnist.classes),
+            (10_000, 784, 10)
+        );
         let counts: Vec<usize> = (0..10)
             .map(|c| mnist.labels.iter().filter(|&&l| l == c).count())
             .collect();
@@ -313,7 +316,10 @@ mod tests {
         );
         assert!(mnist.inputs.iter().all(|&v| (0.0..=1.0).contains(&v)));
         let digits = Dataset::digits().unwrap();
-        assert_eq!((digits.len(), digits.features, digits.classes), (1797, 64, 10));
+        assert_eq!(
+            (digits.len(), digits.features, digits.classes),
+            (1797, 64, 10)
+        );
     }
 
     #[test]
@@ -346,6 +352,9 @@ mod tests {
     fn bad_csv_names_line_and_field() {
         let err =
             Dataset::from_digits_csv_bytes(b"1,2,3\n4,x,6\n", Path::new("d.csv"), "d").unwrap_err();
-        assert_eq!(err.to_string(), "d.csv: line 2, field 2: `x` is not a number");
+        assert_eq!(
+            err.to_string(),
+            "d.csv: line 2, field 2: `x` is not a number"
+        );
     }
 }

@@ -100,7 +100,11 @@ impl Row {
 impl MetricsLog {
     /// Opens the log at `path`, keeping the rows up to `keep_through_step` (the step training
     /// resumes from; 0 for a fresh run) and dropping later ones and any torn last line.
-    pub fn open(path: &Path, format: LogFormat, keep_through_step: u64) -> Result<Self, TrainError> {
+    pub fn open(
+        path: &Path,
+        format: LogFormat,
+        keep_through_step: u64,
+    ) -> Result<Self, TrainError> {
         let mut rows = Vec::new();
         if keep_through_step > 0 && path.exists() {
             for line in fs_err::read_to_string(path)?.lines() {
@@ -276,7 +280,10 @@ mod tests {
             let log = MetricsLog::open(&path, format, 6).unwrap();
             assert_eq!(log.rows().iter().map(|r| r.step).max(), Some(6));
             let text = fs_err::read_to_string(&path).unwrap();
-            assert_eq!(text.lines().count(), 6 + usize::from(format == LogFormat::Csv));
+            assert_eq!(
+                text.lines().count(),
+                6 + usize::from(format == LogFormat::Csv)
+            );
         }
     }
 
@@ -288,6 +295,8 @@ mod tests {
         let path = dir.path().join("loss.svg");
         plot_loss(&rows, &path, "demo").unwrap();
         let svg = fs_err::read_to_string(&path).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("training loss") && svg.contains("<polyline"));
+        assert!(
+            svg.starts_with("<svg") && svg.contains("training loss") && svg.contains("<polyline")
+        );
     }
 }

@@ -24,8 +24,7 @@ pub trait OptimizerState {
     /// `momentum_buffer.<param>`), on the CPU.
     fn state_tensors(&self) -> candle_core::Result<BTreeMap<String, Tensor>>;
     /// Restores what [`OptimizerState::state_tensors`] and [`OptimizerState::steps`] gave.
-    fn load_state(&mut self, steps: u64, tensors: &BTreeMap<String, Tensor>)
-    -> Result<(), String>;
+    fn load_state(&mut self, steps: u64, tensors: &BTreeMap<String, Tensor>) -> Result<(), String>;
 }
 
 /// AdamW's hyper-parameters (PyTorch's defaults).
@@ -182,11 +181,7 @@ impl OptimizerState for AdamW {
         Ok(out)
     }
 
-    fn load_state(
-        &mut self,
-        steps: u64,
-        tensors: &BTreeMap<String, Tensor>,
-    ) -> Result<(), String> {
+    fn load_state(&mut self, steps: u64, tensors: &BTreeMap<String, Tensor>) -> Result<(), String> {
         let mut loaded = Vec::new();
         for p in &self.params {
             let get = |key: String| {
@@ -362,11 +357,7 @@ impl OptimizerState for SgdMomentum {
             .collect())
     }
 
-    fn load_state(
-        &mut self,
-        steps: u64,
-        tensors: &BTreeMap<String, Tensor>,
-    ) -> Result<(), String> {
+    fn load_state(&mut self, steps: u64, tensors: &BTreeMap<String, Tensor>) -> Result<(), String> {
         let mut loaded = Vec::new();
         for p in &self.params {
             let key = format!("momentum_buffer.{}", p.name);
@@ -461,13 +452,15 @@ mod tests {
                 .unwrap()
         };
         let a = make();
-        let mut opt_a = AdamW::named(vec![("w".into(), a.clone())], AdamWConfig::default()).unwrap();
+        let mut opt_a =
+            AdamW::named(vec![("w".into(), a.clone())], AdamWConfig::default()).unwrap();
         for _ in 0..5 {
             opt_a.update(&loss(&a).backward().unwrap()).unwrap();
         }
         // Copy out the state mid-way into a fresh optimizer over a copy of the weights.
         let b = Var::from_tensor(&a.as_tensor().copy().unwrap()).unwrap();
-        let mut opt_b = AdamW::named(vec![("w".into(), b.clone())], AdamWConfig::default()).unwrap();
+        let mut opt_b =
+            AdamW::named(vec![("w".into(), b.clone())], AdamWConfig::default()).unwrap();
         opt_b
             .load_state(opt_a.steps(), &opt_a.state_tensors().unwrap())
             .unwrap();
@@ -490,8 +483,18 @@ mod tests {
             .state_tensors()
             .unwrap()
             .into_keys()
-            .map(|k| (k, Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap()))
+            .map(|k| {
+                (
+                    k,
+                    Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
+                )
+            })
             .collect();
-        assert!(opt_b.load_state(1, &wrong).unwrap_err().contains("shape [3]"));
+        assert!(
+            opt_b
+                .load_state(1, &wrong)
+                .unwrap_err()
+                .contains("shape [3]")
+        );
     }
 }

@@ -37,7 +37,12 @@ impl TrainRng {
 
     /// Its state.
     pub fn state(&self) -> RngState {
-        let seed: String = self.0.get_seed().iter().map(|b| format!("{b:02x}")).collect();
+        let seed: String = self
+            .0
+            .get_seed()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         RngState {
             seed,
             stream: self.0.get_stream(),
@@ -124,8 +129,14 @@ mod tests {
 
     #[test]
     fn same_seed_same_numbers_other_seed_other_numbers() {
-        assert_eq!(TrainRng::new(1).permutation(20), TrainRng::new(1).permutation(20));
-        assert_ne!(TrainRng::new(1).permutation(20), TrainRng::new(2).permutation(20));
+        assert_eq!(
+            TrainRng::new(1).permutation(20),
+            TrainRng::new(1).permutation(20)
+        );
+        assert_ne!(
+            TrainRng::new(1).permutation(20),
+            TrainRng::new(2).permutation(20)
+        );
         let mut p = TrainRng::new(9).permutation(1000);
         p.sort_unstable();
         assert_eq!(p, (0..1000).collect::<Vec<_>>());

@@ -13,6 +13,7 @@ use keel_ckpt::{
 };
 use serde_json::{Value, json};
 
+use crate::TrainError;
 use crate::convert::{from_ckpt, to_ckpt};
 use crate::data::Dataset;
 use crate::metrics::{LogFormat, MetricsLog, Row, plot_loss};
@@ -20,7 +21,6 @@ use crate::model::Model;
 use crate::optim::OptimizerState;
 use crate::rng::{RngState, TrainRng};
 use crate::schedule::Schedule;
-use crate::TrainError;
 
 /// The version of the trainer state keel-train writes into a checkpoint's `user` field.
 const STATE_VERSION: u64 = 1;
@@ -52,7 +52,11 @@ impl StopSignal {
                     Arc::clone(&again),
                 )?;
                 signal_hook::flag::register(signal, Arc::clone(&again))?;
-                signal_hook::flag::register_usize(signal, Arc::clone(&stop.signal), signal as usize)?;
+                signal_hook::flag::register_usize(
+                    signal,
+                    Arc::clone(&stop.signal),
+                    signal as usize,
+                )?;
             }
         }
         Ok(stop)
@@ -230,6 +234,8 @@ struct Position {
     epoch: u64,
     batch: u64,
     best: Option<f64>,
+    /// The last held-out loss and accuracy (from the checkpoint on resume).
+    eval: Option<(f64, f64)>,
 }
 
 enum Saver {
@@ -359,7 +365,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         let y_test = Tensor::from_slice(&test.labels, test.len(), &self.device)?;
 
         let mut last_saved = pos.step;
-        let mut last_eval: Option<(f64, f64)> = None;
+        let mut last_eval = pos.eval;
         let mut throughput = 0.0f64;
         let mut status = Status::Completed;
         'epochs: while pos.epoch < self.settings.epochs {
@@ -452,14 +458,28 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                     now: Instant::now(),
                 };
                 if self.settings.policy.should_save(&progress) {
-                    let stall = self.save(Kind::Regular, &pos, &self.rng.clone(), &metrics, &mut saver, observer);
+                    let stall = self.save(
+                        Kind::Regular,
+                        &pos,
+                        &self.rng.clone(),
+                        &metrics,
+                        &mut saver,
+                        observer,
+                    );
                     if let Some(stall) = stall {
                         self.settings.policy.saved(&progress, stall);
                         last_saved = pos.step;
                     }
                 }
                 if improved {
-                    self.save(Kind::Best, &pos, &self.rng.clone(), &metrics, &mut saver, observer);
+                    self.save(
+                        Kind::Best,
+                        &pos,
+                        &self.rng.clone(),
+                        &metrics,
+                        &mut saver,
+                        observer,
+                    );
                 }
                 if end_of_epoch {
                     break;
@@ -498,10 +518,30 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             });
             Some(id)
         } else {
-            self.store.latest_valid().ok().map(|r| r.id)
+            // Saved by the policy at this step: name the regular checkpoint (a `best` one may
+            // hold the same state).
+            let listed = self.store.list()?;
+            listed
+                .iter()
+                .rev()
+                .find(|l| {
+                    l.id.kind == Kind::Regular
+                        && l.manifest.as_ref().is_some_and(|m| m.step == pos.step)
+                })
+                .or_else(|| {
+                    listed
+                        .iter()
+                        .rev()
+                        .find(|l| l.manifest.as_ref().is_some_and(|m| m.step == pos.step))
+                })
+                .map(|l| l.id.clone())
         };
         if let (Some(plot), Some(log)) = (&self.settings.plot, &log) {
-            plot_loss(log.rows(), plot, &format!("{} ({})", train.name, self.optimizer.kind()))?;
+            plot_loss(
+                log.rows(),
+                plot,
+                &format!("{} ({})", train.name, self.optimizer.kind()),
+            )?;
         }
         Ok(Outcome {
             status,
@@ -623,22 +663,24 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         observer: &mut dyn FnMut(&Event<'_>),
     ) -> Option<Duration> {
         let started = Instant::now();
-        let result = self.snapshot(pos, rng, metrics.clone()).and_then(|snapshot| match saver {
-            Saver::Sync(store, retention) => {
-                let id = store.save(kind, &snapshot)?;
-                if let Some(retention) = retention {
-                    store.prune_after(retention, &id)?;
+        let result = self
+            .snapshot(pos, rng, metrics.clone())
+            .and_then(|snapshot| match saver {
+                Saver::Sync(store, retention) => {
+                    let id = store.save(kind, &snapshot)?;
+                    if let Some(retention) = retention {
+                        store.prune_after(retention, &id)?;
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }
-            Saver::Background(saver) => {
-                // The previous background save's outcome comes back here.
-                if let Err(error) = saver.save(kind, snapshot) {
-                    observer(&Event::SaveFailed(error.to_string()));
+                Saver::Background(saver) => {
+                    // The previous background save's outcome comes back here.
+                    if let Err(error) = saver.save(kind, snapshot) {
+                        observer(&Event::SaveFailed(error.to_string()));
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }
-        });
+            });
         match result {
             Ok(()) => {
                 let stall = started.elapsed();
@@ -736,8 +778,9 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 differences: differences.join(", "),
             });
         }
-        let rng_state: RngState = serde_json::from_value(user.get("rng").cloned().unwrap_or_default())
-            .map_err(|e| bad(format!("RNG state: {e}")))?;
+        let rng_state: RngState =
+            serde_json::from_value(user.get("rng").cloned().unwrap_or_default())
+                .map_err(|e| bad(format!("RNG state: {e}")))?;
         let rng = TrainRng::from_state(&rng_state).map_err(bad)?;
         let batch = user
             .get("batch")
@@ -801,6 +844,12 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             epoch: resume.manifest.epoch,
             batch,
             best,
+            eval: resume
+                .manifest
+                .metrics
+                .get("test_loss")
+                .copied()
+                .zip(resume.manifest.metrics.get("test_accuracy").copied()),
         };
         observer(&Event::Resumed {
             id: &resume.id,

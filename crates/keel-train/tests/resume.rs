@@ -113,14 +113,23 @@ fn stopped_and_resumed_runs_end_bit_identical() {
         None,
     )
     .unwrap();
-    assert_eq!((outcome.status, outcome.step, outcome.epoch), (Status::Completed, 81, 3));
+    assert_eq!(
+        (outcome.status, outcome.step, outcome.epoch),
+        (Status::Completed, 81, 3)
+    );
 
     // Stops mid-epoch, right after a save, at an epoch boundary, and twice in a row.
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::local(dir.path()).unwrap();
     for at in [3, 10, 27, 28, 44, 54, 70] {
         let stop = StopSignal::new();
-        let outcome = run_adamw(&store, settings(Box::new(EveryNSteps(5)), true), &stop, Some(at)).unwrap();
+        let outcome = run_adamw(
+            &store,
+            settings(Box::new(EveryNSteps(5)), true),
+            &stop,
+            Some(at),
+        )
+        .unwrap();
         assert_eq!(outcome.status, Status::Interrupted { signal: 2 });
         assert_eq!(outcome.step, at);
         let listed = store.list().unwrap();
@@ -131,12 +140,24 @@ fn stopped_and_resumed_runs_end_bit_identical() {
             "no interrupted checkpoint at step {at}"
         );
     }
-    let outcome = run_adamw(&store, settings(Box::new(EveryNSteps(5)), true), &StopSignal::new(), None).unwrap();
+    let outcome = run_adamw(
+        &store,
+        settings(Box::new(EveryNSteps(5)), true),
+        &StopSignal::new(),
+        None,
+    )
+    .unwrap();
     assert_eq!((outcome.status, outcome.step), (Status::Completed, 81));
     assert_eq!(final_state(&store), final_state(&reference));
 
     // Running again after the end trains nothing and keeps the result.
-    let again = run_adamw(&store, settings(Box::new(EveryNSteps(5)), true), &StopSignal::new(), None).unwrap();
+    let again = run_adamw(
+        &store,
+        settings(Box::new(EveryNSteps(5)), true),
+        &StopSignal::new(),
+        None,
+    )
+    .unwrap();
     assert_eq!(again.step, 81);
     assert_eq!(final_state(&store), final_state(&reference));
 }
@@ -149,12 +170,17 @@ fn sgd_with_momentum_resumes_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::local(dir.path()).unwrap();
     for at in [1, 19, 40] {
-        assert_eq!(run_sgd(&store, Some(at)).status, Status::Interrupted { signal: 15 });
+        assert_eq!(
+            run_sgd(&store, Some(at)).status,
+            Status::Interrupted { signal: 15 }
+        );
     }
     run_sgd(&store, None);
     let (groups, step, _) = final_state(&store);
     assert_eq!(step, 81);
-    assert!(groups.iter().any(|(name, g)| name == "optimizer" && g.keys().all(|k| k.starts_with("momentum_buffer."))));
+    assert!(groups.iter().any(
+        |(name, g)| name == "optimizer" && g.keys().all(|k| k.starts_with("momentum_buffer."))
+    ));
     assert_eq!(final_state(&store), final_state(&reference));
 }
 
@@ -164,19 +190,42 @@ fn sgd_with_momentum_resumes_bit_identical() {
 fn resuming_from_an_older_checkpoint_repeats_the_lost_steps_exactly() {
     let reference = tempfile::tempdir().unwrap();
     let reference = CheckpointStore::local(reference.path()).unwrap();
-    run_adamw(&reference, settings(Box::new(EveryNSteps(5)), false), &StopSignal::new(), None).unwrap();
+    run_adamw(
+        &reference,
+        settings(Box::new(EveryNSteps(5)), false),
+        &StopSignal::new(),
+        None,
+    )
+    .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::local(dir.path()).unwrap();
-    run_adamw(&store, settings(Box::new(EveryNSteps(5)), false), &StopSignal::new(), Some(33)).unwrap();
+    run_adamw(
+        &store,
+        settings(Box::new(EveryNSteps(5)), false),
+        &StopSignal::new(),
+        Some(33),
+    )
+    .unwrap();
     // Drop the interrupted checkpoint and the newest regular one: resume from step 25.
     for listed in store.list().unwrap() {
         let step = listed.manifest.as_ref().unwrap().step;
         if step > 25 {
-            fs_err::remove_dir_all(dir.path().join(listed.id.kind.as_str()).join(&listed.id.name)).unwrap();
+            fs_err::remove_dir_all(
+                dir.path()
+                    .join(listed.id.kind.as_str())
+                    .join(&listed.id.name),
+            )
+            .unwrap();
         }
     }
-    run_adamw(&store, settings(Box::new(EveryNSteps(5)), false), &StopSignal::new(), None).unwrap();
+    run_adamw(
+        &store,
+        settings(Box::new(EveryNSteps(5)), false),
+        &StopSignal::new(),
+        None,
+    )
+    .unwrap();
     assert_eq!(final_state(&store), final_state(&reference));
 }
 
@@ -210,13 +259,17 @@ fn nan_loss_saves_the_step_before_as_emergency() {
         panic!("{error}")
     };
     assert_eq!((*step, *saved_step), (37, 36));
-    assert!(matches!(**source, TrainError::NonFinite { step: 37, .. }), "{source}");
+    assert!(
+        matches!(**source, TrainError::NonFinite { step: 37, .. }),
+        "{source}"
+    );
     let id = emergency.as_ref().unwrap();
     assert_eq!(id.kind, Kind::Emergency);
     let text = error.to_string();
     assert!(
         text.starts_with("training stopped at step 37: loss is NaN at step 37 (epoch 1, batch 9)")
-            && text.contains("the last good state (step 36) is saved as emergency/step-000000000036-"),
+            && text
+                .contains("the last good state (step 36) is saved as emergency/step-000000000036-"),
         "{text}"
     );
     let (_, emergency_snapshot) = store.load(id).unwrap();
@@ -228,14 +281,32 @@ fn nan_loss_saves_the_step_before_as_emergency() {
         .unwrap();
     let (_, reference_snapshot) = reference.load(&at_36.id).unwrap();
     assert_eq!(emergency_snapshot.groups, reference_snapshot.groups);
-    assert_eq!(emergency_snapshot.user["rng"], reference_snapshot.user["rng"]);
-    assert_eq!(emergency_snapshot.user["batch"], reference_snapshot.user["batch"]);
+    assert_eq!(
+        emergency_snapshot.user["rng"],
+        reference_snapshot.user["rng"]
+    );
+    assert_eq!(
+        emergency_snapshot.user["batch"],
+        reference_snapshot.user["batch"]
+    );
 
     // Resuming (without the fault) goes on from the emergency checkpoint to the same end.
     let full = tempfile::tempdir().unwrap();
     let full = CheckpointStore::local(full.path()).unwrap();
-    run_adamw(&full, settings(Box::new(EveryNSteps(10)), true), &StopSignal::new(), None).unwrap();
-    run_adamw(&store, settings(Box::new(EveryNSteps(10)), true), &StopSignal::new(), None).unwrap();
+    run_adamw(
+        &full,
+        settings(Box::new(EveryNSteps(10)), true),
+        &StopSignal::new(),
+        None,
+    )
+    .unwrap();
+    run_adamw(
+        &store,
+        settings(Box::new(EveryNSteps(10)), true),
+        &StopSignal::new(),
+        None,
+    )
+    .unwrap();
     assert_eq!(final_state(&store), final_state(&full));
 }
 
@@ -243,7 +314,13 @@ fn nan_loss_saves_the_step_before_as_emergency() {
 fn other_settings_are_refused_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::local(dir.path()).unwrap();
-    run_adamw(&store, settings(Box::new(EveryNSteps(5)), false), &StopSignal::new(), Some(12)).unwrap();
+    run_adamw(
+        &store,
+        settings(Box::new(EveryNSteps(5)), false),
+        &StopSignal::new(),
+        Some(12),
+    )
+    .unwrap();
     let changed = TrainSettings {
         trajectory: json!({"test": "other"}),
         ..settings(Box::new(EveryNSteps(5)), false)
@@ -260,5 +337,10 @@ fn other_settings_are_refused_on_resume() {
         ..settings(Box::new(EveryNSteps(5)), false)
     };
     let error = run_adamw(&store, fresh, &StopSignal::new(), None).unwrap_err();
-    assert!(error.to_string().contains("a fresh run would be mixed with them"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("a fresh run would be mixed with them"),
+        "{error}"
+    );
 }

@@ -1,0 +1,345 @@
+//! `keel train` end to end: the README's first command learns MNIST and a re-run resumes;
+//! SIGKILL at random points, SIGINT and SIGTERM, each followed by a re-run, end with the same
+//! bytes as a run never stopped; a NaN drill leaves the step before as an emergency checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn keel(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn spawn(dir: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The last step the metrics log has, and the last held-out accuracy.
+fn logged(metrics: &Path) -> (u64, Option<f64>) {
+    let text = fs_err::read_to_string(metrics).unwrap_or_default();
+    let mut step = 0;
+    let mut accuracy = None;
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        if fields.len() == 7 {
+            step = fields[0].parse().unwrap_or(step);
+            accuracy = fields[6].parse().ok().or(accuracy);
+        }
+    }
+    (step, accuracy)
+}
+
+/// The final regular checkpoint's tensor files (model, optimizer), byte for byte.
+fn final_tensors(checkpoints: &Path) -> Vec<(String, Vec<u8>)> {
+    let regular = checkpoints.join("regular");
+    let newest: PathBuf = fs_err::read_dir(&regular)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .max()
+        .unwrap();
+    let mut files: Vec<(String, Vec<u8>)> = fs_err::read_dir(&newest)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                fs_err::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+        ["model.safetensors", "optimizer.safetensors"],
+        "{}",
+        newest.display()
+    );
+    files
+}
+
+const CONFIG: &str = r#"
+name = "drill"
+seed = 5
+epochs = 2
+batch_size = 32
+
+[model]
+hidden = [128]
+dropout = 0.1
+
+[checkpoint]
+every_steps = 40
+every_epochs = 1
+keep_last = 2
+"#;
+
+#[test]
+fn default_run_learns_mnist_and_a_rerun_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = keel(dir.path(), &["train"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.starts_with("trained 5 epochs (625 steps) in "),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .contains("checkpoints: runs/mnist-mlp/checkpoints (latest regular/step-000000000625-"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("metrics:     runs/mnist-mlp/metrics.csv\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("loss plot:   runs/mnist-mlp/loss.svg\n"),
+        "{stdout}"
+    );
+    let run = dir.path().join("runs/mnist-mlp");
+    let svg = fs_err::read_to_string(run.join("loss.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+    let (step, accuracy) = logged(&run.join("metrics.csv"));
+    assert_eq!(step, 625);
+    let accuracy = accuracy.unwrap();
+    assert!(accuracy > 0.90, "held-out accuracy {accuracy}");
+    assert!(
+        stdout.contains(&format!("test accuracy {:.2}%", accuracy * 100.0)),
+        "{stdout}"
+    );
+
+    // Again: nothing to train, it says where it resumed from.
+    let out = keel(dir.path(), &["train"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("resuming from "),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).starts_with("already trained: 5 epochs (625 steps) done"));
+    // One more epoch continues from step 625, the log keeps its history.
+    let out = keel(dir.path(), &["train", "--epochs", "6"]);
+    assert!(
+        text(&out.stdout).starts_with("trained 6 epochs (750 steps)"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(logged(&run.join("metrics.csv")).0, 750);
+    let lines = fs_err::read_to_string(run.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(lines, 751);
+
+    // --fresh moves the run aside and starts over.
+    let out = keel(dir.path(), &["train", "--fresh", "--epochs", "1"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("--fresh: moved the previous run to runs/mnist-mlp."),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).starts_with("trained 1 epochs (125 steps)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let aside = fs_err::read_dir(dir.path().join("runs")).unwrap().count();
+    assert_eq!(aside, 2);
+}
+
+/// Kills the run at random moments (by time: during start-up, loading, a save, a resume) and
+/// at random steps, then lets it finish; also stops it with SIGINT and SIGTERM.
+#[test]
+fn killed_and_interrupted_runs_end_with_the_bytes_of_an_uninterrupted_one() {
+    let reference = tempfile::tempdir().unwrap();
+    fs_err::write(reference.path().join("train.toml"), CONFIG).unwrap();
+    let out = keel(reference.path(), &["train", "train.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let expected = final_tensors(&reference.path().join("runs/drill/checkpoints"));
+
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::write(dir.path().join("train.toml"), CONFIG).unwrap();
+    let metrics = dir.path().join("runs/drill/metrics.csv");
+    // A fixed-seed generator picks the moments, so a failure can be replayed.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    let mut kills = 0;
+    for round in 0..8 {
+        let mut child = spawn(dir.path(), &["train", "train.toml"]);
+        let started = Instant::now();
+        let by_time = round % 2 == 0;
+        let delay = Duration::from_millis(next(600));
+        let before = logged(&metrics).0;
+        let target = before + 1 + next(120);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            let due = if by_time {
+                started.elapsed() >= delay
+            } else {
+                logged(&metrics).0 >= target
+            };
+            if due {
+                child.kill().unwrap();
+                kills += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let status = child.wait().unwrap();
+        if status.success() {
+            break;
+        }
+    }
+    assert!(kills >= 4, "only {kills} kills landed");
+
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        if logged(&metrics).0 >= 490 {
+            break;
+        }
+        let child = spawn(dir.path(), &["train", "train.toml"]);
+        let target = logged(&metrics).0 + 30;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while logged(&metrics).0 < target && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let out = child.wait_with_output().unwrap();
+        let stdout = text(&out.stdout);
+        if logged(&metrics).0 >= 500 && out.status.success() {
+            break; // the signal arrived after the last step
+        }
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{stdout}\n{}",
+            text(&out.stderr)
+        );
+        assert!(
+            stdout.contains("run the same command to resume"),
+            "{stdout}"
+        );
+        assert!(
+            dir.path()
+                .join("runs/drill/checkpoints/interrupted")
+                .is_dir()
+        );
+    }
+
+    let out = keel(dir.path(), &["train", "train.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(logged(&metrics).0, 500);
+    assert_eq!(
+        final_tensors(&dir.path().join("runs/drill/checkpoints")),
+        expected
+    );
+    // Every checkpoint left behind verifies.
+    let out = keel(dir.path(), &["ckpt", "verify", "runs/drill/checkpoints"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+#[test]
+fn nan_drill_saves_the_step_before_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::write(
+        dir.path().join("train.toml"),
+        "name = \"nan\"\n[data]\ndataset = \"digits\"\n",
+    )
+    .unwrap();
+    let out = keel(
+        dir.path(),
+        &["train", "train.toml", "--inject-nan-at", "30"],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("training stopped at step 30: loss is NaN at step 30 (epoch 1, batch 6)")
+            && stderr
+                .contains("the last good state (step 29) is saved as emergency/step-000000000029-"),
+        "{stderr}"
+    );
+    let out = keel(
+        dir.path(),
+        &["ckpt", "list", "runs/nan/checkpoints", "--json"],
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<(String, u64)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["id"]["kind"].as_str().unwrap().to_string(),
+                l["manifest"]["step"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(kinds.contains(&("emergency".to_string(), 29)), "{kinds:?}");
+    // Without the fault the run resumes from the emergency checkpoint.
+    let out = keel(dir.path(), &["train", "train.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("resuming from emergency/step-000000000029-"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::write(dir.path().join("train.toml"), "epochs = 2\nbatch = 3\n").unwrap();
+    let out = keel(dir.path(), &["train", "train.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("train.toml:2:1: unknown field `batch`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = keel(dir.path(), &["train", "missing.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("missing.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+    if !cfg!(feature = "cuda") {
+        let out = keel(dir.path(), &["train", "--device", "cuda:0"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            text(&out.stderr).contains("device `cuda:0`: this keel was built without CUDA support"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(!dir.path().join("runs").exists());
+    }
+}
