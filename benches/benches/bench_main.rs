@@ -2,4 +2,8 @@
 
 mod bench;
 
-criterion::criterion_main!(bench::spec::benches, bench::ckpt::benches);
+criterion::criterion_main!(
+    bench::spec::benches,
+    bench::ckpt::benches,
+    bench::train::benches
+);

@@ -1,2 +1,3 @@
 pub(crate) mod ckpt;
 pub(crate) mod spec;
+pub(crate) mod train;
