@@ -143,6 +143,10 @@ impl Measured {
     pub fn saves_per_epoch(&self) -> f64 {
         self.stalls.len() as f64 / self.epoch_secs.len().max(1) as f64
     }
+    /// The loop's time in saves per epoch (measured stalls; the save overhead).
+    pub fn overhead(&self) -> f64 {
+        self.stalls.iter().sum::<f64>() / self.epoch_secs.len().max(1) as f64
+    }
 }
 
 /// Trains `config` (its checkpoint settings replaced by the strategy's) for `epochs` epochs
@@ -163,7 +167,6 @@ pub fn measure(
     let mut stalls = Vec::new();
     let mut steps_per_epoch = 0;
     let mut mark = Instant::now();
-    let mut in_loop = true;
     config.run(
         &RunOptions::default(),
         &StopSignal::new(),
@@ -174,13 +177,16 @@ pub fn measure(
                 steps_per_epoch = *s;
                 mark = Instant::now();
             }
-            Event::Evaluated { epoch, .. } => {
+            Event::Evaluated { .. } => {
                 epoch_secs.push(mark.elapsed().as_secs_f64());
                 mark = Instant::now();
-                in_loop = *epoch < epochs;
             }
-            // Saves inside the loop (the final save after the last epoch is not a policy's).
-            Event::Saved { stall, .. } if in_loop => stalls.push(stall.as_secs_f64()),
+            // The policy's saves (not the final save after the last epoch).
+            Event::Saved {
+                stall,
+                by_policy: true,
+                ..
+            } => stalls.push(stall.as_secs_f64()),
             _ => {}
         },
     )?;
@@ -238,6 +244,7 @@ impl Xorshift {
 }
 
 /// Simulates `trials` jobs of `epochs` epochs under `rule` with background saves or not.
+/// Goodput is useful compute time over wall time; a job is cut off at 50x its compute time.
 pub fn simulate(
     rule: Rule,
     background: bool,
@@ -261,8 +268,9 @@ pub fn simulate(
         let mut next_failure = rng.exponential(mtbf);
         let mut policy = rule.policy(Duration::from_secs_f64(costs.stall.max(1e-6)));
         let mut failures = 0usize;
-        // Guards against a job that can never finish (MTBF far below the save interval).
-        let limit = useful * 1e4 + 1e6;
+        // A job that has not finished in 50x its compute time (MTBF far below the save
+        // interval) is stopped there: its goodput is reported as below 2%.
+        let limit = useful * 50.0;
         while step < total && t < limit {
             let mut end = t + costs.step;
             let mut save = false;

@@ -193,6 +193,8 @@ pub enum Event<'a> {
         stall: Duration,
         /// Still being written in the background.
         background: bool,
+        /// Asked for by the save policy (not a `best`, final or interrupted save).
+        by_policy: bool,
     },
     /// A save failed; training goes on (the previous checkpoints are intact).
     SaveFailed(String),
@@ -515,6 +517,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 step: pos.step,
                 stall: started.elapsed(),
                 background: false,
+                by_policy: false,
             });
             Some(id)
         } else {
@@ -689,6 +692,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                     step: pos.step,
                     stall,
                     background: matches!(saver, Saver::Background(_)),
+                    by_policy: kind == Kind::Regular,
                 });
                 Some(stall)
             }

@@ -40,8 +40,17 @@ fn run_adamw(
     stop: &StopSignal,
     stop_at: Option<u64>,
 ) -> Result<keel_train::Outcome, TrainError> {
+    run_adamw_on(candle_core::Device::Cpu, store, settings, stop, stop_at)
+}
+
+fn run_adamw_on(
+    device: candle_core::Device,
+    store: &CheckpointStore,
+    settings: TrainSettings,
+    stop: &StopSignal,
+    stop_at: Option<u64>,
+) -> Result<keel_train::Outcome, TrainError> {
     let (train, test) = data();
-    let device = candle_core::Device::Cpu;
     let mut rng = TrainRng::new(SEED);
     let model = Mlp::new(&[64, 48, 32, 10], 0.2, &device, &mut rng).unwrap();
     let optimizer = AdamW::named(model.parameters(), AdamWConfig::default()).unwrap();
@@ -344,3 +353,56 @@ fn other_settings_are_refused_on_resume() {
         "{error}"
     );
 }
+
+/// The same body on every device this build has: the CPU always, CUDA with the `cuda` feature
+/// (run on a GPU node: `cargo test -p keel-train --features cuda`).
+macro_rules! on_each_device {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[test]
+            fn cpu() {
+                ($body)(candle_core::Device::Cpu);
+            }
+            #[cfg(feature = "cuda")]
+            #[test]
+            fn cuda() {
+                ($body)(candle_core::Device::new_cuda(0).unwrap());
+            }
+        }
+    };
+}
+
+on_each_device!(stop_and_resume_on_device, |device: candle_core::Device| {
+    use super::*;
+    let reference = tempfile::tempdir().unwrap();
+    let reference = CheckpointStore::local(reference.path()).unwrap();
+    let outcome = run_adamw_on(
+        device.clone(),
+        &reference,
+        settings(Box::new(EveryNSteps(9)), true),
+        &StopSignal::new(),
+        None,
+    )
+    .unwrap();
+    assert!(outcome.test_accuracy.unwrap() > 0.7, "{outcome:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::local(dir.path()).unwrap();
+    let stop = StopSignal::new();
+    run_adamw_on(
+        device.clone(),
+        &store,
+        settings(Box::new(EveryNSteps(9)), true),
+        &stop,
+        Some(40),
+    )
+    .unwrap();
+    run_adamw_on(
+        device,
+        &store,
+        settings(Box::new(EveryNSteps(9)), true),
+        &StopSignal::new(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(final_state(&store), final_state(&reference));
+});
