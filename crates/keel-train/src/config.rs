@@ -491,7 +491,7 @@ impl TrainConfig {
                     .run(&train, &test, stop, observer)
             }
             OptimizerConfig::Sgd(config) => {
-                let optimizer = SgdMomentum::named(parameters, config);
+                let optimizer = SgdMomentum::named(parameters, config)?;
                 Trainer::new(model, optimizer, rng, device, store, settings(config.lr))
                     .run(&train, &test, stop, observer)
             }

@@ -71,6 +71,28 @@ pub struct AdamW {
     steps: u64,
 }
 
+/// `candle_nn::Optimizer` for one of keel's optimizers (named `param0`, `param1`, ...).
+macro_rules! candle_optimizer {
+    ($optimizer:ident, $config:ty) => {
+        impl candle_nn::Optimizer for $optimizer {
+            type Config = $config;
+
+            fn new(vars: Vec<Var>, config: $config) -> candle_core::Result<Self> {
+                $optimizer::named(unnamed(vars), config)
+            }
+            fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+                self.update(grads)
+            }
+            fn learning_rate(&self) -> f64 {
+                self.lr()
+            }
+            fn set_learning_rate(&mut self, lr: f64) {
+                self.set_lr(lr);
+            }
+        }
+    };
+}
+
 fn unnamed(vars: Vec<Var>) -> Vec<(String, Var)> {
     vars.into_iter()
         .enumerate()
@@ -105,22 +127,7 @@ impl AdamW {
     }
 }
 
-impl candle_nn::Optimizer for AdamW {
-    type Config = AdamWConfig;
-
-    fn new(vars: Vec<Var>, config: AdamWConfig) -> candle_core::Result<Self> {
-        AdamW::named(unnamed(vars), config)
-    }
-    fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        self.update(grads)
-    }
-    fn learning_rate(&self) -> f64 {
-        self.config.lr
-    }
-    fn set_learning_rate(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-}
+candle_optimizer!(AdamW, AdamWConfig);
 
 impl OptimizerState for AdamW {
     fn kind(&self) -> &'static str {
@@ -254,8 +261,8 @@ pub struct SgdMomentum {
 
 impl SgdMomentum {
     /// SGD over named parameters.
-    pub fn named(vars: Vec<(String, Var)>, config: SgdConfig) -> Self {
-        SgdMomentum {
+    pub fn named(vars: Vec<(String, Var)>, config: SgdConfig) -> candle_core::Result<Self> {
+        Ok(SgdMomentum {
             params: vars
                 .into_iter()
                 .map(|(name, var)| SgdParam {
@@ -266,26 +273,11 @@ impl SgdMomentum {
                 .collect(),
             config,
             steps: 0,
-        }
+        })
     }
 }
 
-impl candle_nn::Optimizer for SgdMomentum {
-    type Config = SgdConfig;
-
-    fn new(vars: Vec<Var>, config: SgdConfig) -> candle_core::Result<Self> {
-        Ok(SgdMomentum::named(unnamed(vars), config))
-    }
-    fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        self.update(grads)
-    }
-    fn learning_rate(&self) -> f64 {
-        self.config.lr
-    }
-    fn set_learning_rate(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-}
+candle_optimizer!(SgdMomentum, SgdConfig);
 
 impl OptimizerState for SgdMomentum {
     fn kind(&self) -> &'static str {
@@ -423,7 +415,8 @@ mod tests {
                 lr: 0.1,
                 ..SgdConfig::default()
             },
-        );
+        )
+        .unwrap();
         for _ in 0..3 {
             let loss = var.as_tensor().sqr().unwrap().sum_all().unwrap();
             opt.update(&loss.backward().unwrap()).unwrap();

@@ -77,7 +77,8 @@ fn run_sgd(store: &CheckpointStore, stop_at: Option<u64>) -> keel_train::Outcome
             weight_decay: 1e-4,
             ..SgdConfig::default()
         },
-    );
+    )
+    .unwrap();
     assert_eq!(optimizer.kind(), "sgd");
     let settings = TrainSettings {
         schedule: Schedule::Step {
@@ -99,6 +100,17 @@ fn run_sgd(store: &CheckpointStore, stop_at: Option<u64>) -> keel_train::Outcome
         .unwrap()
 }
 
+/// Trains to the end (resuming whatever `store` holds).
+fn complete(store: &CheckpointStore, every: u64, background: bool) -> keel_train::Outcome {
+    run_adamw(
+        store,
+        settings(Box::new(EveryNSteps(every)), background),
+        &StopSignal::new(),
+        None,
+    )
+    .unwrap()
+}
+
 /// The final checkpoint's tensors (model and optimizer) and the trainer state beside them.
 fn final_state(store: &CheckpointStore) -> (Vec<(String, TensorGroup)>, u64, serde_json::Value) {
     let resume = store.latest_valid().unwrap();
@@ -115,13 +127,7 @@ fn final_state(store: &CheckpointStore) -> (Vec<(String, TensorGroup)>, u64, ser
 fn stopped_and_resumed_runs_end_bit_identical() {
     let reference = tempfile::tempdir().unwrap();
     let reference = CheckpointStore::local(reference.path()).unwrap();
-    let outcome = run_adamw(
-        &reference,
-        settings(Box::new(EveryNSteps(5)), true),
-        &StopSignal::new(),
-        None,
-    )
-    .unwrap();
+    let outcome = complete(&reference, 5, true);
     assert_eq!(
         (outcome.status, outcome.step, outcome.epoch),
         (Status::Completed, 81, 3)
@@ -149,24 +155,12 @@ fn stopped_and_resumed_runs_end_bit_identical() {
             "no interrupted checkpoint at step {at}"
         );
     }
-    let outcome = run_adamw(
-        &store,
-        settings(Box::new(EveryNSteps(5)), true),
-        &StopSignal::new(),
-        None,
-    )
-    .unwrap();
+    let outcome = complete(&store, 5, true);
     assert_eq!((outcome.status, outcome.step), (Status::Completed, 81));
     assert_eq!(final_state(&store), final_state(&reference));
 
     // Running again after the end trains nothing and keeps the result.
-    let again = run_adamw(
-        &store,
-        settings(Box::new(EveryNSteps(5)), true),
-        &StopSignal::new(),
-        None,
-    )
-    .unwrap();
+    let again = complete(&store, 5, true);
     assert_eq!(again.step, 81);
     assert_eq!(final_state(&store), final_state(&reference));
 }
@@ -199,13 +193,7 @@ fn sgd_with_momentum_resumes_bit_identical() {
 fn resuming_from_an_older_checkpoint_repeats_the_lost_steps_exactly() {
     let reference = tempfile::tempdir().unwrap();
     let reference = CheckpointStore::local(reference.path()).unwrap();
-    run_adamw(
-        &reference,
-        settings(Box::new(EveryNSteps(5)), false),
-        &StopSignal::new(),
-        None,
-    )
-    .unwrap();
+    complete(&reference, 5, false);
 
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::local(dir.path()).unwrap();
@@ -228,13 +216,7 @@ fn resuming_from_an_older_checkpoint_repeats_the_lost_steps_exactly() {
             .unwrap();
         }
     }
-    run_adamw(
-        &store,
-        settings(Box::new(EveryNSteps(5)), false),
-        &StopSignal::new(),
-        None,
-    )
-    .unwrap();
+    complete(&store, 5, false);
     assert_eq!(final_state(&store), final_state(&reference));
 }
 
@@ -302,20 +284,8 @@ fn nan_loss_saves_the_step_before_as_emergency() {
     // Resuming (without the fault) goes on from the emergency checkpoint to the same end.
     let full = tempfile::tempdir().unwrap();
     let full = CheckpointStore::local(full.path()).unwrap();
-    run_adamw(
-        &full,
-        settings(Box::new(EveryNSteps(10)), true),
-        &StopSignal::new(),
-        None,
-    )
-    .unwrap();
-    run_adamw(
-        &store,
-        settings(Box::new(EveryNSteps(10)), true),
-        &StopSignal::new(),
-        None,
-    )
-    .unwrap();
+    complete(&full, 10, true);
+    complete(&store, 10, true);
     assert_eq!(final_state(&store), final_state(&full));
 }
 
