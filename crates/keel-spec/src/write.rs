@@ -97,6 +97,11 @@ impl EnvironmentSpec {
         if let Some(category) = &self.category {
             let _ = writeln!(out, "category: {}", scalar(category));
         }
+        if out.is_empty() {
+            // An empty file is not an environment file (conda and keel refuse it); an empty
+            // dependency list is.
+            out.push_str("dependencies: []\n");
+        }
         out
     }
 }

@@ -263,3 +263,22 @@ fn every_real_file_round_trips() {
     }
     assert!(count >= 54 + 4, "only {count} files round-tripped");
 }
+
+/// The proptest found that the empty spec was written as an empty file, which `parse` refuses
+/// ("the file is empty"); it is now `dependencies: []`.
+#[test]
+fn empty_spec_writes_a_file_that_parses() {
+    let empty = keel_spec::EnvironmentSpec {
+        name: None,
+        channels: vec![],
+        dependencies: vec![],
+        variables: IndexMap::new(),
+        prefix: None,
+        platforms: vec![],
+        category: None,
+    };
+    let yaml = empty.to_yaml();
+    assert_eq!(yaml, "dependencies: []\n");
+    let parsed = keel_spec::parse_str(&yaml, "empty.yml").unwrap();
+    assert_eq!(parsed.spec, empty);
+}
