@@ -45,15 +45,19 @@ fn logged(metrics: &Path) -> (u64, Option<f64>) {
     (step, accuracy)
 }
 
-/// The final regular checkpoint's tensor files (model, optimizer), byte for byte.
-fn final_tensors(checkpoints: &Path) -> Vec<(String, Vec<u8>)> {
-    let regular = checkpoints.join("regular");
-    let newest: PathBuf = fs_err::read_dir(&regular)
+/// The newest regular checkpoint's folder.
+fn newest_regular(checkpoints: &Path) -> PathBuf {
+    fs_err::read_dir(checkpoints.join("regular"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
         .max()
-        .unwrap();
+        .unwrap()
+}
+
+/// The final regular checkpoint's tensor files (model, optimizer), byte for byte.
+fn final_tensors(checkpoints: &Path) -> Vec<(String, Vec<u8>)> {
+    let newest = newest_regular(checkpoints);
     let mut files: Vec<(String, Vec<u8>)> = fs_err::read_dir(&newest)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -357,4 +361,49 @@ fn bad_input_is_named() {
         );
         assert!(!dir.path().join("runs").exists());
     }
+}
+
+/// PyTorch's layout: the MLP's weights load with Python's `safetensors.numpy` as `nn.Linear`
+/// tensors (`weight` is `[out, in]`, forward `x @ W.T + b`), and numpy's forward pass over the
+/// digits classifies them as well as keel says.
+#[test]
+fn trained_weights_work_in_numpy_as_nn_linear() {
+    const SCRIPT: &str = r#"
+import gzip, sys
+import numpy as np
+from safetensors.numpy import load_file
+m = load_file(sys.argv[1])
+assert sorted(m) == ["linear0.bias", "linear0.weight", "linear1.bias", "linear1.weight"], sorted(m)
+assert m["linear0.weight"].shape == (256, 64) and m["linear1.weight"].shape == (10, 256)
+assert all(t.dtype == np.float32 for t in m.values())
+data = np.loadtxt(gzip.open(sys.argv[2]), delimiter=",")
+x = data[:, :64].astype(np.float32) / 16
+y = data[:, 64].astype(int)
+h = np.maximum(x @ m["linear0.weight"].T + m["linear0.bias"], 0)
+logits = h @ m["linear1.weight"].T + m["linear1.bias"]
+print((logits.argmax(1) == y).mean())
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../keel-train/data/digits.csv.gz");
+    fs_err::write(
+        dir.path().join("train.toml"),
+        format!(
+            "name = \"digits\"\nepochs = 10\n[data]\ndataset = \"csv\"\ncsv = {:?}\n",
+            csv.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = keel(dir.path(), &["train", "train.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let model =
+        newest_regular(&dir.path().join("runs/digits/checkpoints")).join("model.safetensors");
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(&model)
+        .arg(&csv)
+        .output()
+        .expect("python3 (with numpy and safetensors, as .ci/run installs them)");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let accuracy: f64 = text(&out.stdout).trim().parse().unwrap();
+    assert!(accuracy > 0.9, "numpy accuracy over all digits {accuracy}");
 }
