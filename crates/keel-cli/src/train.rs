@@ -133,7 +133,7 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+            "{spinner} [{elapsed_precise}] {bar:20} {pos}/{len} steps  {msg}",
         )
         .into_diagnostic()?,
     );
@@ -178,7 +178,7 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
         Event::Step(row) => {
             bar.set_position(row.step);
             bar.set_message(format!(
-                "epoch {}/{epochs}  loss {:.4}  {:.0} samples/s",
+                "epoch {}/{epochs}  loss {:.4}  {:.0}/s",
                 row.epoch + 1,
                 row.loss,
                 row.samples_per_sec

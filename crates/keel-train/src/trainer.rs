@@ -459,6 +459,18 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                     end_of_epoch,
                     now: Instant::now(),
                 };
+                // The best first: at the same step the regular checkpoint is then the newer,
+                // and a resume names it.
+                if improved {
+                    self.save(
+                        Kind::Best,
+                        &pos,
+                        &self.rng.clone(),
+                        &metrics,
+                        &mut saver,
+                        observer,
+                    );
+                }
                 if self.settings.policy.should_save(&progress) {
                     let stall = self.save(
                         Kind::Regular,
@@ -472,16 +484,6 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                         self.settings.policy.saved(&progress, stall);
                         last_saved = pos.step;
                     }
-                }
-                if improved {
-                    self.save(
-                        Kind::Best,
-                        &pos,
-                        &self.rng.clone(),
-                        &metrics,
-                        &mut saver,
-                        observer,
-                    );
                 }
                 if end_of_epoch {
                     break;
