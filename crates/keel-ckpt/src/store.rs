@@ -409,6 +409,22 @@ impl CheckpointStore {
         }
     }
 
+    /// Saves, then applies `retention` (when given) with the new checkpoint kept: what a
+    /// training loop does after each save. A failed prune is returned as the error (the
+    /// checkpoint itself is committed by then).
+    pub fn save_retaining(
+        &self,
+        kind: Kind,
+        snapshot: &Snapshot,
+        retention: Option<&Retention>,
+    ) -> Result<CheckpointId, CkptError> {
+        let id = self.save(kind, snapshot)?;
+        if let Some(retention) = retention {
+            self.prune_after(retention, &id)?;
+        }
+        Ok(id)
+    }
+
     /// Deletes what `retention` does not keep, and leftovers of interrupted writes. Never
     /// deletes the newest valid checkpoint. Returns what was deleted.
     pub fn prune(&self, retention: &Retention) -> Result<Vec<CheckpointId>, CkptError> {

@@ -39,12 +39,7 @@ impl AsyncSaver {
             .spawn(move || {
                 for job in jobs {
                     let step = job.snapshot.step;
-                    let mut result = store.save(job.kind, &job.snapshot);
-                    if let (Ok(id), Some(retention)) = (&result, &retention)
-                        && let Err(error) = store.prune_after(retention, id)
-                    {
-                        result = Err(error);
-                    }
+                    let result = store.save_retaining(job.kind, &job.snapshot, retention.as_ref());
                     if done.send((step, result)).is_err() {
                         break;
                     }

@@ -340,7 +340,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         if self.settings.batch_size == 0 {
             return Err(TrainError::Setting("batch_size must be at least 1".into()));
         }
-        let mut pos = self.resume(observer)?;
+        let (mut pos, resumed) = self.resume(observer)?;
         let n = train.len();
         let batches = n.div_ceil(self.settings.batch_size) as u64;
         let total_steps = batches * self.settings.epochs;
@@ -366,7 +366,10 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         let x_test = Tensor::from_slice(&test.inputs, (test.len(), test.features), &self.device)?;
         let y_test = Tensor::from_slice(&test.labels, test.len(), &self.device)?;
 
-        let mut last_saved = pos.step;
+        // The step and (when known yet) the id of the newest regular checkpoint: the resumed
+        // one, then each policy save (a background save's id comes back from `finish`).
+        let mut last_regular: Option<(u64, Option<CheckpointId>)> =
+            resumed.map(|id| (pos.step, Some(id)));
         let mut last_eval = pos.eval;
         let mut throughput = 0.0f64;
         let mut status = Status::Completed;
@@ -462,28 +465,20 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 // The best first: at the same step the regular checkpoint is then the newer,
                 // and a resume names it.
                 if improved {
-                    self.save(
-                        Kind::Best,
-                        &pos,
-                        &self.rng.clone(),
-                        &metrics,
-                        &mut saver,
-                        observer,
-                    );
+                    self.save(Kind::Best, &pos, &self.rng, &metrics, &mut saver, observer);
                 }
-                if self.settings.policy.should_save(&progress) {
-                    let stall = self.save(
+                if self.settings.policy.should_save(&progress)
+                    && let Some((stall, id)) = self.save(
                         Kind::Regular,
                         &pos,
-                        &self.rng.clone(),
+                        &self.rng,
                         &metrics,
                         &mut saver,
                         observer,
-                    );
-                    if let Some(stall) = stall {
-                        self.settings.policy.saved(&progress, stall);
-                        last_saved = pos.step;
-                    }
+                    )
+                {
+                    self.settings.policy.saved(&progress, stall);
+                    last_regular = Some((pos.step, id));
                 }
                 if end_of_epoch {
                     break;
@@ -495,14 +490,21 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             Status::Completed => Kind::Regular,
             Status::Interrupted { .. } => Kind::Interrupted,
         };
-        let previous = match saver {
-            Saver::Background(saver) => saver.finish().map(|_| ()),
-            Saver::Sync(..) => Ok(()),
+        // The last background save is the policy's regular one when it saved at this step (a
+        // `best` one goes first); when it failed, the state is saved again below.
+        let background_last = match saver {
+            Saver::Background(saver) => saver.finish().map_err(|error| {
+                observer(&Event::SaveFailed(error.to_string()));
+            }),
+            Saver::Sync(..) => Ok(None),
         };
-        if let Err(error) = previous {
-            observer(&Event::SaveFailed(error.to_string()));
-        }
-        let checkpoint = if last_saved != pos.step || kind == Kind::Interrupted {
+        let saved_here = match (last_regular, background_last) {
+            (Some((step, id)), Ok(background)) if step == pos.step => id.or(background),
+            _ => None,
+        };
+        let checkpoint = if let (Some(id), Kind::Regular) = (&saved_here, kind) {
+            Some(id.clone())
+        } else {
             let mut metrics = BTreeMap::new();
             if let Some((l, a)) = last_eval {
                 metrics.insert("test_loss".to_string(), l);
@@ -510,10 +512,9 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             }
             let started = Instant::now();
             let snapshot = self.snapshot(&pos, &self.rng, metrics)?;
-            let id = self.store.save(kind, &snapshot)?;
-            if let Some(retention) = &self.settings.retention {
-                self.store.prune_after(retention, &id)?;
-            }
+            let id =
+                self.store
+                    .save_retaining(kind, &snapshot, self.settings.retention.as_ref())?;
             observer(&Event::Saved {
                 kind,
                 step: pos.step,
@@ -522,24 +523,6 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 by_policy: false,
             });
             Some(id)
-        } else {
-            // Saved by the policy at this step: name the regular checkpoint (a `best` one may
-            // hold the same state).
-            let listed = self.store.list()?;
-            listed
-                .iter()
-                .rev()
-                .find(|l| {
-                    l.id.kind == Kind::Regular
-                        && l.manifest.as_ref().is_some_and(|m| m.step == pos.step)
-                })
-                .or_else(|| {
-                    listed
-                        .iter()
-                        .rev()
-                        .find(|l| l.manifest.as_ref().is_some_and(|m| m.step == pos.step))
-                })
-                .map(|l| l.id.clone())
         };
         if let (Some(plot), Some(log)) = (&self.settings.plot, &log) {
             plot_loss(
@@ -656,8 +639,8 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         })
     }
 
-    /// Saves; returns the loop's stall, or `None` when the save failed (reported, not fatal:
-    /// the previous checkpoints are intact).
+    /// Saves; returns the loop's stall and, for a synchronous save, the checkpoint; `None`
+    /// when the save failed (reported, not fatal: the previous checkpoints are intact).
     fn save(
         &self,
         kind: Kind,
@@ -666,28 +649,26 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         metrics: &BTreeMap<String, f64>,
         saver: &mut Saver,
         observer: &mut dyn FnMut(&Event<'_>),
-    ) -> Option<Duration> {
+    ) -> Option<(Duration, Option<CheckpointId>)> {
         let started = Instant::now();
         let result = self
             .snapshot(pos, rng, metrics.clone())
             .and_then(|snapshot| match saver {
-                Saver::Sync(store, retention) => {
-                    let id = store.save(kind, &snapshot)?;
-                    if let Some(retention) = retention {
-                        store.prune_after(retention, &id)?;
-                    }
-                    Ok(())
-                }
+                Saver::Sync(store, retention) => Ok(Some(store.save_retaining(
+                    kind,
+                    &snapshot,
+                    retention.as_ref(),
+                )?)),
                 Saver::Background(saver) => {
                     // The previous background save's outcome comes back here.
                     if let Err(error) = saver.save(kind, snapshot) {
                         observer(&Event::SaveFailed(error.to_string()));
                     }
-                    Ok(())
+                    Ok(None)
                 }
             });
         match result {
-            Ok(()) => {
+            Ok(id) => {
                 let stall = started.elapsed();
                 observer(&Event::Saved {
                     kind,
@@ -696,7 +677,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                     background: matches!(saver, Saver::Background(_)),
                     by_policy: kind == Kind::Regular,
                 });
-                Some(stall)
+                Some((stall, id))
             }
             Err(error) => {
                 observer(&Event::SaveFailed(error.to_string()));
@@ -731,9 +712,13 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         }
     }
 
-    fn resume(&mut self, observer: &mut dyn FnMut(&Event<'_>)) -> Result<Position, TrainError> {
-        let listed = self.store.list()?;
+    /// The position to start from, and the checkpoint resumed (none for a fresh start).
+    fn resume(
+        &mut self,
+        observer: &mut dyn FnMut(&Event<'_>),
+    ) -> Result<(Position, Option<CheckpointId>), TrainError> {
         if self.settings.fresh {
+            let listed = self.store.list()?;
             if !listed.is_empty() {
                 return Err(TrainError::Setting(format!(
                     "--fresh: {} already holds {} checkpoint(s); a fresh run would be mixed with them \
@@ -745,11 +730,12 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             observer(&Event::Fresh {
                 why: "--fresh".into(),
             });
-            return Ok(Position::default());
+            return Ok((Position::default(), None));
         }
         let resume = match self.store.latest_valid() {
             Ok(resume) => resume,
             Err(CkptError::NoValidCheckpoint { .. }) => {
+                let listed = self.store.list()?;
                 observer(&Event::Fresh {
                     why: if listed.is_empty() {
                         format!("no checkpoint in {}", self.store.location())
@@ -761,7 +747,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                         )
                     },
                 });
-                return Ok(Position::default());
+                return Ok((Position::default(), None));
             }
             Err(error) => return Err(error.into()),
         };
@@ -865,6 +851,6 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             skipped: &resume.skipped,
             environment_changes: &changes,
         });
-        Ok(pos)
+        Ok((pos, Some(resume.id)))
     }
 }
