@@ -1,24 +1,17 @@
 //! `keel ckpt list`, `verify` and `prune` on a store the test writes with keel-ckpt.
 
+mod common;
 #[path = "../../keel-ckpt/tests/common/s3_server.rs"]
 mod s3_server;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::{keel_in, text};
 use keel_ckpt::{CheckpointStore, Kind, Snapshot, Tensor};
 
 fn keel(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    keel_in(dir).args(args).output().unwrap()
 }
 
 fn snapshot(step: u64) -> Snapshot {

@@ -1,7 +1,11 @@
 //! `keel lock` end to end on the real conda-forge python 3.9 snapshot, offline.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::{keel_in, text};
 
 fn shared_data() -> PathBuf {
     std::env::var_os("KEEL_SHARED_DATA").map_or_else(
@@ -11,17 +15,11 @@ fn shared_data() -> PathBuf {
 }
 
 fn keel(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
+    keel_in(dir)
         .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
         .env("XDG_CACHE_HOME", dir.join("cache"))
         .output()
         .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn project(dependencies: &str) -> tempfile::TempDir {

@@ -4,6 +4,7 @@
 
 #[path = "common/channel.rs"]
 mod channel;
+mod common;
 #[path = "../../keel-solve/tests/common/wheel.rs"]
 mod wheel;
 
@@ -11,22 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use channel::{Content, PLACEHOLDER, Package, binary_with_placeholder, build_channel};
+use common::{keel_in, text};
 use serde_json::Value;
 
 fn keel(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
+    keel_in(dir)
         .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
         .env("XDG_CACHE_HOME", dir.join("cache"))
         .env("RATTLER_CACHE_DIR", dir.join("rattler-cache"))
         .env_remove("CONDA_OVERRIDE_CUDA")
         .output()
         .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Runs keel and expects `code`; returns stdout.

@@ -2,32 +2,25 @@
 //! SIGKILL at random points, SIGINT and SIGTERM, each followed by a re-run, end with the same
 //! bytes as a run never stopped; a NaN drill leaves the step before as an emergency checkpoint.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{keel_in, text};
+
 fn keel(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    keel_in(dir).args(args).output().unwrap()
 }
 
 fn spawn(dir: &Path, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
+    keel_in(dir)
         .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// The last step the metrics log has, and the last held-out accuracy.
