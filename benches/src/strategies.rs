@@ -149,6 +149,23 @@ impl Measured {
     }
 }
 
+/// `config` for `strategy`: its own run folder under `runs_dir`, the strategy's checkpoint
+/// settings, `epochs` epochs, no plot.
+pub fn strategy_config(
+    config: &TrainConfig,
+    strategy: &Strategy,
+    epochs: u64,
+    runs_dir: &std::path::Path,
+) -> TrainConfig {
+    let mut config = config.clone();
+    config.epochs = epochs;
+    config.runs_dir = runs_dir.to_path_buf();
+    config.name = format!("strategy-{}", strategy.name.replace([' ', ',', '/'], "-"));
+    config.checkpoint = strategy.rule.checkpoint_config(strategy.background);
+    config.log.plot = false;
+    config
+}
+
 /// Trains `config` (its checkpoint settings replaced by the strategy's) for `epochs` epochs
 /// from scratch under `runs_dir` and records epoch times and save stalls.
 pub fn measure(
@@ -157,12 +174,7 @@ pub fn measure(
     epochs: u64,
     runs_dir: &std::path::Path,
 ) -> Result<Measured, keel_train::TrainError> {
-    let mut config = config.clone();
-    config.epochs = epochs;
-    config.runs_dir = runs_dir.to_path_buf();
-    config.name = format!("strategy-{}", strategy.name.replace([' ', ',', '/'], "-"));
-    config.checkpoint = strategy.rule.checkpoint_config(strategy.background);
-    config.log.plot = false;
+    let config = strategy_config(config, strategy, epochs, runs_dir);
     let mut epoch_secs = Vec::new();
     let mut stalls = Vec::new();
     let mut steps_per_epoch = 0;

@@ -11,7 +11,9 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use keel_benches::strategies::{Costs, Measured, Rule, measure, median, simulate, strategies};
+use keel_benches::strategies::{
+    Costs, Measured, Rule, measure, median, simulate, strategies, strategy_config,
+};
 use keel_train::{RunOptions, StopSignal, TrainConfig};
 use plotters::prelude::*;
 
@@ -81,18 +83,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         measured.push(measure(&config, &strategy, args.epochs, scratch.path())?);
     }
-    // Restart cost: resuming a finished run (load + verify the newest checkpoint, data, model).
+    // Restart cost: resuming a finished run (load + verify the newest checkpoint, data, model)
+    // of the every-epoch, sync strategy measured above.
+    let every_epoch = measured
+        .iter()
+        .find(|m| m.strategy.rule == Rule::EveryEpoch && !m.strategy.background)
+        .map(|m| m.strategy.clone())
+        .ok_or("the every-epoch, sync strategy was not measured")?;
+    let finished = strategy_config(&config, &every_epoch, args.epochs, scratch.path());
     let mut restarts = Vec::new();
     for _ in 0..5 {
-        let mut c = config.clone();
-        c.runs_dir = scratch.path().to_path_buf();
-        c.name = "strategy-every-epoch--sync".into();
-        c.epochs = args.epochs;
-        c.checkpoint.best_metric = String::new();
-        c.checkpoint.keep_best = 0;
-        c.log.plot = false;
         let started = Instant::now();
-        c.run(&RunOptions::default(), &StopSignal::new(), &mut |_| {})?;
+        finished.run(&RunOptions::default(), &StopSignal::new(), &mut |_| {})?;
         restarts.push(started.elapsed().as_secs_f64());
     }
     let restart = median(&restarts);
