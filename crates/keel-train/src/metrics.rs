@@ -1,4 +1,5 @@
-//! The metrics log (CSV or JSON Lines, one row per step) and the loss-curve plot (SVG).
+//! The metrics log (CSV or JSON Lines, one row per step, appended) and the loss-curve plot
+//! (SVG).
 //! On resume the rows after the resumed step are dropped, so the log always tells the
 //! history of the state being trained, once.
 
@@ -128,19 +129,6 @@ impl MetricsLog {
         Ok(())
     }
 
-    /// Adds the evaluation to the last row (the step that ended the epoch) and rewrites the
-    /// file (once per epoch).
-    pub fn set_eval(&mut self, test_loss: f64, test_accuracy: f64) -> Result<(), TrainError> {
-        let mut rows = std::mem::take(&mut self.rows);
-        if let Some(last) = rows.last_mut() {
-            last.test_loss = Some(test_loss);
-            last.test_accuracy = Some(test_accuracy);
-        }
-        let path = self.path.clone();
-        *self = Self::rewrite(&path, self.format, rows)?;
-        Ok(())
-    }
-
     /// Writes `rows` through a temporary file (a crash leaves the old log or the new one) and
     /// opens the result for appending.
     fn rewrite(path: &Path, format: LogFormat, rows: Vec<Row>) -> Result<Self, TrainError> {
@@ -266,9 +254,13 @@ mod tests {
             let path = dir.path().join("metrics");
             let mut log = MetricsLog::open(&path, format, 0).unwrap();
             for step in 1..=10 {
-                log.push(row(step)).unwrap();
+                let mut row = row(step);
+                if step == 10 {
+                    row.test_loss = Some(0.5);
+                    row.test_accuracy = Some(0.9);
+                }
+                log.push(row).unwrap();
             }
-            log.set_eval(0.5, 0.9).unwrap();
             drop(log);
             // A torn last line (killed mid-write) is dropped too.
             let mut text = fs_err::read_to_string(&path).unwrap();

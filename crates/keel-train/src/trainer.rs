@@ -407,7 +407,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 } else {
                     0.9 * throughput + 0.1 * rate
                 };
-                let row = Row {
+                let mut row = Row {
                     step: pos.step,
                     epoch: pos.epoch,
                     loss: f64::from(loss),
@@ -417,9 +417,6 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                     test_accuracy: None,
                 };
                 observer(&Event::Step(&row));
-                if let Some(log) = &mut log {
-                    log.push(row)?;
-                }
                 let mut metrics = BTreeMap::from([
                     ("loss".to_string(), f64::from(loss)),
                     ("lr".to_string(), lr),
@@ -432,6 +429,10 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                     let (test_loss, test_accuracy) = match self.evaluate(&x_test, &y_test) {
                         Ok(v) => v,
                         Err(cause) => {
+                            // The step itself is done: log it, then save its state.
+                            if let Some(log) = &mut log {
+                                log.push(row)?;
+                            }
                             let rng = self.rng.clone();
                             return Err(self.emergency(pos, &rng, cause, saver, observer));
                         }
@@ -444,9 +445,8 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                         test_loss,
                         test_accuracy,
                     });
-                    if let Some(log) = &mut log {
-                        log.set_eval(test_loss, test_accuracy)?;
-                    }
+                    row.test_loss = Some(test_loss);
+                    row.test_accuracy = Some(test_accuracy);
                     if let Some((metric, goal)) = &self.settings.best_metric
                         && let Some(&value) = metrics.get(metric)
                         && !value.is_nan()
@@ -455,6 +455,10 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                         pos.best = Some(value);
                         improved = true;
                     }
+                }
+                // Logged once complete (with the evaluation at an epoch end): append only.
+                if let Some(log) = &mut log {
+                    log.push(row)?;
                 }
                 let progress = Progress {
                     step: pos.step,
