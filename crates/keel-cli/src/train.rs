@@ -26,18 +26,13 @@ fn move_aside(run_dir: &std::path::Path) -> miette::Result<Option<std::path::Pat
     if !run_dir.exists() {
         return Ok(None);
     }
-    let stamp = jiff::Zoned::now().strftime("%Y%m%d-%H%M%S").to_string();
-    let mut target = run_dir.with_file_name(format!(
-        "{}.{stamp}",
-        run_dir.file_name().unwrap_or_default().to_string_lossy()
-    ));
+    let name = run_dir.file_name().unwrap_or_default().to_string_lossy();
+    let stamp = format!("{name}.{}", jiff::Zoned::now().strftime("%Y%m%d-%H%M%S"));
+    let mut target = run_dir.with_file_name(&stamp);
     let mut n = 1;
     while target.exists() {
         n += 1;
-        target = run_dir.with_file_name(format!(
-            "{}.{stamp}-{n}",
-            run_dir.file_name().unwrap_or_default().to_string_lossy()
-        ));
+        target = run_dir.with_file_name(format!("{stamp}-{n}"));
     }
     fs_err::rename(run_dir, &target).into_diagnostic()?;
     Ok(Some(target))
