@@ -38,17 +38,18 @@ fn move_aside(run_dir: &std::path::Path) -> miette::Result<Option<std::path::Pat
     Ok(Some(target))
 }
 
-/// The device probe to record in checkpoints, and a check that a CUDA device asked for exists
-/// (candle would fail later and less clearly).
+/// The device probe to record in checkpoints, and (in a build with CUDA) a check that a CUDA
+/// device asked for exists: candle's own error says less, and without a GPU it is a bare
+/// driver code. A build without CUDA leaves the refusal to `parse_device`, which says so.
 fn probe(device: &str) -> miette::Result<Option<serde_json::Value>> {
     let report = probe_with_timeout(DriverProbe::default(), Duration::from_secs(10));
-    let wants_cuda = device.starts_with("cuda");
+    let wants_cuda = device.starts_with("cuda") && cfg!(feature = "cuda");
     let report = match report {
         Ok(report) => report,
         Err(error) if wants_cuda => miette::bail!("device `{device}`: {error}"),
         Err(_) => return Ok(None),
     };
-    if wants_cuda && cfg!(feature = "cuda") {
+    if wants_cuda {
         if report.driver.is_none() {
             miette::bail!("device `{device}`: no CUDA driver found on this node (`keel probe`)");
         }
@@ -88,7 +89,9 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
     if let Some(runs_dir) = &args.runs_dir {
         config.runs_dir.clone_from(runs_dir);
     }
-    // Fail on a device this build or node cannot use before touching anything.
+    // Fail on a device this build or node cannot use before touching anything: keel-cuda's
+    // probe first (no driver, a driver that fails, no such ordinal), then candle's own check.
+    let device_probe = probe(&config.device)?;
     keel_train::parse_device(&config.device).into_diagnostic()?;
     let paths = config.paths();
     let mut stderr = std::io::stderr();
@@ -122,7 +125,7 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
         fresh,
         nan_at_step: args.inject_nan_at,
         environment,
-        device_probe: probe(&config.device)?,
+        device_probe,
     };
     let stop = StopSignal::install().into_diagnostic()?;
     let bar = ProgressBar::new(0);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{keel_in, text};
+use common::{has_cuda_driver, keel_in, text};
 
 fn keel(dir: &Path, args: &[&str]) -> Output {
     keel_in(dir).args(args).output().unwrap()
@@ -349,6 +349,16 @@ fn bad_input_is_named() {
         assert_eq!(out.status.code(), Some(2));
         assert!(
             text(&out.stderr).contains("device `cuda:0`: this keel was built without CUDA support"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(!dir.path().join("runs").exists());
+    } else if !has_cuda_driver() {
+        // A CUDA build on a node without a GPU: keel-cuda's words, before candle is asked.
+        let out = keel(dir.path(), &["train", "--device", "cuda:0"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            text(&out.stderr).contains("device `cuda:0`: "),
             "{}",
             text(&out.stderr)
         );

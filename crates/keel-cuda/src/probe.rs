@@ -1,5 +1,6 @@
 //! Probing the driver: the [`Probe`] trait, the live [`DriverProbe`] through cudarc's driver
-//! API (loaded at run time), and the timeout around it.
+//! API (loaded at run time; linked instead when candle's CUDA backend shares the build), and the
+//! timeout around it.
 //!
 //! The only `unsafe` in keel: cudarc's raw driver calls. Every block says why it holds.
 #![allow(unsafe_code)]
@@ -41,8 +42,7 @@ pub struct DriverProbe {
 impl Probe for DriverProbe {
     fn probe(&self) -> Result<ProbeReport, ProbeError> {
         let cuda_visible_devices = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-        // SAFETY: only tries to open the library by name; no symbol of it is called.
-        if !unsafe { sys::is_culib_present() } {
+        if !driver_library_present() {
             return Ok(ProbeReport {
                 driver: None,
                 cuda_visible_devices,
@@ -118,6 +118,22 @@ impl DriverProbe {
             free_memory_bytes,
         })
     }
+}
+
+/// Whether the CUDA driver library opens. cudarc's `is_culib_present` exists only while cudarc
+/// loads the driver at run time; a build with candle's CUDA backend links libcuda instead (a
+/// binary of it that starts has the library), so keel asks the loader itself in both builds.
+fn driver_library_present() -> bool {
+    const NAMES: &[&str] = if cfg!(windows) {
+        &["nvcuda.dll"]
+    } else {
+        &["libcuda.so.1", "libcuda.so"]
+    };
+    NAMES.iter().any(|name| {
+        // SAFETY: opening the driver library runs only its own initialisers; no symbol of it
+        // is called here.
+        unsafe { libloading::Library::new(*name) }.is_ok()
+    })
 }
 
 /// Maps a driver error of `call` to a typed error naming the call and the CUDA result code.
