@@ -1,10 +1,11 @@
 //! Probe NVIDIA GPUs and the CUDA driver: what a node can run, before a job starts.
 //!
 //! `keel-cuda` asks the CUDA driver API (through cudarc, loading `libcuda` at run time, so
-//! that building needs no CUDA; in a build with candle's CUDA backend cudarc links it) for the driver's CUDA version and every visible device: name,
-//! UUID, PCI bus id, compute capability, memory. A machine without a driver gets a report
-//! that says so, never a panic, and a hung driver costs a timeout, not the caller. The probe
-//! sits behind the [`Probe`] trait, so everything built on it runs on recorded reports.
+//! that building needs no CUDA; in a build with candle's CUDA backend cudarc links it) for
+//! the driver's CUDA version and every visible device: name, UUID, PCI bus id, compute
+//! capability, memory. A machine without a driver gets a report that says so, never a panic,
+//! and a hung driver costs a timeout, not the caller. The probe sits behind the [`Probe`]
+//! trait, so everything built on it runs on recorded reports.
 //! [`cuda_virtual_package`] turns a report into the `__cuda` virtual package a solve uses,
 //! with `CONDA_OVERRIDE_CUDA` taking precedence, as conda and pixi do.
 //!
