@@ -46,7 +46,10 @@ fn probe(device: &str) -> miette::Result<Option<serde_json::Value>> {
     let wants_cuda = device.starts_with("cuda") && cfg!(feature = "cuda");
     let report = match report {
         Ok(report) => report,
-        Err(error) if wants_cuda => miette::bail!("device `{device}`: {error}"),
+        Err(error) if wants_cuda => miette::bail!(
+            help = "check `nvidia-smi`, or train with `--device cpu`",
+            "device `{device}`: {error}"
+        ),
         Err(_) => return Ok(None),
     };
     if wants_cuda {
