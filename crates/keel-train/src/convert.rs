@@ -78,29 +78,22 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
+        // Every value widened to f64 (exact for each of these dtypes), as bits.
+        let bits = |t: &Tensor| -> Vec<u64> {
+            let values = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+            values
+                .to_vec1::<f64>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        };
         for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
             let t = base.to_dtype(dtype).unwrap();
             let back = from_ckpt(&to_ckpt("t", &t).unwrap(), &Device::Cpu).unwrap();
             assert_eq!(back.dtype(), dtype);
             assert_eq!(back.dims(), [2, 3]);
-            let a = t
-                .to_dtype(DType::F64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
-            let b = back
-                .to_dtype(DType::F64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
-            assert_eq!(
-                a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-            );
+            assert_eq!(bits(&t), bits(&back));
         }
     }
 }
