@@ -26,6 +26,30 @@ fn platform(value: Option<&str>) -> miette::Result<Subdir> {
     }
 }
 
+/// Text from input (labels, paths, package names) as it is shown to a person: control
+/// characters (escape sequences, newlines, NUL) are written as `\u{..}` escapes, so a file
+/// name or a label cannot move the cursor or recolour the terminal. Every human-facing line of
+/// these commands prints input through this; `--json` stays exact.
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A path as [`shown`] shows it.
+fn shown_path(path: &Path) -> String {
+    shown(&path.to_string_lossy()).into_owned()
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -74,11 +98,17 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
     let report = runtime
         .block_on(keel_prefix::install(&prefix, &locked, &options, reporter))
         .into_diagnostic()
-        .wrap_err_with(|| {
-            format!(
-                "keel install stopped; {} is marked unfinished and the next `keel install` repairs it",
-                prefix.display()
-            )
+        .map_err(|error| {
+            // Checks that fail before anything is changed leave no marker; say "unfinished"
+            // only when the prefix is marked so.
+            if prefix.join(keel_prefix::INSTALL_MARKER).exists() {
+                error.wrap_err(format!(
+                    "keel install stopped; {} is marked unfinished and the next `keel install` repairs it",
+                    shown_path(&prefix)
+                ))
+            } else {
+                error.wrap_err(format!("keel install stopped; {} was not changed", shown_path(&prefix)))
+            }
         })?;
     if args.json {
         render::json(&report)?;
@@ -89,18 +119,22 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
         let _ = writeln!(stdout, "a previous install was interrupted: repairing it");
     }
     for name in &report.repaired_packages {
-        let _ = writeln!(stdout, "~ {name} (files changed or missing: re-linked)");
+        let _ = writeln!(
+            stdout,
+            "~ {} (files changed or missing: re-linked)",
+            shown(name)
+        );
     }
     for name in &report.removed {
-        let _ = writeln!(stdout, "- {name}");
+        let _ = writeln!(stdout, "- {}", shown(name));
     }
     for name in &report.installed {
-        let _ = writeln!(stdout, "+ {name}");
+        let _ = writeln!(stdout, "+ {}", shown(name));
     }
     let _ = writeln!(
         stdout,
         "{}: {} installed, {} removed, {} unchanged ({platform}, {:.1} s)",
-        report.prefix.display(),
+        shown_path(&report.prefix),
         report.installed.len(),
         report.removed.len(),
         report.unchanged,
@@ -110,14 +144,14 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
         let _ = writeln!(
             stdout,
             "PyPI (uv, --no-deps): {}",
-            report.pypi_installed.join(", ")
+            shown(&report.pypi_installed.join(", "))
         );
     }
     if !report.pypi_not_installed.is_empty() {
         let _ = writeln!(
             stdout,
             "note: --no-pypi: the lock's PyPI packages are not installed ({})",
-            report.pypi_not_installed.join(", ")
+            shown(&report.pypi_not_installed.join(", "))
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -178,7 +212,7 @@ pub(crate) fn hash(args: HashArgs) -> miette::Result<ExitCode> {
         stdout,
         "{}  {}",
         fingerprint.root,
-        fingerprint.prefix.display()
+        shown_path(&fingerprint.prefix)
     );
     let _ = writeln!(
         stdout,
@@ -199,7 +233,7 @@ pub(crate) fn hash(args: HashArgs) -> miette::Result<ExitCode> {
         elapsed.as_secs_f64()
     );
     if let Some(path) = &args.output {
-        let _ = writeln!(stdout, "wrote {}", path.display());
+        let _ = writeln!(stdout, "wrote {}", shown_path(path));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -236,7 +270,11 @@ pub(crate) fn verify(args: VerifyArgs) -> miette::Result<ExitCode> {
 fn print_verify(report: &VerifyReport) {
     let mut out = std::io::stdout().lock();
     for package in &report.missing_packages {
-        let _ = writeln!(out, "missing package   {package} (pinned by the lock)");
+        let _ = writeln!(
+            out,
+            "missing package   {} (pinned by the lock)",
+            shown(&package.to_string())
+        );
     }
     for change in &report.changed_packages {
         let same_version = (&change.locked.version, &change.locked.build)
@@ -244,16 +282,26 @@ fn print_verify(report: &VerifyReport) {
         let what = if same_version {
             "another archive (sha256) than locked".to_string()
         } else {
-            format!("locked {} {}", change.locked.version, change.locked.build)
+            format!(
+                "locked {} {}",
+                shown(&change.locked.version),
+                shown(&change.locked.build)
+            )
         };
         let _ = writeln!(
             out,
             "changed package   {} {} {} ({what})",
-            change.installed.name, change.installed.version, change.installed.build
+            shown(&change.installed.name),
+            shown(&change.installed.version),
+            shown(&change.installed.build)
         );
     }
     for package in &report.extra_packages {
-        let _ = writeln!(out, "extra package     {package} (not in the lock)");
+        let _ = writeln!(
+            out,
+            "extra package     {} (not in the lock)",
+            shown(&package.to_string())
+        );
     }
     for file in &report.changed_files {
         let what = match &file.problem {
@@ -263,34 +311,47 @@ fn print_verify(report: &VerifyReport) {
                 format!("size {actual}, recorded {expected}")
             }
             FileProblem::Content { .. } => "contents changed (sha256 differs)".to_string(),
-            FileProblem::Unreadable { error } => format!("unreadable: {error}"),
+            FileProblem::Unreadable { error } => format!("unreadable: {}", shown(error)),
+            FileProblem::OutsidePrefix => {
+                "leads outside the prefix through a symlink (not read)".to_string()
+            }
+            FileProblem::UnsafePath { reason } => format!("{reason} (not looked at)"),
         };
         let _ = writeln!(
             out,
             "changed file      {} [{}]: {what}",
-            file.path, file.package
+            shown(&file.path),
+            shown(&file.package)
         );
     }
     for dist in &report.pip_outside_lock {
         let _ = writeln!(
             out,
             "pip outside lock  {} {} (installed by {}, {})",
-            dist.name,
-            dist.version,
-            dist.installer.as_deref().unwrap_or("an unknown tool"),
-            dist.dist_info
+            shown(&dist.name),
+            shown(&dist.version),
+            shown(dist.installer.as_deref().unwrap_or("an unknown tool")),
+            shown(&dist.dist_info)
         );
     }
     for pypi in &report.missing_pypi {
         let _ = writeln!(
             out,
             "missing PyPI      {} {} (pinned by the lock)",
-            pypi.name,
-            pypi.version.as_deref().unwrap_or("")
+            shown(&pypi.name),
+            shown(pypi.version.as_deref().unwrap_or(""))
+        );
+    }
+    for outside in &report.record_paths_outside_prefix {
+        let _ = writeln!(
+            out,
+            "outside prefix    {} (listed in {}/RECORD; not read)",
+            shown(&outside.path),
+            shown(&outside.dist_info)
         );
     }
     for path in &report.unowned_files {
-        let _ = writeln!(out, "unowned file      {path}");
+        let _ = writeln!(out, "unowned file      {}", shown(path));
     }
     let verdict = if report.is_clean() {
         "matches"
@@ -299,12 +360,12 @@ fn print_verify(report: &VerifyReport) {
     };
     let against = report.lock.as_ref().map_or(
         "its packages' records (no lock given)".to_string(),
-        |lock| format!("{} and its packages' records", lock.display()),
+        |lock| format!("{} and its packages' records", shown_path(lock)),
     );
     let _ = writeln!(
         out,
         "{} {verdict} {against}: {} packages, {} files checked, {} not content-checked (symlinks, no sha256), {} bytecode caches ignored",
-        report.prefix.display(),
+        shown_path(&report.prefix),
         report.packages,
         report.files_checked,
         report.files_unchecked,
@@ -338,9 +399,9 @@ fn print_diff(report: &DiffReport) {
         let _ = writeln!(
             out,
             "{} {role:<9} {} node(s): {}",
-            &group.root[..16],
+            shown(group.root.get(..16).unwrap_or(&group.root)),
             group.labels.len(),
-            group.labels.join(", ")
+            shown(&group.labels.join(", "))
         );
     }
     if report.all_identical() {
@@ -348,37 +409,51 @@ fn print_diff(report: &DiffReport) {
         return;
     }
     for difference in &report.differences {
-        let _ = writeln!(out, "\n{}:", difference.labels.join(", "));
+        let _ = writeln!(out, "\n{}:", shown(&difference.labels.join(", ")));
         for change in &difference.changes {
             let owner = |owner: &Option<String>| {
                 owner
                     .as_deref()
-                    .map_or(" (no package)".to_string(), |o| format!(" [{o}]"))
+                    .map_or(" (no package)".to_string(), |o| format!(" [{}]", shown(o)))
             };
             let line = match change {
                 Change::PackageVersion {
                     name,
                     reference,
                     here,
-                } => format!("  package {name}: {here} (reference {reference})"),
+                } => format!(
+                    "  package {}: {} (reference {})",
+                    shown(name),
+                    shown(here),
+                    shown(reference)
+                ),
                 Change::PackageSource {
                     name,
                     reference,
                     here,
-                } => format!("  package {name}: other archive {here} (reference {reference})"),
-                Change::PackageAdded { name, here } => format!("  + package {name} {here}"),
+                } => format!(
+                    "  package {}: other archive {} (reference {})",
+                    shown(name),
+                    shown(here),
+                    shown(reference)
+                ),
+                Change::PackageAdded { name, here } => {
+                    format!("  + package {} {}", shown(name), shown(here))
+                }
                 Change::PackageRemoved { name, reference } => {
-                    format!("  - package {name} {reference}")
+                    format!("  - package {} {}", shown(name), shown(reference))
                 }
                 Change::FileChanged {
                     path,
                     owner: o,
                     what,
                 } => {
-                    format!("  ~ {path}{}: {what}", owner(o))
+                    format!("  ~ {}{}: {what}", shown(path), owner(o))
                 }
-                Change::FileAdded { path, owner: o } => format!("  + {path}{}", owner(o)),
-                Change::FileRemoved { path, owner: o } => format!("  - {path}{}", owner(o)),
+                Change::FileAdded { path, owner: o } => format!("  + {}{}", shown(path), owner(o)),
+                Change::FileRemoved { path, owner: o } => {
+                    format!("  - {}{}", shown(path), owner(o))
+                }
             };
             let _ = writeln!(out, "{line}");
         }

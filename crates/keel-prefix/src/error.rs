@@ -18,6 +18,21 @@ pub enum PrefixError {
         #[source]
         source: std::io::Error,
     },
+    /// A `conda-meta` record names a path that could leave the prefix. Nothing is handed to
+    /// the installer, deleted or read while such a record is there.
+    #[error(
+        "the conda-meta record {} names the path {path:?}, which keel will not use (nothing was changed): remove or fix that record, then run keel again",
+        record.display()
+    )]
+    UnsafeRecordPath {
+        /// The record's file.
+        record: PathBuf,
+        /// The path as written there.
+        path: String,
+        /// Why it is refused.
+        #[source]
+        reason: crate::UnsafePath,
+    },
     /// Reading or writing a file failed. The source (from fs-err) names the path.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -82,6 +97,15 @@ pub enum PrefixError {
         /// The installer's reason, naming the package.
         #[source]
         source: Box<rattler::install::InstallerError>,
+    },
+    /// rattler's installer panicked. The prefix keeps its in-progress marker, so the next
+    /// `keel install` checks and repairs it.
+    #[error("the installer panicked while installing into {} ({message})", prefix.display())]
+    InstallerPanic {
+        /// The prefix.
+        prefix: PathBuf,
+        /// The panic's message.
+        message: String,
     },
     /// A conda-meta record that the interrupted install left corrupted could not be removed.
     #[error("the record {} of an interrupted install is corrupted and could not be removed", path.display())]

@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::PrefixError;
 use crate::meta::{read_records, slash_path};
+use crate::paths::{enclosed_str, open_regular, read_regular, read_regular_text};
+
+/// The most keel reads of a fingerprint file (a 100,000-file prefix's is about 30 MiB).
+const FINGERPRINT_LIMIT: u64 = 1 << 30;
 
 /// The schema version of [`Fingerprint`]. A fingerprint of another version is refused.
 pub const FINGERPRINT_SCHEMA: u32 = 1;
@@ -179,7 +183,7 @@ impl Fingerprint {
     /// Reads a fingerprint written by `keel hash --json`, refusing other schemas and files
     /// whose root does not match their contents.
     pub fn from_path(path: &Path) -> Result<Self, PrefixError> {
-        let text = fs_err::read_to_string(path)?;
+        let text = read_regular_text(path, FINGERPRINT_LIMIT, "fingerprints")?;
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|source| PrefixError::FingerprintJson {
                 path: path.to_path_buf(),
@@ -200,6 +204,16 @@ impl Fingerprint {
                 path: path.to_path_buf(),
                 source,
             })?;
+        // Paths are relative to a prefix; one that could leave it is not a fingerprint keel
+        // wrote (and nothing downstream should ever join it).
+        for file in &fingerprint.files {
+            if let Err(reason) = enclosed_str(&file.path) {
+                return Err(schema_error(format!(
+                    "it lists the path {:?} ({reason})",
+                    file.path
+                )));
+            }
+        }
         let root = root_hash(&fingerprint.packages, &fingerprint.files);
         if root != fingerprint.root {
             return Err(schema_error(format!(
@@ -310,7 +324,7 @@ fn cache_file(cache_dir: &Path, prefix: &Path) -> PathBuf {
 /// The cache of `prefix`, when there is a readable one of this version. A damaged cache is
 /// ignored (every file is hashed), never trusted.
 fn load_cache(path: &Path, prefix: &Path) -> Option<LoadedCache> {
-    let bytes = fs_err::read(path).ok()?;
+    let bytes = read_regular(path, FINGERPRINT_LIMIT, "stat caches").ok()?;
     let cache: StatCache = postcard::from_bytes(&bytes).ok()?;
     (cache.version == CACHE_VERSION && cache.prefix == prefix).then(|| LoadedCache {
         started_ns: cache.started_ns,
@@ -377,7 +391,9 @@ thread_local! {
 
 /// Hashes one file, replacing the prefix path in its contents when it holds it.
 fn hash_file(path: &Path, len: u64, finders: &[Finder<'_>]) -> std::io::Result<Hashed> {
-    let mut file = fs_err::File::open(path)?;
+    // The walk saw a regular file (lstat); the handle is checked again, so a FIFO put in its
+    // place meanwhile is an error, not a read that never ends.
+    let mut file = open_regular(path)?;
     let longest = finders.iter().map(|f| f.needle().len()).max().unwrap_or(0);
     if len < LARGE_FILE {
         return BUFFER.with_borrow_mut(|buffer| {
@@ -416,7 +432,10 @@ fn hash_file(path: &Path, len: u64, finders: &[Finder<'_>]) -> std::io::Result<H
             .iter()
             .any(|finder| finder.find(&window).is_some() || finder.find(data).is_some());
         if found {
-            let contents = fs_err::read(path)?;
+            // The same handle, so that what is hashed is the file that was checked.
+            std::io::Seek::rewind(&mut file)?;
+            let mut contents = Vec::new();
+            file.read_to_end(&mut contents)?;
             let normalized = replace_prefix(&contents, finders);
             return Ok(Hashed {
                 size: normalized.len() as u64,

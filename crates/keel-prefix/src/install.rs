@@ -11,7 +11,8 @@ use rattler_conda_types::{PackageName, PrefixRecord, RepoDataRecord, Subdir};
 
 use crate::PrefixError;
 use crate::lock::{LockedPlatform, LockedPypi};
-use crate::meta::parse_records;
+use crate::meta::{RecordProblem, parse_records};
+use crate::paths::{Enclosure, UnsafePath};
 use crate::verify::check_package;
 
 /// The file that marks an install in progress. It lives in `conda-meta/` without a `.json`
@@ -112,8 +113,9 @@ pub async fn install<R: Reporter + 'static>(
     let installed = installed_records(&prefix, report.repaired_interrupted)?;
     let mut reinstall: HashSet<PackageName> = HashSet::new();
     if repairing {
+        let enclosure = Enclosure::new(&prefix)?;
         for record in &installed {
-            let (problems, _, _) = check_package(&prefix, record);
+            let (problems, _, _) = check_package(&enclosure, record);
             if !problems.is_empty() {
                 reinstall.insert(record.repodata_record.package_record.name.clone());
                 report
@@ -151,13 +153,20 @@ pub async fn install<R: Reporter + 'static>(
     if let Some(reporter) = reporter {
         installer = installer.with_reporter(reporter);
     }
-    let result = installer
-        .install(&prefix, locked.conda.iter().cloned())
-        .await
-        .map_err(|source| PrefixError::Install {
-            prefix: prefix.clone(),
-            source: Box::new(source),
-        })?;
+    // rattler may panic on input keel did not foresee; that is an error here, and the marker
+    // stays so that the next run repairs what was done.
+    let result = CatchPanic(Box::pin(
+        installer.install(&prefix, locked.conda.iter().cloned()),
+    ))
+    .await
+    .map_err(|message| PrefixError::InstallerPanic {
+        prefix: prefix.clone(),
+        message,
+    })?
+    .map_err(|source| PrefixError::Install {
+        prefix: prefix.clone(),
+        source: Box::new(source),
+    })?;
 
     for operation in &result.transaction.operations {
         if let Some(record) = operation.record_to_install() {
@@ -261,21 +270,98 @@ fn install_pypi(
     Ok(())
 }
 
-/// The prefix's records. After an interruption a record may be half written: it is removed,
-/// so that its package is linked again.
+/// The prefix's records, each checked: every path in it relative and inside the prefix, and no
+/// symlinked directory on the way leading out (rattler deletes `prefix.join(path)` when it
+/// removes or replaces a package). After an interruption a record may be half written: it is
+/// removed, so that its package is linked again. Any other bad record is an error naming it,
+/// before anything is handed to rattler or the marker is written.
 fn installed_records(prefix: &Path, repairing: bool) -> Result<Vec<PrefixRecord>, PrefixError> {
     let mut records = Vec::new();
     for (path, record) in parse_records(prefix)? {
         match record {
-            Ok(record) => records.push(record),
-            Err(_) if repairing => {
+            Ok(record) => records.push((path, record)),
+            Err(RecordProblem::Malformed(_)) if repairing => {
                 fs_err::remove_file(&path).map_err(|source| PrefixError::Repair {
                     path: path.clone(),
                     source,
                 })?;
             }
-            Err(source) => return Err(PrefixError::Record { path, source }),
+            Err(problem) => return Err(problem.into_error(path)),
         }
     }
-    Ok(records)
+    check_symlinked_parents(prefix, &records)?;
+    Ok(records.into_iter().map(|(_, record)| record).collect())
+}
+
+/// Every existing directory a record's paths go through resolves inside the prefix: a symlink
+/// `prefix/lib -> /home/user` would make rattler's unlink of `lib/x` delete `/home/user/x`.
+/// Each directory is resolved once.
+fn check_symlinked_parents(
+    prefix: &Path,
+    records: &[(PathBuf, PrefixRecord)],
+) -> Result<(), PrefixError> {
+    let enclosure = Enclosure::new(prefix)?;
+    let mut seen: HashSet<&Path> = HashSet::new();
+    for (record_path, record) in records {
+        let paths =
+            record
+                .files
+                .iter()
+                .chain(record.paths_data.paths.iter().flat_map(|entry| {
+                    std::iter::once(&entry.relative_path).chain(&entry.original_path)
+                }));
+        for path in paths {
+            let Some(parent) = path
+                .parent()
+                .filter(|parent| !parent.as_os_str().is_empty())
+            else {
+                continue;
+            };
+            if !seen.insert(parent) {
+                continue;
+            }
+            // The paths were checked when the record was read; join says so again.
+            let joined = enclosure
+                .join(path)
+                .map_err(|reason| unsafe_path(record_path, path, reason))?;
+            if !enclosure.parents_inside(&joined)? {
+                return Err(unsafe_path(record_path, path, UnsafePath::ThroughSymlink));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unsafe_path(record: &Path, path: &Path, reason: UnsafePath) -> PrefixError {
+    PrefixError::UnsafeRecordPath {
+        record: record.to_path_buf(),
+        path: path.to_string_lossy().into_owned(),
+        reason,
+    }
+}
+
+/// A future whose panics come out as `Err(message)` (the installer's, and those of the tasks
+/// it awaits, which tokio passes on).
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll.map(Ok),
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_string());
+                std::task::Poll::Ready(Err(message))
+            }
+        }
+    }
 }

@@ -42,6 +42,7 @@ mod fingerprint;
 mod install;
 mod lock;
 mod meta;
+mod paths;
 mod verify;
 
 pub use diff::{Change, DiffReport, Group, GroupDiff, compare, diff};
@@ -53,4 +54,7 @@ pub use fingerprint::{
 pub use install::{INSTALL_MARKER, InstallOptions, InstallReport, install};
 pub use lock::{LockedPlatform, LockedPypi, locked_packages};
 pub use meta::{PythonDist, installed_packages};
-pub use verify::{ChangedFile, FileProblem, PackageChange, PackageRef, VerifyReport, verify};
+pub use paths::{UnsafePath, enclosed_path};
+pub use verify::{
+    ChangedFile, FileProblem, OutsideRecordPath, PackageChange, PackageRef, VerifyReport, verify,
+};

@@ -6,6 +6,10 @@ use rattler_conda_types::{RepoDataRecord, Subdir};
 use rattler_lock::{LockFile, PypiPackageData, UrlOrPath};
 
 use crate::PrefixError;
+use crate::paths::read_regular_text;
+
+/// The most keel reads of a lock (a large multi-platform one is a few MiB).
+const LOCK_LIMIT: u64 = 256 << 20;
 
 /// The packages a lock pins for one environment and platform.
 #[derive(Debug, Clone)]
@@ -97,9 +101,12 @@ pub fn locked_packages(
     environment: &str,
     platform: Subdir,
 ) -> Result<LockedPlatform, PrefixError> {
-    let file = LockFile::from_path(lock).map_err(|source| PrefixError::ReadLock {
-        path: lock.to_path_buf(),
-        source: Box::new(source),
+    let text = read_regular_text(lock, LOCK_LIMIT, "locks")?;
+    let file = LockFile::from_str_with_base_directory(&text, lock.parent()).map_err(|source| {
+        PrefixError::ReadLock {
+            path: lock.to_path_buf(),
+            source: Box::new(source),
+        }
     })?;
     let env = file
         .environment(environment)

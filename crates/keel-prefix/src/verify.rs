@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use rattler_conda_types::{PrefixRecord, RepoDataRecord, prefix_record::PathType};
+use rattler_conda_types::prefix_record::{PathType, PathsEntry};
+use rattler_conda_types::{PrefixRecord, RepoDataRecord};
 use rattler_digest::Sha256;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -12,6 +13,7 @@ use crate::PrefixError;
 use crate::fingerprint::walk_prefix;
 use crate::lock::{LockedPlatform, LockedPypi};
 use crate::meta::{PythonDist, python_dists, read_records, slash_path};
+use crate::paths::{Enclosure, UnsafePath, open_regular};
 
 /// A package as reports name it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,6 +84,14 @@ pub enum FileProblem {
         /// Why.
         error: String,
     },
+    /// It leads outside the prefix through a symlink (the file itself or a directory above
+    /// it); nothing there was read.
+    OutsidePrefix,
+    /// Its recorded path could leave the prefix; it was not looked at.
+    UnsafePath {
+        /// Why the path is refused.
+        reason: UnsafePath,
+    },
 }
 
 /// One file of an installed package that does not match its record.
@@ -94,6 +104,15 @@ pub struct ChangedFile {
     /// What is wrong.
     #[serde(flatten)]
     pub problem: FileProblem,
+}
+
+/// A `RECORD` entry of a Python distribution that leads outside the prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutsideRecordPath {
+    /// The `*.dist-info` folder, relative to the prefix.
+    pub dist_info: String,
+    /// The entry as written in its `RECORD`.
+    pub path: String,
 }
 
 /// The result of `keel verify`. [`VerifyReport::is_clean`] says whether anything drifted.
@@ -122,6 +141,9 @@ pub struct VerifyReport {
     pub pip_outside_lock: Vec<PythonDist>,
     /// PyPI packages the lock pins that are not installed.
     pub missing_pypi: Vec<LockedPypi>,
+    /// `*.dist-info/RECORD` entries that lead outside the prefix (absolute, or more `..` than
+    /// there are folders): never read, listed as drift.
+    pub record_paths_outside_prefix: Vec<OutsideRecordPath>,
     /// Files no package installed (Python's `__pycache__` bytecode is counted apart).
     pub unowned_files: Vec<String>,
     /// `__pycache__/*.pyc` files Python wrote at run time: not drift.
@@ -138,6 +160,7 @@ impl VerifyReport {
             && self.pip_outside_lock.is_empty()
             && self.missing_pypi.is_empty()
             && self.unowned_files.is_empty()
+            && self.record_paths_outside_prefix.is_empty()
     }
 }
 
@@ -166,9 +189,92 @@ enum Checked {
     Problem(ChangedFile),
 }
 
-/// Checks the files of one installed package against its `paths_data`.
+/// The sha256 of an open regular file.
+fn sha256_of(path: &Path) -> std::io::Result<rattler_digest::Sha256Hash> {
+    let file = open_regular(path)?;
+    let mut writer = rattler_digest::HashingWriter::<_, Sha256>::new(std::io::sink());
+    std::io::copy(&mut std::io::BufReader::new(file), &mut writer)?;
+    Ok(writer.finalize().1)
+}
+
+/// Checks one recorded path of a package.
+fn check_entry(enclosure: &Enclosure, entry: &PathsEntry) -> Result<Checked, FileProblem> {
+    let path = enclosure
+        .join(&entry.relative_path)
+        .map_err(|reason| FileProblem::UnsafePath { reason })?;
+    let missing = |error: std::io::Error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            FileProblem::Missing
+        } else {
+            FileProblem::Unreadable {
+                error: error.to_string(),
+            }
+        }
+    };
+    if entry.path_type == PathType::SoftLink {
+        // Packages' symlinks are recreated as symlinks; on file systems without them the
+        // installer copies. Either way the path must exist (the link itself: it is not
+        // followed, and neither is a symlinked directory above it that leads out).
+        if !enclosure.parents_inside(&path).map_err(missing)? {
+            return Err(FileProblem::OutsidePrefix);
+        }
+        fs_err::symlink_metadata(&path).map_err(missing)?;
+        return Ok(Checked::Unchecked);
+    }
+    // Where the path really is, every symlink on the way followed: outside the prefix it is
+    // a finding and nothing there is read.
+    let Some(real) = enclosure.resolve(&path).map_err(missing)? else {
+        return Err(FileProblem::OutsidePrefix);
+    };
+    let metadata = fs_err::metadata(&real).map_err(missing)?;
+    if entry.path_type == PathType::Directory {
+        return if metadata.is_dir() {
+            Ok(Checked::Ok)
+        } else {
+            Err(FileProblem::WrongType {
+                expected: "directory".into(),
+            })
+        };
+    }
+    // Hard links, copies, and the files conda writes for noarch Python.
+    if !metadata.is_file() {
+        return Err(FileProblem::WrongType {
+            expected: "file".into(),
+        });
+    }
+    let expected = match (entry.sha256_in_prefix, entry.sha256) {
+        (Some(hash), _) => hash,
+        // The prefix was written into the file after `sha256` was taken.
+        (None, Some(_)) if entry.prefix_placeholder.is_some() => return Ok(Checked::Unchecked),
+        (None, Some(hash)) => hash,
+        (None, None) => return Ok(Checked::Unchecked),
+    };
+    if entry.prefix_placeholder.is_none()
+        && let Some(size) = entry.size_in_bytes
+        && size != metadata.len()
+    {
+        return Err(FileProblem::Size {
+            expected: size,
+            actual: metadata.len(),
+        });
+    }
+    match sha256_of(&real) {
+        Ok(actual) if actual == expected => Ok(Checked::Ok),
+        Ok(actual) => Err(FileProblem::Content {
+            expected: hex::encode(expected),
+            actual: hex::encode(actual),
+        }),
+        Err(error) => Err(FileProblem::Unreadable {
+            error: error.to_string(),
+        }),
+    }
+}
+
+/// Checks the files of one installed package against its `paths_data`. Every path goes
+/// through the prefix's [`Enclosure`]: a path or symlink that leads outside the prefix is a
+/// finding, never read.
 pub(crate) fn check_package(
-    prefix: &Path,
+    enclosure: &Enclosure,
     record: &PrefixRecord,
 ) -> (Vec<ChangedFile>, usize, usize) {
     let name = record
@@ -181,80 +287,13 @@ pub(crate) fn check_package(
         .paths_data
         .paths
         .par_iter()
-        .map(|entry| {
-            let relative = slash_path(&entry.relative_path);
-            let path = prefix.join(&entry.relative_path);
-            let problem = |problem| {
-                Checked::Problem(ChangedFile {
-                    package: name.clone(),
-                    path: relative.clone(),
-                    problem,
-                })
-            };
-            let Ok(link_metadata) = std::fs::symlink_metadata(&path) else {
-                return problem(FileProblem::Missing);
-            };
-            match entry.path_type {
-                PathType::Directory => {
-                    if link_metadata.is_dir() {
-                        Checked::Ok
-                    } else {
-                        problem(FileProblem::WrongType {
-                            expected: "directory".into(),
-                        })
-                    }
-                }
-                PathType::SoftLink => {
-                    // Packages' symlinks are recreated as symlinks; on file systems without
-                    // them the installer copies. Either way the path must exist.
-                    Checked::Unchecked
-                }
-                _ => {
-                    // Hard links, copies, and the files conda writes for noarch Python. The
-                    // installer may have linked the file with a symlink into its cache.
-                    let metadata = if link_metadata.is_symlink() {
-                        match fs_err::metadata(&path) {
-                            Ok(metadata) => metadata,
-                            Err(_) => return problem(FileProblem::Missing),
-                        }
-                    } else {
-                        link_metadata
-                    };
-                    if !metadata.is_file() {
-                        return problem(FileProblem::WrongType {
-                            expected: "file".into(),
-                        });
-                    }
-                    let expected = match (entry.sha256_in_prefix, entry.sha256) {
-                        (Some(hash), _) => hash,
-                        // The prefix was written into the file after `sha256` was taken.
-                        (None, Some(_)) if entry.prefix_placeholder.is_some() => {
-                            return Checked::Unchecked;
-                        }
-                        (None, Some(hash)) => hash,
-                        (None, None) => return Checked::Unchecked,
-                    };
-                    if entry.prefix_placeholder.is_none()
-                        && let Some(size) = entry.size_in_bytes
-                        && size != metadata.len()
-                    {
-                        return problem(FileProblem::Size {
-                            expected: size,
-                            actual: metadata.len(),
-                        });
-                    }
-                    match rattler_digest::compute_file_digest::<Sha256>(&path) {
-                        Ok(actual) if actual == expected => Checked::Ok,
-                        Ok(actual) => problem(FileProblem::Content {
-                            expected: hex::encode(expected),
-                            actual: hex::encode(actual),
-                        }),
-                        Err(error) => problem(FileProblem::Unreadable {
-                            error: error.to_string(),
-                        }),
-                    }
-                }
-            }
+        .map(|entry| match check_entry(enclosure, entry) {
+            Ok(checked) => checked,
+            Err(problem) => Checked::Problem(ChangedFile {
+                package: name.clone(),
+                path: slash_path(&entry.relative_path),
+                problem,
+            }),
         })
         .collect();
     let mut problems = Vec::new();
@@ -277,6 +316,7 @@ pub fn verify(
 ) -> Result<VerifyReport, PrefixError> {
     let prefix = std::path::absolute(prefix)?;
     let records = read_records(&prefix)?;
+    let enclosure = Enclosure::new(&prefix)?;
     let mut report = VerifyReport {
         prefix: prefix.clone(),
         lock: locked.map(|(path, _)| path.to_path_buf()),
@@ -289,7 +329,7 @@ pub fn verify(
         for file in &record.files {
             owned.insert(slash_path(file));
         }
-        let (problems, checked, unchecked) = check_package(&prefix, record);
+        let (problems, checked, unchecked) = check_package(&enclosure, record);
         report.changed_files.extend(problems);
         report.files_checked += checked;
         report.files_unchecked += unchecked;
@@ -345,6 +385,12 @@ pub fn verify(
     let mut found_pypi: HashSet<String> = HashSet::new();
     let mut pip_owned: HashSet<String> = HashSet::new();
     for dist in python_dists(&prefix)? {
+        for path in &dist.outside_prefix {
+            report.record_paths_outside_prefix.push(OutsideRecordPath {
+                dist_info: dist.dist_info.clone(),
+                path: path.clone(),
+            });
+        }
         let metadata_path = format!("{}/METADATA", dist.dist_info);
         if owned.contains(&metadata_path) {
             continue;
