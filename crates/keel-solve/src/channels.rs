@@ -7,6 +7,8 @@ use keel_spec::{ChannelKind, EnvironmentSpec};
 use rattler_conda_types::{Channel, ChannelConfig, NamedChannelOrUrl};
 
 use crate::SolveError;
+use crate::error::Redacted;
+use crate::redact::{Secrets, redact_template, redact_url};
 
 /// Anaconda's `defaults`: the channels conda's `default_channels` lists.
 const DEFAULTS_UNIX: &[&str] = &[
@@ -16,12 +18,40 @@ const DEFAULTS_UNIX: &[&str] = &[
 const DEFAULTS_WINDOWS: &str = "https://repo.anaconda.com/pkgs/msys2";
 
 /// A channel to solve against, with the text it was written as.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ResolvedChannel {
-    /// The channel.
+    /// The channel, credentials included (it is what the gateway fetches).
     pub channel: Channel,
-    /// The entry as written in the file, `${VAR}` unexpanded; what the lock records.
+    /// The entry as written in the file, `${VAR}` unexpanded.
     pub written: String,
+}
+
+impl ResolvedChannel {
+    /// The channel as the lock records it: the entry as written when it uses `${VAR}` (so
+    /// that every reader expands its own), else the channel's URL; credentials removed
+    /// either way ([`crate::redact_url`]).
+    pub fn recorded(&self) -> String {
+        if self.written.contains('$') {
+            redact_template(&self.written)
+        } else {
+            redact_url(self.channel.base_url.url()).to_string()
+        }
+    }
+
+    /// The credentials this channel's URL carries.
+    pub(crate) fn add_secrets(&self, secrets: &mut Secrets) {
+        secrets.add_url_text(self.channel.base_url.url().as_str());
+    }
+}
+
+/// Shows the channel without its credentials: a `Debug` print reaches logs and panics.
+impl std::fmt::Debug for ResolvedChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedChannel")
+            .field("channel", &redact_url(self.channel.base_url.url()).as_str())
+            .field("written", &redact_template(&self.written))
+            .finish()
+    }
 }
 
 /// The spec's channels as rattler channels, highest priority first.
@@ -70,8 +100,12 @@ fn parse(text: &str, config: &ChannelConfig) -> Result<Channel, SolveError> {
     NamedChannelOrUrl::from_str(text)
         .map_err(rattler_conda_types::ParseChannelError::from)
         .and_then(|channel| channel.into_channel(config))
-        .map_err(|source| SolveError::Channel {
-            channel: text.to_owned(),
-            source,
+        .map_err(|source| {
+            let mut secrets = Secrets::default();
+            secrets.add_url_text(text);
+            SolveError::Channel {
+                channel: secrets.redact(&redact_template(text)),
+                source: Redacted::new(&source, &secrets),
+            }
         })
 }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use rattler_conda_types::Subdir;
 
+use crate::redact::Secrets;
+
 /// A spec line that takes part in an unsatisfiable request.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SpecLine {
@@ -33,11 +35,11 @@ pub enum SolveError {
     /// A channel entry could not be turned into a channel.
     #[error("invalid channel `{channel}`")]
     Channel {
-        /// The channel as written (variables expanded).
+        /// The channel as written (variables expanded), credentials removed.
         channel: String,
         /// rattler's reason.
         #[source]
-        source: rattler_conda_types::ParseChannelError,
+        source: Redacted,
     },
     /// A `--virtual-package` value that is not `__name=version[=build]`.
     #[error("invalid virtual package `{value}`: {reason}")]
@@ -57,7 +59,7 @@ pub enum SolveError {
         platform: Subdir,
         /// The gateway's reason, which names the channel and file.
         #[source]
-        source: Box<rattler_repodata_gateway::GatewayError>,
+        source: Redacted,
     },
     /// No set of packages satisfies the spec on a platform.
     #[error("the environment cannot be solved for {platform}:\n{explanation}")]
@@ -121,6 +123,9 @@ pub enum SolveError {
         /// What uv said.
         stderr: String,
     },
+    /// The repodata cache could not be made or made private.
+    #[error("failed to prepare the repodata cache")]
+    Cache(#[source] std::io::Error),
     /// Building the lock failed.
     #[error("failed to build the lock")]
     Lock(#[source] rattler_lock::ParseCondaLockError),
@@ -131,18 +136,78 @@ pub enum SolveError {
         path: PathBuf,
         /// rattler_lock's reason.
         #[source]
-        source: Box<rattler_lock::ParseCondaLockError>,
+        source: Redacted,
     },
     /// An existing lock could not be opened.
     #[error("failed to open the lock")]
     OpenLock(#[source] std::io::Error),
+    /// An existing lock is not a file keel reads: a folder, a FIFO, a device, or too large.
+    #[error("the lock {} is not a lock keel reads: {reason}", path.display())]
+    NotALock {
+        /// The lock file.
+        path: PathBuf,
+        /// What it is instead.
+        reason: String,
+    },
+    /// A package in an existing lock points where keel does not follow.
+    #[error("the lock {} has package `{package}` at `{location}`: {reason}", path.display())]
+    LockedLocation {
+        /// The lock file.
+        path: PathBuf,
+        /// The package's file name.
+        package: String,
+        /// Where the lock says it is (credentials removed).
+        location: String,
+        /// Why keel refuses it.
+        reason: &'static str,
+    },
     /// A lock could not be written or rendered.
     #[error("failed to write the lock")]
     WriteLock(#[source] std::io::Error),
     /// A locked record could not be turned back into repodata.
     #[error("the lock holds a package keel cannot read back")]
-    LockedRecord(#[source] rattler_lock::ConversionError),
+    LockedRecord(#[source] Redacted),
     /// Exporting to conda-lock's format failed.
     #[error("failed to export conda-lock.yml")]
-    CondaLock(#[source] Box<rattler_lock::conda_lock::CondaLockError>),
+    CondaLock(#[source] Redacted),
+}
+
+/// An error from rattler, its message and each of its causes' messages with every URL
+/// redacted ([`crate::redact_url`]) and every known secret masked: rattler's own redaction
+/// keeps user names and query strings.
+#[derive(Debug)]
+pub struct Redacted {
+    message: String,
+    source: Option<Box<Redacted>>,
+}
+
+impl Redacted {
+    /// `error` and its causes, redacted with the secrets keel knows of.
+    pub(crate) fn new(error: &(dyn std::error::Error + 'static), secrets: &Secrets) -> Self {
+        Redacted {
+            message: secrets.redact(&error.to_string()),
+            source: error
+                .source()
+                .map(|cause| Box::new(Redacted::new(cause, secrets))),
+        }
+    }
+
+    /// `error` with every URL in its messages redacted.
+    pub(crate) fn urls(error: &(dyn std::error::Error + 'static)) -> Self {
+        Self::new(error, &Secrets::default())
+    }
+}
+
+impl std::fmt::Display for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Redacted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
 }

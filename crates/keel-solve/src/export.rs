@@ -8,6 +8,8 @@ use rattler_lock::conda_lock::ExportOptions;
 use rattler_lock::{DEFAULT_ENVIRONMENT_NAME, LockFile, PlatformData};
 
 use crate::SolveError;
+use crate::error::Redacted;
+use crate::redact::{redact_conda, redact_pypi, redact_template, redact_url};
 
 /// The `@EXPLICIT` list of one platform of a lock (`conda create --file`), packages in
 /// installation order, each URL with its md5 (or sha256 where the lock has no md5) so that
@@ -21,12 +23,13 @@ pub fn explicit(lock: &LockFile, platform: Subdir) -> Result<Option<String>, Sol
     };
     let records: Vec<RepoDataRecord> = environment
         .conda_repodata_records(lock_platform)
-        .map_err(SolveError::LockedRecord)?
+        .map_err(|error| SolveError::LockedRecord(Redacted::urls(&error)))?
         .unwrap_or_default();
     let records = PackageRecord::sort_topologically(records);
     let mut out = format!("# platform: {platform}\n@EXPLICIT\n");
     for record in records {
-        let mut url = record.url.clone();
+        // A lock written elsewhere may hold credentials; the list never does.
+        let mut url = redact_url(&record.url);
         if let Some(md5) = record.package_record.md5 {
             url.set_fragment(Some(&hex::encode(md5)));
         } else if let Some(sha256) = record.package_record.sha256 {
@@ -61,12 +64,13 @@ pub fn conda_lock_yml(
     };
     let cep = environment
         .to_conda_lock(&options)
-        .map_err(|e| SolveError::CondaLock(Box::new(e)))?;
+        .map_err(|e| SolveError::CondaLock(Redacted::urls(&e)))?;
     cep.to_yaml()
-        .map_err(|e| SolveError::CondaLock(Box::new(e.into())))
+        .map_err(|e| SolveError::CondaLock(Redacted::urls(&e)))
 }
 
-/// The same lock with no virtual packages recorded on its platforms.
+/// The same lock with no virtual packages recorded on its platforms, and every channel and
+/// package URL through [`redact_url`] (a lock written elsewhere may hold credentials).
 fn without_virtual_packages(lock: &LockFile) -> Result<LockFile, SolveError> {
     let Some(environment) = lock.default_environment() else {
         return Ok(lock.clone());
@@ -84,7 +88,13 @@ fn without_virtual_packages(lock: &LockFile) -> Result<LockFile, SolveError> {
         .map_err(SolveError::Lock)?;
     builder.set_channels(
         DEFAULT_ENVIRONMENT_NAME,
-        environment.channels().iter().cloned(),
+        environment
+            .channels()
+            .iter()
+            .map(|channel| rattler_lock::Channel {
+                url: redact_template(&channel.url),
+                used_env_vars: channel.used_env_vars.clone(),
+            }),
     );
     builder.set_options(
         DEFAULT_ENVIRONMENT_NAME,
@@ -96,7 +106,11 @@ fn without_virtual_packages(lock: &LockFile) -> Result<LockFile, SolveError> {
             .map_err(SolveError::Lock)?;
         for package in packages {
             builder
-                .add_conda_package(DEFAULT_ENVIRONMENT_NAME, platform.name(), package.clone())
+                .add_conda_package(
+                    DEFAULT_ENVIRONMENT_NAME,
+                    platform.name(),
+                    redact_conda(package.clone()),
+                )
                 .map_err(SolveError::Lock)?;
         }
     }
@@ -106,12 +120,28 @@ fn without_virtual_packages(lock: &LockFile) -> Result<LockFile, SolveError> {
             .map_err(SolveError::Lock)?;
         for package in packages {
             builder
-                .add_pypi_package(DEFAULT_ENVIRONMENT_NAME, platform.name(), package.clone())
+                .add_pypi_package(
+                    DEFAULT_ENVIRONMENT_NAME,
+                    platform.name(),
+                    redact_pypi(package.clone()),
+                )
                 .map_err(SolveError::Lock)?;
         }
     }
     if let Some(indexes) = environment.pypi_indexes() {
-        builder.set_pypi_indexes(DEFAULT_ENVIRONMENT_NAME, indexes.clone());
+        let mut indexes = indexes.clone();
+        indexes.indexes = indexes.indexes.iter().map(redact_url).collect();
+        indexes.find_links = indexes
+            .find_links
+            .into_iter()
+            .map(|link| match link {
+                rattler_lock::FindLinksUrlOrPath::Url(url) => {
+                    rattler_lock::FindLinksUrlOrPath::Url(redact_url(&url))
+                }
+                path => path,
+            })
+            .collect();
+        builder.set_pypi_indexes(DEFAULT_ENVIRONMENT_NAME, indexes);
     }
     Ok(builder.finish())
 }

@@ -35,14 +35,19 @@ mod error;
 mod export;
 mod lockfile;
 mod pypi;
+mod redact;
 mod solve;
 mod virtual_packages;
 
 pub use channels::{ResolvedChannel, resolve_channels};
-pub use error::{SolveError, SpecLine};
+pub use error::{Redacted, SolveError, SpecLine};
 pub use export::{conda_lock_yml, explicit};
-pub use lockfile::{Locked, PlatformSummary, inputs_hash, read_lock, recorded_hash};
+pub use lockfile::{
+    Locked, MAX_LOCK_BYTES, PlatformSummary, check_locked_location, inputs_hash, read_lock,
+    recorded_hash,
+};
 pub use pypi::Uv;
 pub use rattler_solve::ChannelPriority;
+pub use redact::{REDACTED, Secrets, redact_template, redact_text, redact_url};
 pub use solve::{LockOptions, lock, target_platforms};
 pub use virtual_packages::{VirtualPackageOverridesByPlatform, virtual_packages_for};

@@ -5,15 +5,18 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use keel_spec::EnvironmentSpec;
-use rattler_conda_types::Subdir;
+use rattler_conda_types::{RepoDataRecord, Subdir};
 use rattler_digest::{Sha256, compute_bytes_digest};
 use rattler_lock::{
     CondaPackageData, DEFAULT_ENVIRONMENT_NAME, LockFile, PlatformData, PlatformName, SolveOptions,
+    UrlOrPath,
 };
 use serde::Serialize;
 
 use crate::SolveError;
 use crate::channels::ResolvedChannel;
+use crate::error::Redacted;
+use crate::redact::{redact_pypi, redact_record, redact_template, redact_text};
 use crate::solve::{LockOptions, PlatformSolve};
 
 /// The header line that carries the inputs hash.
@@ -46,9 +49,9 @@ pub struct PlatformSummary {
 }
 
 #[derive(Serialize)]
-struct Inputs<'a> {
+struct Inputs {
     format: u32,
-    channels: Vec<&'a str>,
+    channels: Vec<String>,
     channel_priority: &'static str,
     platforms: BTreeMap<&'static str, PlatformInputs>,
 }
@@ -66,7 +69,13 @@ struct PlatformInputs {
 pub fn inputs_hash(spec: &EnvironmentSpec, platforms: &[Subdir], options: &LockOptions) -> String {
     let inputs = Inputs {
         format: 1,
-        channels: spec.channels.iter().map(|c| c.source.as_str()).collect(),
+        // Credentials are not inputs: a rotated token leaves the lock fresh, and no hash of
+        // a password reaches the lock.
+        channels: spec
+            .channels
+            .iter()
+            .map(|c| redact_template(&c.source))
+            .collect(),
         channel_priority: match options.channel_priority {
             rattler_solve::ChannelPriority::Strict => "strict",
             rattler_solve::ChannelPriority::Disabled => "disabled",
@@ -85,7 +94,7 @@ pub fn inputs_hash(spec: &EnvironmentSpec, platforms: &[Subdir], options: &LockO
                             .collect(),
                         pip: crate::pypi::entries_for(spec, *platform)
                             .iter()
-                            .map(|entry| entry.source.clone())
+                            .map(|entry| redact_text(&entry.source))
                             .collect(),
                     },
                 )
@@ -132,14 +141,9 @@ pub(crate) fn build(
         .map_err(SolveError::Lock)?;
     builder.set_channels(
         DEFAULT_ENVIRONMENT_NAME,
-        channels.iter().map(|c| {
-            if c.written.contains('$') {
-                rattler_lock::Channel::from(c.written.as_str())
-            } else {
-                let url = rattler_redaction::strip_url_for_serialization(c.channel.base_url.url());
-                rattler_lock::Channel::from(url.as_str())
-            }
-        }),
+        channels
+            .iter()
+            .map(|c| rattler_lock::Channel::from(c.recorded())),
     );
     builder.set_options(
         DEFAULT_ENVIRONMENT_NAME,
@@ -152,11 +156,11 @@ pub(crate) fn build(
         builder
             .add_environment_platform(DEFAULT_ENVIRONMENT_NAME, solve.platform.as_str())
             .map_err(SolveError::Lock)?;
-        for mut record in solve.records {
-            // A channel token (`/t/<token>/`), a password or a query string never reaches the
-            // lock: the lock is shared, the credentials are not. Installers add them back from
-            // their own configuration, as pixi does.
-            record.url = rattler_redaction::strip_url_for_serialization(&record.url);
+        for record in solve.records {
+            // A channel token (`/t/<token>/`), a user name, a password or a query string never
+            // reaches the lock, in the URL or the channel: the lock is shared, the credentials
+            // are not. Installers add them back from their own configuration, as pixi does.
+            let record = redact_record(record);
             builder
                 .add_conda_package(
                     DEFAULT_ENVIRONMENT_NAME,
@@ -170,7 +174,9 @@ pub(crate) fn build(
                 .add_pypi_package(
                     DEFAULT_ENVIRONMENT_NAME,
                     solve.platform.as_str(),
-                    rattler_lock::PypiPackageData::Distribution(Box::new(package)),
+                    redact_pypi(rattler_lock::PypiPackageData::Distribution(Box::new(
+                        package,
+                    ))),
                 )
                 .map_err(SolveError::Lock)?;
         }
@@ -193,21 +199,192 @@ pub(crate) fn build(
     })
 }
 
+/// The largest lock keel reads: a lock of thousands of packages on several platforms is a few
+/// MB, and a file larger than this is not one (it would only exhaust memory).
+pub const MAX_LOCK_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Reads a lock written by keel (or pixi). `Ok(None)` when the file does not exist.
+///
+/// Only a regular file is read (a FIFO or a device is refused, never waited on), no larger
+/// than [`MAX_LOCK_BYTES`]; every error names the file, and every package's location is
+/// checked ([`check_locked_location`]) and read back as a record, so that whatever uses the
+/// lock afterwards (a re-lock, an export) meets no package it cannot place.
 pub fn read_lock(path: &Path) -> Result<Option<(LockFile, Option<String>)>, SolveError> {
-    let text = match fs_err::read_to_string(path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(SolveError::OpenLock(error)),
+    let Some(text) = read_lock_text(path)? else {
+        return Ok(None);
     };
     let base = path.parent().unwrap_or(Path::new("."));
     let lock = LockFile::from_str_with_base_directory(&text, Some(base)).map_err(|source| {
         SolveError::ReadLock {
             path: path.to_path_buf(),
-            source: Box::new(source),
+            source: Redacted::urls(&source),
         }
     })?;
+    for (_, environment) in lock.environments() {
+        for (_, packages) in environment.conda_packages_by_platform() {
+            for package in packages {
+                let (location, name) = match package {
+                    CondaPackageData::Binary(binary) => {
+                        (&binary.location, binary.file_name.to_string())
+                    }
+                    CondaPackageData::Source(source) => {
+                        (&source.location, source.location.to_string())
+                    }
+                };
+                let refuse = |reason| SolveError::LockedLocation {
+                    path: path.to_path_buf(),
+                    package: name.clone(),
+                    location: redact_template(&location.to_string()),
+                    reason,
+                };
+                check_locked_location(location, package.as_binary().is_some()).map_err(refuse)?;
+                if let Some(binary) = package.as_binary() {
+                    RepoDataRecord::try_from(binary).map_err(|_| {
+                        refuse("keel cannot turn this location into a download URL")
+                    })?;
+                }
+            }
+        }
+    }
     Ok(Some((lock, recorded_hash(&text))))
+}
+
+/// The lock's text: `None` when there is no file; an error naming the file when it is not a
+/// regular file of at most [`MAX_LOCK_BYTES`] of UTF-8. The file is opened without waiting
+/// (a FIFO would block a plain open) and checked through the opened handle.
+fn read_lock_text(path: &Path) -> Result<Option<String>, SolveError> {
+    use std::io::Read as _;
+
+    let not_a_lock = |reason: String| SolveError::NotALock {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let kind = |metadata: &std::fs::Metadata| -> Option<&'static str> {
+        let file_type = metadata.file_type();
+        if file_type.is_file() {
+            None
+        } else if file_type.is_dir() {
+            Some("it is a folder")
+        } else {
+            Some("it is not a regular file (a FIFO, a socket or a device)")
+        }
+    };
+    // Refuse what is not a regular file before opening it at all.
+    match fs_err::metadata(path) {
+        Ok(metadata) => {
+            if let Some(reason) = kind(&metadata) {
+                return Err(not_a_lock(reason.to_owned()));
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(SolveError::OpenLock(error)),
+    }
+    let mut options = fs_err::OpenOptions::new();
+    options.read(true);
+    non_blocking(&mut options);
+    let file = match options.open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(SolveError::OpenLock(error)),
+    };
+    let metadata = file.metadata().map_err(SolveError::OpenLock)?;
+    if let Some(reason) = kind(&metadata) {
+        return Err(not_a_lock(reason.to_owned()));
+    }
+    if metadata.len() > MAX_LOCK_BYTES {
+        return Err(not_a_lock(format!(
+            "it is {} bytes, more than the {MAX_LOCK_BYTES} a lock may have",
+            metadata.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_LOCK_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(SolveError::OpenLock)?;
+    if bytes.len() as u64 > MAX_LOCK_BYTES {
+        return Err(not_a_lock(format!(
+            "it grew past the {MAX_LOCK_BYTES} bytes a lock may have while being read"
+        )));
+    }
+    String::from_utf8(bytes).map(Some).map_err(|error| {
+        let offset = error.utf8_error().valid_up_to();
+        let text = String::from_utf8_lossy(&error.as_bytes()[..offset]);
+        let line = text.matches('\n').count() + 1;
+        let column = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        not_a_lock(format!(
+            "it is not UTF-8 text (line {line}, column {column})"
+        ))
+    })
+}
+
+/// Opens without waiting for a writer, where the platform has `O_NONBLOCK` (a regular file
+/// reads as usual; it only keeps a FIFO swapped in after the check from blocking).
+fn non_blocking(options: &mut fs_err::OpenOptions) {
+    #[cfg(any(
+        all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ),
+        target_os = "macos"
+    ))]
+    {
+        use fs_err::os::unix::fs::OpenOptionsExt as _;
+        #[cfg(target_os = "linux")]
+        const O_NONBLOCK: i32 = 0o4000;
+        #[cfg(target_os = "macos")]
+        const O_NONBLOCK: i32 = 0x0004;
+        options.custom_flags(O_NONBLOCK);
+    }
+    #[cfg(not(any(
+        all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ),
+        target_os = "macos"
+    )))]
+    let _ = options;
+}
+
+/// Whether keel follows a package location read from a lock: a URL of a scheme conda
+/// downloads from (`http`, `https`, `file`, and the object stores rattler speaks), naming a
+/// package archive when it is a binary package; or a path that stays inside the lock's folder
+/// (relative, no `..`, no root). The one check every package location read from a lock
+/// passes, before anything joins, fetches or records it.
+pub fn check_locked_location(location: &UrlOrPath, binary: bool) -> Result<(), &'static str> {
+    match location {
+        UrlOrPath::Url(url) => {
+            if !matches!(
+                url.scheme(),
+                "http" | "https" | "file" | "s3" | "gcs" | "oci"
+            ) {
+                return Err("not a URL scheme keel downloads from");
+            }
+            if url.cannot_be_a_base() || url.host_str().is_none() && url.scheme() != "file" {
+                return Err("not a URL of a host");
+            }
+            let name = url
+                .path_segments()
+                .and_then(|mut segments| segments.next_back())
+                .unwrap_or_default();
+            if binary && !(name.ends_with(".conda") || name.ends_with(".tar.bz2")) {
+                return Err("the URL does not name a .conda or .tar.bz2 archive");
+            }
+            Ok(())
+        }
+        UrlOrPath::Path(path) => {
+            let text = path.as_str();
+            if text.is_empty() {
+                return Err("an empty path");
+            }
+            if text.starts_with('/') || text.starts_with('\\') || text.get(1..2) == Some(":") {
+                return Err("an absolute path (a lock names local packages relative to itself)");
+            }
+            if text.split(['/', '\\']).any(|part| part == "..") {
+                return Err("a path with `..` (it would leave the lock's folder)");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The inputs hash recorded in a lock's header, if it has one.

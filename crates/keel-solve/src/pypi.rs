@@ -12,6 +12,7 @@ use rattler_lock::{PackageHashes, PypiDistributionData, UrlOrPath, Verbatim};
 use serde::Deserialize;
 
 use crate::SolveError;
+use crate::redact::Secrets;
 
 /// Which `uv` resolves pip sections.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,6 +50,51 @@ pub(crate) fn entries_for(spec: &EnvironmentSpec, platform: Subdir) -> Vec<&PipE
 
 /// Resolves the pip entries for one platform.
 pub(crate) fn resolve(
+    entries: &[&PipEntry],
+    spec_dir: &Path,
+    platform: Subdir,
+    conda_records: &[RepoDataRecord],
+    virtual_packages: &[GenericVirtualPackage],
+    uv: &Uv,
+    secrets: &Secrets,
+) -> Result<Vec<PypiDistributionData>, SolveError> {
+    resolve_unredacted(
+        entries,
+        spec_dir,
+        platform,
+        conda_records,
+        virtual_packages,
+        uv,
+    )
+    .map_err(|error| redact_error(error, secrets))
+}
+
+/// The pip lines and uv's messages in an error, through [`Secrets::redact`]: a line such as
+/// `--index-url https://user:password@host/simple` is shown without its credentials.
+fn redact_error(error: SolveError, secrets: &Secrets) -> SolveError {
+    match error {
+        SolveError::PipLine {
+            line,
+            source_line,
+            reason,
+        } => SolveError::PipLine {
+            line,
+            source_line: secrets.redact(&source_line),
+            reason: secrets.redact(&reason),
+        },
+        SolveError::PipNeedsUv { line, source_line } => SolveError::PipNeedsUv {
+            line,
+            source_line: secrets.redact(&source_line),
+        },
+        SolveError::UvFailed { platform, stderr } => SolveError::UvFailed {
+            platform,
+            stderr: secrets.redact(&stderr),
+        },
+        other => other,
+    }
+}
+
+fn resolve_unredacted(
     entries: &[&PipEntry],
     spec_dir: &Path,
     platform: Subdir,

@@ -7,14 +7,15 @@ use indicatif::MultiProgress;
 use keel_spec::EnvironmentSpec;
 use rattler_conda_types::{GenericVirtualPackage, MatchSpec, RepoDataRecord, Subdir};
 use rattler_lock::LockFile;
-use rattler_repodata_gateway::{Gateway, IndicatifReporter};
+use rattler_repodata_gateway::{DownloadReporter, Gateway, IndicatifReporter, Reporter};
 use rattler_solve::{ChannelPriority, ChannelRepoData, SolverImpl, SolverTask};
 
 use crate::SolveError;
 use crate::channels::{ResolvedChannel, resolve_channels};
-use crate::error::SpecLine;
+use crate::error::{Redacted, SpecLine};
 use crate::lockfile::{self, Locked};
 use crate::pypi::{self, Uv};
+use crate::redact::{Secrets, redact_url};
 use crate::virtual_packages::{VirtualPackageOverridesByPlatform, virtual_packages_for};
 
 /// How to lock.
@@ -103,8 +104,16 @@ pub async fn lock(
     if channels.is_empty() {
         return Err(SolveError::NoChannels);
     }
+    let mut secrets = Secrets::default();
+    for channel in &channels {
+        channel.add_secrets(&mut secrets);
+    }
+    for entry in spec.pip_entries() {
+        secrets.add_urls_in(&entry.source);
+    }
+    let cache = RepodataCache::for_channels(&channels, &options.cache_dir)?;
     let gateway = Gateway::builder()
-        .with_cache_dir(options.cache_dir.clone())
+        .with_cache_dir(cache.dir().to_path_buf())
         .finish();
 
     let mut solves = Vec::new();
@@ -121,8 +130,12 @@ pub async fn lock(
             &locked,
             options,
             spec,
+            &secrets,
         )
-        .await?;
+        .await;
+        // Whatever the solve gave, what rattler left in a shared cache is made private.
+        cache.restrict()?;
+        let records = records?;
         let pypi = pypi::resolve(
             &pypi::entries_for(spec, *platform),
             &base_dir,
@@ -130,6 +143,7 @@ pub async fn lock(
             &records,
             &virtual_packages,
             &options.uv,
+            &secrets,
         )?;
         solves.push(PlatformSolve {
             platform: *platform,
@@ -155,7 +169,7 @@ fn previous_records(
     };
     let records = environment
         .conda_repodata_records(lock_platform)
-        .map_err(SolveError::LockedRecord)?
+        .map_err(|error| SolveError::LockedRecord(Redacted::urls(&error)))?
         .unwrap_or_default();
     Ok(records
         .into_iter()
@@ -177,6 +191,7 @@ async fn solve_platform(
     locked: &[RepoDataRecord],
     options: &LockOptions,
     spec: &EnvironmentSpec,
+    secrets: &Secrets,
 ) -> Result<Vec<RepoDataRecord>, SolveError> {
     let mut query = gateway
         .query(
@@ -186,19 +201,19 @@ async fn solve_platform(
         )
         .recursive(true);
     if let Some(progress) = &options.progress {
-        query = query.with_reporter(
+        query = query.with_reporter(RedactingReporter(
             IndicatifReporter::builder()
                 .with_multi_progress(progress.clone())
                 .clear_when_done(true)
                 .finish(),
-        );
+        ));
     }
     let output = query
         .execute()
         .await
         .map_err(|source| SolveError::Repodata {
             platform,
-            source: Box::new(source),
+            source: Redacted::new(&source, secrets),
         })?;
 
     let task = SolverTask {
@@ -214,7 +229,7 @@ async fn solve_platform(
     let mut records = match rattler_solve::resolvo::Solver.solve(task) {
         Ok(result) => result.records,
         Err(rattler_solve::SolveError::Unsolvable(messages)) => {
-            let explanation = messages.join("\n");
+            let explanation = secrets.redact(&messages.join("\n"));
             return Err(SolveError::Unsolvable {
                 platform,
                 spec_lines: spec_lines_named_in(spec, &explanation),
@@ -253,4 +268,148 @@ fn spec_lines_named_in(spec: &EnvironmentSpec, explanation: &str) -> Vec<SpecLin
         }
     }
     lines.into_values().collect()
+}
+
+/// Shows rattler's download progress with each URL redacted: rattler's progress bar prints a
+/// URL's host and path (a `/t/<token>/` with it), or the whole URL, password included, for a
+/// host that is an IP address.
+struct RedactingReporter(IndicatifReporter);
+
+impl Reporter for RedactingReporter {
+    fn download_reporter(&self) -> Option<&dyn DownloadReporter> {
+        Some(self)
+    }
+}
+
+impl DownloadReporter for RedactingReporter {
+    fn on_download_start(&self, url: &url::Url) -> usize {
+        self.0.on_download_start(&redact_url(url))
+    }
+
+    fn on_download_progress(
+        &self,
+        url: &url::Url,
+        index: usize,
+        bytes_downloaded: usize,
+        total_bytes: Option<usize>,
+    ) {
+        self.0
+            .on_download_progress(&redact_url(url), index, bytes_downloaded, total_bytes);
+    }
+
+    fn on_download_complete(&self, url: &url::Url, index: usize) {
+        self.0.on_download_complete(&redact_url(url), index);
+    }
+}
+
+/// Where the gateway caches repodata for one lock.
+///
+/// rattler writes each repodata URL it fetches into the cache (`<hash>.info.json`, the file
+/// name a hash of the URL), credentials included: it has no other way to send them than the
+/// URL keel gives it. So channels whose URLs carry credentials are fetched through a private
+/// folder (0700) that is removed when the lock is done, and the shared cache only ever holds
+/// URLs without credentials. The shared cache is made private too: folders keel creates are
+/// 0700, and every file rattler leaves there is set to 0600 after each solve.
+enum RepodataCache {
+    Shared(PathBuf),
+    Private(tempfile::TempDir),
+}
+
+impl RepodataCache {
+    fn for_channels(channels: &[ResolvedChannel], shared: &Path) -> Result<Self, SolveError> {
+        let credentialed = channels.iter().any(|c| {
+            let url = c.channel.base_url.url();
+            redact_url(url) != **url
+        });
+        if credentialed {
+            let dir = tempfile::Builder::new()
+                .prefix("keel-repodata-")
+                .tempdir()
+                .map_err(SolveError::Cache)?;
+            return Ok(RepodataCache::Private(dir));
+        }
+        create_private_dir(shared)?;
+        Ok(RepodataCache::Shared(shared.to_path_buf()))
+    }
+
+    fn dir(&self) -> &Path {
+        match self {
+            RepodataCache::Shared(dir) => dir,
+            RepodataCache::Private(dir) => dir.path(),
+        }
+    }
+
+    /// Sets every file under the shared cache to 0600 and every folder to 0700.
+    fn restrict(&self) -> Result<(), SolveError> {
+        match self {
+            RepodataCache::Shared(dir) => restrict_tree(dir, 0),
+            RepodataCache::Private(_) => Ok(()),
+        }
+    }
+}
+
+/// Creates `dir` and its missing parents as 0700 (the cache may end up holding what a user
+/// may read and others may not).
+fn create_private_dir(dir: &Path) -> Result<(), SolveError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|error| {
+        SolveError::Cache(std::io::Error::new(
+            error.kind(),
+            format!(
+                "failed to create the repodata cache {}: {error}",
+                dir.display()
+            ),
+        ))
+    })
+}
+
+fn restrict_tree(dir: &Path, depth: usize) -> Result<(), SolveError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        // rattler's cache is a flat folder with a few levels of shards below it at most.
+        if depth > 8 {
+            return Ok(());
+        }
+        let entries = match fs_err::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(SolveError::Cache(error)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(SolveError::Cache)?;
+            let path = entry.path();
+            let file_type = entry.file_type().map_err(SolveError::Cache)?;
+            let mode = if file_type.is_dir() {
+                restrict_tree(&path, depth + 1)?;
+                0o700
+            } else if file_type.is_file() {
+                0o600
+            } else {
+                continue;
+            };
+            let metadata = fs_err::symlink_metadata(&path).map_err(SolveError::Cache)?;
+            if metadata.permissions().mode() & 0o077 == 0 {
+                continue;
+            }
+            match fs_err::set_permissions(&path, std::fs::Permissions::from_mode(mode)) {
+                Ok(()) => {}
+                // Another user's file in a shared folder: not keel's to change.
+                Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {}
+                Err(error) => return Err(SolveError::Cache(error)),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (dir, depth);
+    Ok(())
 }
