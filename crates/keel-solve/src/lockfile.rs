@@ -346,12 +346,13 @@ fn non_blocking(options: &mut fs_err::OpenOptions) {
 }
 
 /// Whether keel follows a package location read from a lock: a URL of a scheme conda
-/// downloads from (`http`, `https`, `file`, and the object stores rattler speaks), naming a
-/// package archive when it is a binary package; or a path that stays inside the lock's folder
-/// (relative, no `..`, no root). The one check every package location read from a lock
+/// downloads from (`http`, `https`, `file`, and the object stores rattler speaks), or a path
+/// (rattler records a local channel's packages as absolute paths); a binary package's
+/// location names a `.conda` or `.tar.bz2` archive, and a path has no `..` (a relative one
+/// stays inside the lock's folder). The one check every package location read from a lock
 /// passes, before anything joins, fetches or records it.
 pub fn check_locked_location(location: &UrlOrPath, binary: bool) -> Result<(), &'static str> {
-    match location {
+    let name = match location {
         UrlOrPath::Url(url) => {
             if !matches!(
                 url.scheme(),
@@ -359,32 +360,30 @@ pub fn check_locked_location(location: &UrlOrPath, binary: bool) -> Result<(), &
             ) {
                 return Err("not a URL scheme keel downloads from");
             }
-            if url.cannot_be_a_base() || url.host_str().is_none() && url.scheme() != "file" {
+            if url.cannot_be_a_base() || (url.host_str().is_none() && url.scheme() != "file") {
                 return Err("not a URL of a host");
             }
-            let name = url
-                .path_segments()
+            url.path_segments()
                 .and_then(|mut segments| segments.next_back())
-                .unwrap_or_default();
-            if binary && !(name.ends_with(".conda") || name.ends_with(".tar.bz2")) {
-                return Err("the URL does not name a .conda or .tar.bz2 archive");
-            }
-            Ok(())
+                .unwrap_or_default()
+                .to_owned()
         }
         UrlOrPath::Path(path) => {
             let text = path.as_str();
             if text.is_empty() {
                 return Err("an empty path");
             }
-            if text.starts_with('/') || text.starts_with('\\') || text.get(1..2) == Some(":") {
-                return Err("an absolute path (a lock names local packages relative to itself)");
+            let parts: Vec<&str> = text.split(['/', '\\']).collect();
+            if parts.contains(&"..") {
+                return Err("a path with `..` (it would leave the folder it names)");
             }
-            if text.split(['/', '\\']).any(|part| part == "..") {
-                return Err("a path with `..` (it would leave the lock's folder)");
-            }
-            Ok(())
+            parts.last().copied().unwrap_or_default().to_owned()
         }
+    };
+    if binary && !(name.ends_with(".conda") || name.ends_with(".tar.bz2")) {
+        return Err("it does not name a .conda or .tar.bz2 archive");
     }
+    Ok(())
 }
 
 /// The inputs hash recorded in a lock's header, if it has one.
