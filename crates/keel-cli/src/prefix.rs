@@ -224,6 +224,13 @@ pub(crate) fn hash(args: HashArgs) -> miette::Result<ExitCode> {
         summary.unowned,
         summary.prefix_files
     );
+    if summary.special > 0 {
+        let _ = writeln!(
+            stdout,
+            "{} FIFOs, sockets or devices (listed, never opened)",
+            summary.special
+        );
+    }
     let _ = writeln!(
         stdout,
         "hashed {} files ({}), {} unchanged from the stat cache, in {:.3} s",

@@ -82,8 +82,8 @@ pub struct Fingerprint {
     pub summary: Summary,
     /// The installed conda packages, by name.
     pub packages: Vec<PackageFingerprint>,
-    /// Every file and symlink under the prefix except `conda-meta/` and `CACHEDIR.TAG`, by
-    /// path.
+    /// Every file, symlink, FIFO, socket and device under the prefix except `conda-meta/` and
+    /// `CACHEDIR.TAG`, by path.
     pub files: Vec<FileFingerprint>,
 }
 
@@ -98,6 +98,9 @@ pub struct Summary {
     pub symlinks: usize,
     /// Bytes in regular files (as hashed).
     pub bytes: u64,
+    /// FIFOs, sockets and devices (listed, never opened).
+    #[serde(default)]
+    pub special: usize,
     /// Files that belong to no conda package.
     pub unowned: usize,
     /// Files whose contents held the prefix path.
@@ -131,6 +134,38 @@ pub enum FileKind {
     File,
     /// A symbolic link (never followed).
     Symlink,
+    /// A named pipe (never opened: reading one blocks until a writer comes).
+    Fifo,
+    /// A Unix socket (never opened).
+    Socket,
+    /// A block or character device (never opened).
+    Device,
+}
+
+impl FileKind {
+    /// The kind of a walked entry (its `lstat`), `None` for a directory.
+    fn of(file_type: std::fs::FileType) -> Option<Self> {
+        if file_type.is_dir() {
+            return None;
+        }
+        if file_type.is_file() {
+            return Some(FileKind::File);
+        }
+        if file_type.is_symlink() {
+            return Some(FileKind::Symlink);
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt as _;
+            if file_type.is_fifo() {
+                return Some(FileKind::Fifo);
+            }
+            if file_type.is_socket() {
+                return Some(FileKind::Socket);
+            }
+        }
+        Some(FileKind::Device)
+    }
 }
 
 /// One file or symlink of the prefix.
@@ -553,7 +588,7 @@ pub(crate) struct Found {
     /// Relative to the prefix, `/`-separated.
     pub(crate) relative: String,
     pub(crate) path: PathBuf,
-    pub(crate) symlink: bool,
+    pub(crate) kind: FileKind,
     /// The file's `lstat`, taken during the walk (files only).
     stat: Option<Stat>,
 }
@@ -585,12 +620,12 @@ fn walk_dir(dir: PathBuf, relative: String, excluded: &GlobSet) -> Result<Vec<Fo
             format!("{relative}/{name}")
         };
         let file_type = entry.file_type()?;
-        if file_type.is_dir() {
+        // FIFOs, sockets and devices are listed as what they are, never opened.
+        let Some(kind) = FileKind::of(file_type) else {
             subdirs.push((entry.path(), path_in_prefix));
             continue;
-        }
-        // Sockets, FIFOs and devices are not package contents.
-        if !(file_type.is_file() || file_type.is_symlink()) || excluded.is_match(&path_in_prefix) {
+        };
+        if excluded.is_match(&path_in_prefix) {
             continue;
         }
         let stat = if file_type.is_file() {
@@ -601,7 +636,7 @@ fn walk_dir(dir: PathBuf, relative: String, excluded: &GlobSet) -> Result<Vec<Fo
         found.push(Found {
             relative: path_in_prefix,
             path: entry.path(),
-            symlink: file_type.is_symlink(),
+            kind,
             stat,
         });
     }
@@ -744,6 +779,7 @@ pub fn fingerprint(
                 }
             }
             FileKind::Symlink => summary.symlinks += 1,
+            FileKind::Fifo | FileKind::Socket | FileKind::Device => summary.special += 1,
         }
         summary.unowned += usize::from(file.owner.is_none());
         summary.prefix_files += usize::from(file.prefix_replaced);
@@ -796,7 +832,26 @@ fn fingerprint_one(
         source,
     };
     let owner = owners.get(&item.relative).cloned();
-    if item.symlink {
+    if matches!(
+        item.kind,
+        FileKind::Fifo | FileKind::Socket | FileKind::Device
+    ) {
+        return Ok((
+            FileFingerprint {
+                path: item.relative.clone(),
+                kind: item.kind,
+                size: None,
+                blake3: None,
+                executable: false,
+                prefix_replaced: false,
+                target: None,
+                owner,
+            },
+            None,
+            false,
+        ));
+    }
+    if item.kind == FileKind::Symlink {
         let target = fs_err::read_link(&item.path).map_err(unreadable)?;
         return Ok((
             FileFingerprint {

@@ -365,3 +365,30 @@ impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future as _;
+
+    /// Hardening issue #13: a panic inside the installer's future comes out as an error (the
+    /// CLI then exits 2 instead of 101, and the marker says the install was interrupted).
+    #[test]
+    fn installer_panic_is_an_error() {
+        let mut future = CatchPanic(Box::pin(async {
+            if std::hint::black_box(true) {
+                panic!("rattler fell over");
+            }
+            7
+        }));
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let poll = std::pin::Pin::new(&mut future).poll(&mut context);
+        assert_eq!(
+            poll,
+            std::task::Poll::Ready(Err("rattler fell over".to_string()))
+        );
+        let mut fine = CatchPanic(Box::pin(async { 7 }));
+        let poll = std::pin::Pin::new(&mut fine).poll(&mut context);
+        assert_eq!(poll, std::task::Poll::Ready(Ok(7)));
+    }
+}
