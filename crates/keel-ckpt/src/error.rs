@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::store::CheckpointId;
+
 /// One error enum for keel-ckpt. Every variant about a file or object names it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -59,6 +61,9 @@ pub enum CkptError {
     NoValidCheckpoint {
         /// The store's root.
         root: String,
+        /// The checkpoints that did not verify, newest first, with the reason (empty when
+        /// the store has none).
+        skipped: Vec<(CheckpointId, String)>,
     },
     /// A background save failed; reported on the next call.
     #[error("the background save of step {step} failed; the checkpoint before it is intact")]
@@ -78,7 +83,51 @@ pub enum CkptError {
     /// Serializing tensors failed.
     #[error("cannot write tensors as safetensors")]
     Safetensors(#[source] safetensors::SafeTensorError),
+    /// A file keel will not read: not a regular file (a FIFO, a device, a link).
+    #[error("{}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A file or object larger than its format allows (a manifest over 16 MiB).
+    #[error("{location} has {size} bytes, more than the {limit} keel reads")]
+    TooLarge {
+        /// The file or object.
+        location: String,
+        /// Its size.
+        size: u64,
+        /// The most keel reads.
+        limit: u64,
+    },
+    /// A store opened for reading that is not there (only a save creates one).
+    #[error("no checkpoint store at {location}")]
+    NoStore {
+        /// The location as given.
+        location: String,
+    },
+    /// The save committed; the prune after it failed. The checkpoint is valid.
+    #[error("checkpoint {saved} is saved; pruning after it failed")]
+    Pruning {
+        /// The checkpoint that was saved.
+        saved: CheckpointId,
+        /// Why pruning failed.
+        #[source]
+        source: Box<CkptError>,
+    },
     /// A local path that is not a directory where a store needs one.
     #[error("{} is not a directory", .0.display())]
     NotADirectory(PathBuf),
+}
+
+impl CkptError {
+    /// The checkpoint that was committed despite this error (a [`CkptError::Pruning`]
+    /// failure): the save itself worked, only the prune after it did not.
+    pub fn saved(&self) -> Option<&CheckpointId> {
+        match self {
+            CkptError::Pruning { saved, .. } => Some(saved),
+            _ => None,
+        }
+    }
 }

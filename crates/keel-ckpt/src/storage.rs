@@ -1,35 +1,116 @@
 //! Where checkpoints live: a local (or NFS) folder, or S3-compatible object storage.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 
 use crate::CkptError;
-use crate::model::{FileParts, Kind, MANIFEST};
+use crate::model::{FileParts, Kind, MANIFEST, parse_folder_name};
 
 /// The operations a store needs. A checkpoint is a folder `KIND/NAME/` of files; it counts only
 /// once its manifest is there, and it is written last.
 pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     /// Where, for messages.
     fn describe(&self) -> String;
+    /// Whether the store is there (local: the folder exists; objects: always).
+    fn exists(&self) -> Result<bool, CkptError>;
+    /// Excludes saves (`exclusive` false: they may run together) from prunes (`exclusive`
+    /// true) of this store until the guard is dropped. Only a save creates the store.
+    fn lock(&self, exclusive: bool) -> Result<StoreLock<'_>, CkptError>;
     /// Writes the data files of a checkpoint durably where no reader looks for checkpoints
-    /// (local: a temporary folder; objects: under the final key, which counts only once its
-    /// manifest is there).
+    /// (local: a temporary folder; objects: under the final key, with a write marker, which
+    /// counts only once its manifest is there).
     fn write_data(&self, kind: Kind, name: &str, files: &[FileParts<'_>]) -> Result<(), CkptError>;
     /// Writes the manifest and makes the checkpoint visible: the commit point.
     fn commit(&self, kind: Kind, name: &str, manifest: &[u8]) -> Result<(), CkptError>;
     /// Removes what a failed `write_data` or `commit` left; never touches other checkpoints.
     fn abort(&self, kind: Kind, name: &str);
-    /// The checkpoint folders of a kind (complete or not), unsorted.
+    /// The checkpoint folders of a kind (complete or not, keel's or not), unsorted; never
+    /// keel's own temporaries.
     fn list(&self, kind: Kind) -> Result<Vec<String>, CkptError>;
-    /// A file of a checkpoint; `None` when it does not exist.
-    fn read(&self, kind: Kind, name: &str, file: &str) -> Result<Option<Vec<u8>>, CkptError>;
-    /// Removes a checkpoint: the manifest first, so that a half-removed one is not valid.
+    /// A small file of a checkpoint (at most `limit` bytes, else an error); `None` when it
+    /// does not exist. Only a regular file is read.
+    fn read(
+        &self,
+        kind: Kind,
+        name: &str,
+        file: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, CkptError>;
+    /// A file of a checkpoint to stream, with its size (known before any byte is read);
+    /// `None` when it does not exist. Only a regular file is opened.
+    fn open(&self, kind: Kind, name: &str, file: &str) -> Result<Option<Sized<'_>>, CkptError>;
+    /// Removes a checkpoint so that no reader ever sees half of it as valid.
     fn remove(&self, kind: Kind, name: &str) -> Result<(), CkptError>;
-    /// Removes what interrupted writes left behind (local temporary folders).
-    fn clean_temporaries(&self) -> Result<(), CkptError>;
+    /// Whether a checkpoint without a manifest is provably an abandoned write of keel's
+    /// (objects: its write marker is older than [`ABANDONED_AFTER_MS`]); local folders
+    /// never are (keel writes them under a temporary name).
+    fn abandoned(&self, kind: Kind, name: &str) -> Result<bool, CkptError>;
+    /// Removes what interrupted writes left behind (local temporary folders keel named);
+    /// call with the exclusive lock held. Returns their names.
+    fn clean_temporaries(&self) -> Result<Vec<String>, CkptError>;
+}
+
+/// A reader with the size of what it reads.
+pub(crate) type Sized<'a> = (Box<dyn Read + 'a>, u64);
+
+/// A write marker on object storage older than this (24 h) is an abandoned save.
+pub(crate) const ABANDONED_AFTER_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The object a save puts first and deletes after its commit: its age tells an abandoned
+/// write from one in flight.
+const WRITE_MARKER: &str = ".keel-writing";
+
+/// The lock file at a local store's root.
+const LOCK_FILE: &str = ".keel-lock";
+
+/// Held while a save or prune runs (see [`Backend::lock`]).
+#[derive(Debug)]
+pub(crate) struct StoreLock<'a> {
+    _file: Option<fs_err::File>,
+    _shared: Option<std::sync::RwLockReadGuard<'a, ()>>,
+    _exclusive: Option<std::sync::RwLockWriteGuard<'a, ()>>,
+}
+
+impl StoreLock<'_> {
+    fn none() -> Self {
+        StoreLock {
+            _file: None,
+            _shared: None,
+            _exclusive: None,
+        }
+    }
+}
+
+/// Opens a file only if it is a regular one: checked before opening (a FIFO would block the
+/// open itself) and again on the opened handle (the name may have changed in between).
+/// `None` when it does not exist; any other failure (permissions, I/O) is an error.
+pub(crate) fn open_regular(path: &Path) -> Result<Option<(fs_err::File, u64)>, CkptError> {
+    let not_regular = || CkptError::File {
+        path: path.to_path_buf(),
+        reason:
+            "not a regular file (a FIFO, device, folder or link); keel reads only files it wrote"
+                .into(),
+    };
+    match fs_err::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Err(not_regular()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error.into()),
+    }
+    let file = match fs_err::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    Ok(Some((file, meta.len())))
 }
 
 /// A local or NFS folder. Writes go to a temporary folder beside the final one: each file is
@@ -38,18 +119,28 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub(crate) struct Local {
     root: PathBuf,
+    /// Excludes saves and prunes of this store inside the process (the file lock does
+    /// between processes; on NFS it is a POSIX lock, which is per process).
+    lock: RwLock<()>,
 }
 
 const TEMP_PREFIX: &str = ".tmp-";
 
 impl Local {
+    /// A store at `root`, which need not exist yet (the first save creates it); nothing is
+    /// created here.
     pub(crate) fn new(root: &Path) -> Result<Self, CkptError> {
-        fs_err::create_dir_all(root)?;
-        if !root.is_dir() {
-            return Err(CkptError::NotADirectory(root.to_path_buf()));
+        match fs_err::metadata(root) {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(CkptError::NotADirectory(root.to_path_buf()));
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error.into()),
         }
         Ok(Local {
             root: root.to_path_buf(),
+            lock: RwLock::new(()),
         })
     }
 
@@ -88,9 +179,53 @@ fn write_synced<'a>(
     Ok(())
 }
 
+/// Whether `name` in a kind folder is one of keel's temporaries (`.tmp-<checkpoint name>`).
+fn temporary(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX)
+        .is_some_and(|rest| parse_folder_name(rest).is_some())
+}
+
 impl Backend for Local {
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn exists(&self) -> Result<bool, CkptError> {
+        match fs_err::metadata(&self.root) {
+            Ok(meta) if meta.is_dir() => Ok(true),
+            Ok(_) => Err(CkptError::NotADirectory(self.root.clone())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<StoreLock<'_>, CkptError> {
+        let mut lock = StoreLock::none();
+        if exclusive {
+            // A prune of a store that is not there has nothing to exclude.
+            if !self.exists()? {
+                return Ok(lock);
+            }
+            lock._exclusive = Some(self.lock.write().unwrap_or_else(|e| e.into_inner()));
+        } else {
+            if !self.exists()? {
+                fs_err::create_dir_all(&self.root)?;
+            }
+            lock._shared = Some(self.lock.read().unwrap_or_else(|e| e.into_inner()));
+        }
+        let file = fs_err::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.root.join(LOCK_FILE))?;
+        if exclusive {
+            file.lock()?;
+        } else {
+            file.lock_shared()?;
+        }
+        lock._file = Some(file);
+        Ok(lock)
     }
 
     fn write_data(&self, kind: Kind, name: &str, files: &[FileParts<'_>]) -> Result<(), CkptError> {
@@ -100,7 +235,7 @@ impl Backend for Local {
             sync_dir(&self.root)?;
         }
         let temp = self.temp_dir(kind, name);
-        if temp.exists() {
+        if fs_err::symlink_metadata(&temp).is_ok() {
             fs_err::remove_dir_all(&temp)?;
         }
         fs_err::create_dir(&temp)?;
@@ -126,54 +261,108 @@ impl Backend for Local {
 
     fn list(&self, kind: Kind) -> Result<Vec<String>, CkptError> {
         let dir = self.kind_dir(kind);
-        if !dir.is_dir() {
-            return Ok(Vec::new());
+        match fs_err::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(CkptError::NotADirectory(dir)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error.into()),
         }
         let mut names = Vec::new();
         for entry in fs_err::read_dir(&dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with(TEMP_PREFIX) && entry.file_type()?.is_dir() {
+            if !temporary(&name) && entry.file_type()?.is_dir() {
                 names.push(name);
             }
         }
         Ok(names)
     }
 
-    fn read(&self, kind: Kind, name: &str, file: &str) -> Result<Option<Vec<u8>>, CkptError> {
-        match fs_err::read(self.kind_dir(kind).join(name).join(file)) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(error.into()),
+    fn read(
+        &self,
+        kind: Kind,
+        name: &str,
+        file: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, CkptError> {
+        let path = self.kind_dir(kind).join(name).join(file);
+        let Some((file, size)) = open_regular(&path)? else {
+            return Ok(None);
+        };
+        if size > limit {
+            return Err(CkptError::TooLarge {
+                location: path.display().to_string(),
+                size,
+                limit,
+            });
         }
+        let mut bytes = Vec::new();
+        file.take(limit + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > limit {
+            return Err(CkptError::TooLarge {
+                location: path.display().to_string(),
+                size: bytes.len() as u64,
+                limit,
+            });
+        }
+        Ok(Some(bytes))
+    }
+
+    fn open(&self, kind: Kind, name: &str, file: &str) -> Result<Option<Sized<'_>>, CkptError> {
+        let path = self.kind_dir(kind).join(name).join(file);
+        Ok(open_regular(&path)?.map(|(file, size)| {
+            let reader: Box<dyn Read> = Box::new(std::io::BufReader::new(file));
+            (reader, size)
+        }))
     }
 
     fn remove(&self, kind: Kind, name: &str) -> Result<(), CkptError> {
+        // Renamed out of sight first (one atomic step), then deleted: a crash in between
+        // leaves a temporary, which the next prune removes, never half a checkpoint.
         let dir = self.kind_dir(kind).join(name);
-        match fs_err::remove_file(dir.join(MANIFEST)) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error.into()),
+        let temp = self.temp_dir(kind, name);
+        if fs_err::symlink_metadata(&temp).is_ok() {
+            fs_err::remove_dir_all(&temp)?;
         }
-        sync_dir(&dir)?;
-        fs_err::remove_dir_all(&dir)?;
+        fs_err::rename(&dir, &temp)?;
+        sync_dir(&self.kind_dir(kind))?;
+        fs_err::remove_dir_all(&temp)?;
         Ok(())
     }
 
-    fn clean_temporaries(&self) -> Result<(), CkptError> {
+    fn abandoned(&self, _kind: Kind, _name: &str) -> Result<bool, CkptError> {
+        Ok(false)
+    }
+
+    fn clean_temporaries(&self) -> Result<Vec<String>, CkptError> {
+        let mut cleaned = Vec::new();
         for kind in Kind::ALL {
-            let dir = self.kind_dir(kind);
-            if !dir.is_dir() {
-                continue;
-            }
-            for entry in fs_err::read_dir(&dir)? {
-                let entry = entry?;
-                if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-                    fs_err::remove_dir_all(entry.path())?;
+            for name in self.list_all(kind)? {
+                let path = self.kind_dir(kind).join(&name);
+                // Only folders keel named; a stray file or link of that name is left alone.
+                let is_dir = fs_err::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+                if temporary(&name) && is_dir {
+                    fs_err::remove_dir_all(&path)?;
+                    cleaned.push(format!("{kind}/{name}"));
                 }
             }
         }
-        Ok(())
+        Ok(cleaned)
+    }
+}
+
+impl Local {
+    /// Every entry name of a kind folder (none when it is missing).
+    fn list_all(&self, kind: Kind) -> Result<Vec<String>, CkptError> {
+        let dir = self.kind_dir(kind);
+        if !fs_err::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Ok(Vec::new());
+        }
+        let mut names = Vec::new();
+        for entry in fs_err::read_dir(&dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
     }
 }
 
@@ -233,15 +422,53 @@ impl Objects {
     }
 
     /// `scheme://bucket/key` of an object, for messages.
-    fn error(&self, location: &ObjectPath, source: object_store::Error) -> CkptError {
+    fn location(&self, location: &ObjectPath) -> String {
         let base = url::Url::parse(&self.url)
             .ok()
             .map(|url| format!("{}://{}", url.scheme(), url.host_str().unwrap_or("")))
             .unwrap_or_default();
+        format!("{base}/{location}")
+    }
+
+    /// An object storage error naming the object.
+    fn error(&self, location: &ObjectPath, source: object_store::Error) -> CkptError {
         CkptError::Object {
-            location: format!("{base}/{location}"),
+            location: self.location(location),
             source: Box::new(source),
         }
+    }
+}
+
+/// Reads an object in ranged requests of 8 MiB, so that nothing holds the whole object.
+struct ObjectReader<'a> {
+    objects: &'a Objects,
+    path: ObjectPath,
+    position: u64,
+    size: u64,
+    buffer: bytes::Bytes,
+}
+
+impl Read for ObjectReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.buffer.is_empty() && self.position < self.size {
+            let end = self.size.min(self.position + (8 << 20));
+            let range = self.position..end;
+            let bytes = self
+                .objects
+                .block(self.objects.store.get_range(&self.path, range))
+                .map_err(|e| std::io::Error::other(self.objects.error(&self.path, e)))?;
+            if bytes.is_empty() {
+                return Err(std::io::Error::other(format!(
+                    "{}: the object ended early",
+                    self.path
+                )));
+            }
+            self.position += bytes.len() as u64;
+            self.buffer = bytes;
+        }
+        let n = out.len().min(self.buffer.len());
+        out[..n].copy_from_slice(&self.buffer.split_to(n));
+        Ok(n)
     }
 }
 
@@ -250,8 +477,27 @@ impl Backend for Objects {
         self.url.clone()
     }
 
+    fn exists(&self) -> Result<bool, CkptError> {
+        // A prefix is there as soon as it is named; an empty one lists nothing.
+        Ok(true)
+    }
+
+    fn lock(&self, _exclusive: bool) -> Result<StoreLock<'_>, CkptError> {
+        // No locks on object storage: a prune deletes only checkpoints with a manifest and
+        // writes whose marker is older than ABANDONED_AFTER_MS, never a save in flight.
+        Ok(StoreLock::none())
+    }
+
     fn write_data(&self, kind: Kind, name: &str, files: &[FileParts<'_>]) -> Result<(), CkptError> {
         self.block(async {
+            let marker = self.path(&[kind.as_str(), name, WRITE_MARKER]);
+            self.store
+                .put(
+                    &marker,
+                    PutPayload::from_static(b"keel checkpoint write in progress\n"),
+                )
+                .await
+                .map_err(|e| self.error(&marker, e))?;
             for file in files {
                 let path = self.path(&[kind.as_str(), name, &file.name]);
                 let payload: PutPayload = file.parts().map(bytes::Bytes::copy_from_slice).collect();
@@ -268,6 +514,9 @@ impl Backend for Objects {
         let path = self.path(&[kind.as_str(), name, MANIFEST]);
         self.block(self.store.put(&path, PutPayload::from(manifest.to_vec())))
             .map_err(|e| self.error(&path, e))?;
+        // Committed: the marker is tidiness now (a manifest outranks it).
+        let marker = self.path(&[kind.as_str(), name, WRITE_MARKER]);
+        let _ = self.block(self.store.delete(&marker));
         Ok(())
     }
 
@@ -281,25 +530,64 @@ impl Backend for Objects {
         let listed = self
             .block(self.store.list_with_delimiter(Some(&prefix)))
             .map_err(|e| self.error(&prefix, e))?;
+        // A listing's names are input: only a plain segment directly under the kind is
+        // taken (the store decides whether it is a checkpoint name).
         Ok(listed
             .common_prefixes
             .iter()
+            .filter(|p| {
+                p.prefix_match(&prefix)
+                    .is_some_and(|mut rest| rest.next().is_some() && rest.next().is_none())
+            })
             .filter_map(|p| p.filename().map(str::to_string))
+            .filter(|name| !name.is_empty() && name != "." && name != "..")
             .collect())
     }
 
-    fn read(&self, kind: Kind, name: &str, file: &str) -> Result<Option<Vec<u8>>, CkptError> {
+    fn read(
+        &self,
+        kind: Kind,
+        name: &str,
+        file: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, CkptError> {
         let path = self.path(&[kind.as_str(), name, file]);
         self.block(async {
             match self.store.get(&path).await {
-                Ok(result) => match result.bytes().await {
-                    Ok(bytes) => Ok(Some(bytes.to_vec())),
-                    Err(e) => Err(self.error(&path, e)),
-                },
+                Ok(result) => {
+                    if result.meta.size > limit {
+                        return Err(CkptError::TooLarge {
+                            location: self.location(&path),
+                            size: result.meta.size,
+                            limit,
+                        });
+                    }
+                    match result.bytes().await {
+                        Ok(bytes) => Ok(Some(bytes.to_vec())),
+                        Err(e) => Err(self.error(&path, e)),
+                    }
+                }
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(self.error(&path, e)),
             }
         })
+    }
+
+    fn open(&self, kind: Kind, name: &str, file: &str) -> Result<Option<Sized<'_>>, CkptError> {
+        let path = self.path(&[kind.as_str(), name, file]);
+        let size = match self.block(self.store.head(&path)) {
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error(&path, e)),
+        };
+        let reader = ObjectReader {
+            objects: self,
+            path,
+            position: 0,
+            size,
+            buffer: bytes::Bytes::new(),
+        };
+        Ok(Some((Box::new(reader), size)))
     }
 
     fn remove(&self, kind: Kind, name: &str) -> Result<(), CkptError> {
@@ -325,7 +613,21 @@ impl Backend for Objects {
         })
     }
 
-    fn clean_temporaries(&self) -> Result<(), CkptError> {
-        Ok(())
+    fn abandoned(&self, kind: Kind, name: &str) -> Result<bool, CkptError> {
+        let marker = self.path(&[kind.as_str(), name, WRITE_MARKER]);
+        match self.block(self.store.head(&marker)) {
+            Ok(meta) => {
+                let now = crate::store::now_ms();
+                let age =
+                    i64::try_from(now).unwrap_or(i64::MAX) - meta.last_modified.timestamp_millis();
+                Ok(age > ABANDONED_AFTER_MS)
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(&marker, e)),
+        }
+    }
+
+    fn clean_temporaries(&self) -> Result<Vec<String>, CkptError> {
+        Ok(Vec::new())
     }
 }

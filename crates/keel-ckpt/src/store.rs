@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use crate::CkptError;
 use crate::model::{
-    FORMAT_VERSION, FileEntry, Kind, MANIFEST, Manifest, Snapshot, group_file, parse_group,
+    FORMAT_VERSION, FileEntry, Kind, MANIFEST, MAX_MANIFEST_BYTES, MAX_STEP, MAX_UNIX_MS, Manifest,
+    Snapshot, TensorGroup, check_file_name, check_seal, folder_name, group_file, parse_folder_name,
+    read_group, seal_manifest, valid_group_name,
 };
 use crate::storage::{Backend, Local, Objects};
 
@@ -36,6 +38,36 @@ pub struct Listed {
     pub manifest: Option<Manifest>,
     /// Why there is no manifest (incomplete write, unreadable, newer format).
     pub problem: Option<String>,
+    /// What the listing could tell about it; prune deletes only what this proves keel's.
+    pub status: Status,
+}
+
+/// What a listed folder is, as far as its manifest tells (the data is not read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Status {
+    /// A keel checkpoint whose manifest reads and agrees with its folder name.
+    Readable,
+    /// A keel checkpoint folder without a manifest: a write cut short, or one in flight.
+    Incomplete,
+    /// A manifest keel cannot read or does not trust: I/O error, permissions, a newer
+    /// format, bad JSON, a digest or name that does not agree. Never deleted.
+    Unreadable,
+    /// Not named as keel names checkpoints (`step-<12 digits>-<13 digits>`): not keel's,
+    /// never deleted, not a failure of the store.
+    Foreign,
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Pruned {
+    /// Checkpoints deleted: not kept by the retention rule, or provably abandoned writes.
+    pub deleted: Vec<CheckpointId>,
+    /// Keel's own temporaries of interrupted writes removed (`KIND/.tmp-...`).
+    pub temporaries: Vec<String>,
+    /// What was left alone because keel cannot prove it may delete it, and why.
+    pub left: Vec<(CheckpointId, String)>,
 }
 
 /// What [`CheckpointStore::latest_valid`] found.
@@ -90,29 +122,21 @@ pub struct CheckpointStore {
     backend: Arc<dyn Backend>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn valid_group_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-/// The step and time a folder name says (`step-<step>-<ms>`), for ordering.
+/// The step and time a folder name says, for ordering (names not keel's sort first).
 fn name_key(name: &str) -> (u64, u64) {
-    let mut parts = name.strip_prefix("step-").unwrap_or("").split('-');
-    let step = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let ms = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    (step, ms)
+    parse_folder_name(name).unwrap_or((0, 0))
 }
 
 impl CheckpointStore {
-    /// A store in a local (or NFS-mounted) folder, created if needed.
+    /// A store in a local (or NFS-mounted) folder. Nothing is created until the first save;
+    /// a folder that is not there lists no checkpoints (see [`CheckpointStore::open_existing`]
+    /// for readers that must find one).
     pub fn local(root: &Path) -> Result<Self, CkptError> {
         Ok(CheckpointStore {
             backend: Arc::new(Local::new(root)?),
@@ -161,6 +185,18 @@ impl CheckpointStore {
         })
     }
 
+    /// [`CheckpointStore::open`] for commands that only read: a local store that is not there
+    /// is [`CkptError::NoStore`] (nothing is created). An object-store prefix always exists.
+    pub fn open_existing(location: &str) -> Result<Self, CkptError> {
+        let store = CheckpointStore::open(location)?;
+        if !store.backend.exists()? {
+            return Err(CkptError::NoStore {
+                location: location.to_string(),
+            });
+        }
+        Ok(store)
+    }
+
     /// Where the store is, for messages.
     pub fn location(&self) -> String {
         self.backend.describe()
@@ -170,6 +206,17 @@ impl CheckpointStore {
     /// A failure leaves every earlier checkpoint as it was and nothing that looks valid.
     pub fn save(&self, kind: Kind, snapshot: &Snapshot) -> Result<CheckpointId, CkptError> {
         let created_unix_ms = now_ms();
+        if snapshot.step > MAX_STEP {
+            return Err(CkptError::Setting(format!(
+                "step {} does not fit a checkpoint name (at most {MAX_STEP})",
+                snapshot.step
+            )));
+        }
+        if created_unix_ms > MAX_UNIX_MS {
+            return Err(CkptError::Setting(format!(
+                "the clock says {created_unix_ms} ms since 1970, past what a checkpoint name holds"
+            )));
+        }
         for group in snapshot.groups.keys() {
             if !valid_group_name(group) {
                 return Err(CkptError::Setting(format!(
@@ -185,7 +232,9 @@ impl CheckpointStore {
             .iter()
             .map(|(group, tensors)| group_file(format!("{group}.safetensors"), tensors))
             .collect::<Result<Vec<_>, _>>()?;
-        let name = format!("step-{:012}-{created_unix_ms:013}", snapshot.step);
+        let name = folder_name(snapshot.step, created_unix_ms);
+        // Saves may run together; a prune waits for them (and they for it).
+        let _lock = self.backend.lock(false)?;
         let result = std::thread::scope(|scope| {
             let hashes = scope.spawn(|| {
                 files
@@ -218,8 +267,9 @@ impl CheckpointStore {
                 device: snapshot.device.clone(),
                 files: entries,
             };
-            let manifest_bytes =
-                serde_json::to_vec_pretty(&manifest).map_err(|e| CkptError::Io(e.into()))?;
+            let manifest_bytes = seal_manifest(
+                serde_json::to_value(&manifest).map_err(|e| CkptError::Io(e.into()))?,
+            );
             self.backend.commit(kind, &name, &manifest_bytes)
         });
         if let Err(error) = result {
@@ -230,111 +280,131 @@ impl CheckpointStore {
     }
 
     /// Every checkpoint of every kind, oldest first (by step, then time), with its manifest
-    /// when readable. Does not read the data files; [`CheckpointStore::verify`] does.
+    /// when readable, and every other folder under a kind (as [`Status::Foreign`]). Does not
+    /// read the data files; [`CheckpointStore::verify`] does.
     pub fn list(&self) -> Result<Vec<Listed>, CkptError> {
         let mut listed = Vec::new();
         for kind in Kind::ALL {
             for name in self.backend.list(kind)? {
                 let id = CheckpointId { kind, name };
-                match self.manifest(&id) {
-                    Ok(manifest) => listed.push(Listed {
-                        id,
-                        manifest: Some(manifest),
-                        problem: None,
-                    }),
-                    Err(error) => listed.push(Listed {
-                        id,
-                        manifest: None,
-                        problem: Some(error.to_string()),
-                    }),
-                }
+                let (status, manifest, problem) = if parse_folder_name(&id.name).is_none() {
+                    (
+                        Status::Foreign,
+                        None,
+                        Some(
+                            "not a keel checkpoint (keel names them step-<12 digits>-<13 digits>); left alone"
+                                .to_string(),
+                        ),
+                    )
+                } else {
+                    match self
+                        .backend
+                        .read(kind, &id.name, MANIFEST, MAX_MANIFEST_BYTES)
+                    {
+                        Ok(None) => (
+                            Status::Incomplete,
+                            None,
+                            Some(format!("no {MANIFEST} (an incomplete write)")),
+                        ),
+                        Ok(Some(bytes)) => match parse_manifest(&id, &bytes) {
+                            Ok(manifest) => (Status::Readable, Some(manifest), None),
+                            Err(error) => (Status::Unreadable, None, Some(error.to_string())),
+                        },
+                        Err(error) => (Status::Unreadable, None, Some(error.to_string())),
+                    }
+                };
+                listed.push(Listed {
+                    id,
+                    manifest,
+                    problem,
+                    status,
+                });
             }
         }
         listed.sort_by_key(|l| {
             let (step, ms) = name_key(&l.id.name);
-            (step, ms, l.id.kind)
+            (step, ms, l.id.kind, l.id.name.clone())
         });
         Ok(listed)
     }
 
-    /// The manifest of a checkpoint, checked for format but not against the data.
+    /// The manifest of a checkpoint, checked (format, its own digest, that it agrees with
+    /// the folder it is in, its file names) but not against the data.
     pub fn manifest(&self, id: &CheckpointId) -> Result<Manifest, CkptError> {
-        let invalid = |reason: String| CkptError::Invalid {
-            id: id.to_string(),
-            reason,
-        };
         let bytes = self
             .backend
-            .read(id.kind, &id.name, MANIFEST)?
-            .ok_or_else(|| invalid("no manifest (an incomplete write)".to_string()))?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| invalid(format!("{MANIFEST} is not valid JSON: {e}")))?;
-        let version = value
-            .get("format_version")
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| invalid(format!("{MANIFEST} has no format_version")))?;
-        if version > u64::from(FORMAT_VERSION) {
-            return Err(CkptError::NewerFormat {
+            .read(id.kind, &id.name, MANIFEST, MAX_MANIFEST_BYTES)?
+            .ok_or_else(|| CkptError::Invalid {
                 id: id.to_string(),
-                found: u32::try_from(version).unwrap_or(u32::MAX),
-                supported: FORMAT_VERSION,
-            });
-        }
-        serde_json::from_value(value).map_err(|e| invalid(format!("{MANIFEST}: {e}")))
+                reason: format!("no {MANIFEST} (an incomplete write)"),
+            })?;
+        parse_manifest(id, &bytes)
     }
 
-    /// Loads and verifies a checkpoint: every file present, of the recorded size and BLAKE3,
-    /// and a safetensors file whose header agrees with its data.
+    /// Loads and verifies a checkpoint: every file present, of the recorded size (checked
+    /// before it is read) and BLAKE3, and a safetensors file whose header agrees with its
+    /// data. Files are read one at a time, as a stream into the tensors.
     pub fn load(&self, id: &CheckpointId) -> Result<(Manifest, Snapshot), CkptError> {
         let manifest = self.manifest(id)?;
-        let invalid = |reason: String| CkptError::Invalid {
-            id: id.to_string(),
-            reason,
-        };
-        let mut snapshot = Snapshot {
+        let groups = self.check_files(id, &manifest, true)?;
+        let snapshot = Snapshot {
             step: manifest.step,
             epoch: manifest.epoch,
             metrics: manifest.metrics.clone(),
             user: manifest.user.clone(),
             environment: manifest.environment.clone(),
             device: manifest.device.clone(),
-            groups: Default::default(),
+            groups,
         };
+        Ok((manifest, snapshot))
+    }
+
+    /// Verifies a checkpoint as [`CheckpointStore::load`] does, streaming: memory stays at a
+    /// buffer and a safetensors header whatever the checkpoint's size.
+    pub fn verify(&self, id: &CheckpointId) -> Result<Manifest, CkptError> {
+        let manifest = self.manifest(id)?;
+        self.check_files(id, &manifest, false)?;
+        Ok(manifest)
+    }
+
+    /// Reads every data file of `manifest` (tensors kept when `keep`), checking each.
+    fn check_files(
+        &self,
+        id: &CheckpointId,
+        manifest: &Manifest,
+        keep: bool,
+    ) -> Result<std::collections::BTreeMap<String, TensorGroup>, CkptError> {
+        let invalid = |reason: String| CkptError::Invalid {
+            id: id.to_string(),
+            reason,
+        };
+        let mut groups = std::collections::BTreeMap::new();
         for entry in &manifest.files {
-            let bytes = self
+            // Checked when the manifest was read; the same one check again before the join.
+            let group = check_file_name(&entry.name).map_err(&invalid)?;
+            let (mut reader, size) = self
                 .backend
-                .read(id.kind, &id.name, &entry.name)?
+                .open(id.kind, &id.name, &entry.name)?
                 .ok_or_else(|| invalid(format!("{} is missing", entry.name)))?;
-            if bytes.len() as u64 != entry.size {
+            if size != entry.size {
                 return Err(invalid(format!(
-                    "{} has {} bytes, the manifest says {} (truncated or overwritten)",
-                    entry.name,
-                    bytes.len(),
-                    entry.size
+                    "{} has {size} bytes, the manifest says {} (truncated or overwritten)",
+                    entry.name, entry.size
                 )));
             }
-            let hash = blake3::hash(&bytes).to_hex().to_string();
+            let (hash, tensors) = read_group(&mut reader, size, keep)
+                .map_err(|reason| invalid(format!("{}: {reason}", entry.name)))?;
             if hash != entry.blake3 {
                 return Err(invalid(format!(
                     "{} does not match its BLAKE3 in the manifest (the file changed on disk)",
                     entry.name
                 )));
             }
-            let group = entry
-                .name
-                .strip_suffix(".safetensors")
-                .ok_or_else(|| invalid(format!("{} is not a safetensors file", entry.name)))?;
-            snapshot.groups.insert(
-                group.to_string(),
-                parse_group(&bytes, &id.to_string(), &entry.name)?,
-            );
+            if let Some(tensors) = tensors {
+                groups.insert(group.to_string(), tensors);
+            }
         }
-        Ok((manifest, snapshot))
-    }
-
-    /// Verifies a checkpoint (see [`CheckpointStore::load`]) and returns its manifest.
-    pub fn verify(&self, id: &CheckpointId) -> Result<Manifest, CkptError> {
-        self.load(id).map(|(manifest, _)| manifest)
+        Ok(groups)
     }
 
     /// The newest checkpoint (by step, then time, any kind) that verifies, loaded. Newer ones
@@ -347,6 +417,16 @@ impl CheckpointStore {
     fn latest_valid_of(&self, listed: &[Listed]) -> Result<Resume, CkptError> {
         let mut skipped = Vec::new();
         for listed in listed.iter().rev() {
+            match listed.status {
+                // Not keel's: not a checkpoint at all.
+                Status::Foreign => continue,
+                Status::Readable => {}
+                _ => {
+                    let problem = listed.problem.clone().unwrap_or_default();
+                    skipped.push((listed.id.clone(), problem));
+                    continue;
+                }
+            }
             match self.load(&listed.id) {
                 Ok((manifest, snapshot)) => {
                     return Ok(Resume {
@@ -361,6 +441,7 @@ impl CheckpointStore {
         }
         Err(CkptError::NoValidCheckpoint {
             root: self.location(),
+            skipped,
         })
     }
 
@@ -410,8 +491,9 @@ impl CheckpointStore {
     }
 
     /// Saves, then applies `retention` (when given) with the new checkpoint kept: what a
-    /// training loop does after each save. A failed prune is returned as the error (the
-    /// checkpoint itself is committed by then).
+    /// training loop does after each save. When the save committed and the prune after it
+    /// failed, the error is [`CkptError::Pruning`], which names the saved checkpoint (see
+    /// [`CkptError::saved`]): never a save failure.
     pub fn save_retaining(
         &self,
         kind: Kind,
@@ -419,18 +501,25 @@ impl CheckpointStore {
         retention: Option<&Retention>,
     ) -> Result<CheckpointId, CkptError> {
         let id = self.save(kind, snapshot)?;
-        if let Some(retention) = retention {
-            self.prune_after(retention, &id)?;
+        if let Some(retention) = retention
+            && let Err(error) = self.prune_after(retention, &id)
+        {
+            return Err(CkptError::Pruning {
+                saved: id,
+                source: Box::new(error),
+            });
         }
         Ok(id)
     }
 
-    /// Deletes what `retention` does not keep, and leftovers of interrupted writes. Never
-    /// deletes the newest valid checkpoint. Returns what was deleted.
-    pub fn prune(&self, retention: &Retention) -> Result<Vec<CheckpointId>, CkptError> {
-        let listed = self.list()?;
-        let newest_valid = self.latest_valid_of(&listed).ok().map(|resume| resume.id);
-        self.prune_listed(retention, newest_valid, &listed)
+    /// Deletes what `retention` does not keep, and leftovers of keel's interrupted writes.
+    /// Never deletes the newest valid checkpoint, nor anything keel cannot prove it made and
+    /// may delete: folders not named as keel names checkpoints, manifests it cannot read (a
+    /// newer format, permissions, I/O errors, a bad digest), writes that may be in flight.
+    /// Those are reported in [`Pruned::left`]. Excludes saves of the store while it runs
+    /// (a lock file on local and NFS stores).
+    pub fn prune(&self, retention: &Retention) -> Result<Pruned, CkptError> {
+        self.prune_with(retention, None)
     }
 
     /// [`CheckpointStore::prune`] right after `committed` was saved: that checkpoint is the
@@ -440,35 +529,57 @@ impl CheckpointStore {
         &self,
         retention: &Retention,
         committed: &CheckpointId,
-    ) -> Result<Vec<CheckpointId>, CkptError> {
-        self.prune_listed(retention, Some(committed.clone()), &self.list()?)
+    ) -> Result<Pruned, CkptError> {
+        self.prune_with(retention, Some(committed))
     }
 
-    fn prune_listed(
+    fn prune_with(
         &self,
         retention: &Retention,
-        newest_valid: Option<CheckpointId>,
-        listed: &[Listed],
-    ) -> Result<Vec<CheckpointId>, CkptError> {
-        self.backend.clean_temporaries()?;
-        let newest_step = newest_valid
-            .as_ref()
-            .map(|id| name_key(&id.name).0)
-            .unwrap_or(0);
+        committed: Option<&CheckpointId>,
+    ) -> Result<Pruned, CkptError> {
+        // Listed under the lock: no local save is between its data and its commit now.
+        let _lock = self.backend.lock(true)?;
+        let mut pruned = Pruned {
+            temporaries: self.backend.clean_temporaries()?,
+            ..Pruned::default()
+        };
+        let listed = self.list()?;
+        let newest_valid = match committed {
+            Some(id) => Some(id.clone()),
+            None => listed
+                .iter()
+                .rev()
+                .filter(|l| l.status == Status::Readable)
+                .find(|l| self.verify(&l.id).is_ok())
+                .map(|l| l.id.clone()),
+        };
         let mut delete = Vec::new();
-        for kind in Kind::ALL {
-            // Newest first.
-            let mut of_kind: Vec<&Listed> =
-                listed.iter().rev().filter(|l| l.id.kind == kind).collect();
-            // Incomplete ones older than the newest valid checkpoint will never complete.
-            of_kind.retain(|l| {
-                if l.manifest.is_none() && name_key(&l.id.name).0 < newest_step {
-                    delete.push(l.id.clone());
-                    false
-                } else {
-                    l.manifest.is_some()
+        for listed in &listed {
+            match listed.status {
+                Status::Readable => {}
+                Status::Incomplete if self.backend.abandoned(listed.id.kind, &listed.id.name)? => {
+                    delete.push(listed.id.clone());
                 }
-            });
+                Status::Incomplete => pruned.left.push((
+                    listed.id.clone(),
+                    format!(
+                        "no {MANIFEST}, and keel cannot prove the write abandoned (it may be in flight); left alone"
+                    ),
+                )),
+                _ => pruned.left.push((
+                    listed.id.clone(),
+                    listed.problem.clone().unwrap_or_default(),
+                )),
+            }
+        }
+        for kind in Kind::ALL {
+            // Newest first; only checkpoints whose manifest reads count and may go.
+            let mut of_kind: Vec<&Listed> = listed
+                .iter()
+                .rev()
+                .filter(|l| l.id.kind == kind && l.status == Status::Readable)
+                .collect();
             let keep = match kind {
                 Kind::Best => {
                     if let Some((metric, goal)) = &retention.best_metric {
@@ -506,11 +617,72 @@ impl CheckpointStore {
                 delete.push(listed.id.clone());
             }
         }
-        for id in &delete {
+        for id in delete {
             self.backend.remove(id.kind, &id.name)?;
+            pruned.deleted.push(id);
         }
-        Ok(delete)
+        Ok(pruned)
     }
+}
+
+/// Reads a manifest's bytes: JSON of a format this keel reads, its own digest (format 2 and
+/// later), a kind, step and save time that agree with the folder it is in, and data file
+/// names that pass [`check_file_name`]. Every reason names the manifest.
+fn parse_manifest(id: &CheckpointId, bytes: &[u8]) -> Result<Manifest, CkptError> {
+    let invalid = |reason: String| CkptError::Invalid {
+        id: id.to_string(),
+        reason,
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| invalid(format!("{MANIFEST} is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(invalid(format!("{MANIFEST} is not a JSON object")));
+    }
+    let version = value
+        .get("format_version")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| invalid(format!("{MANIFEST} has no format_version")))?;
+    if version == 0 {
+        return Err(invalid(format!(
+            "{MANIFEST} has format_version 0, which no keel writes"
+        )));
+    }
+    if version > u64::from(FORMAT_VERSION) {
+        return Err(CkptError::NewerFormat {
+            id: id.to_string(),
+            found: u32::try_from(version).unwrap_or(u32::MAX),
+            supported: FORMAT_VERSION,
+        });
+    }
+    // Format 1 had no digest: read as it is, unverified.
+    if version >= 2 {
+        check_seal(bytes, &value).map_err(invalid)?;
+    }
+    let manifest: Manifest =
+        serde_json::from_value(value).map_err(|e| invalid(format!("{MANIFEST}: {e}")))?;
+    if manifest.kind != id.kind {
+        return Err(invalid(format!(
+            "{MANIFEST} says kind `{}`, but it is under `{}`",
+            manifest.kind, id.kind
+        )));
+    }
+    let (step, ms) = parse_folder_name(&id.name).ok_or_else(|| {
+        invalid("the folder name is not step-<12 digits>-<13 digits>".to_string())
+    })?;
+    if (manifest.step, manifest.created_unix_ms) != (step, ms) {
+        return Err(invalid(format!(
+            "{MANIFEST} says step {} saved at {} ms, its folder name step {step} at {ms}",
+            manifest.step, manifest.created_unix_ms
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in &manifest.files {
+        check_file_name(&entry.name).map_err(&invalid)?;
+        if !seen.insert(entry.name.as_str()) {
+            return Err(invalid(format!("{MANIFEST} lists {} twice", entry.name)));
+        }
+    }
+    Ok(manifest)
 }
 
 /// What differs between the environment and device recorded in a checkpoint and the current
@@ -577,5 +749,76 @@ fn json_differences(
             path.into()
         }),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sealed(step: u64, metrics: &[(String, f64)], user: &str) -> (CheckpointId, Vec<u8>) {
+        let ms = 1_700_000_000_000;
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            kind: Kind::Regular,
+            step,
+            epoch: step / 3,
+            created_unix_ms: ms,
+            metrics: metrics.iter().cloned().collect(),
+            user: serde_json::json!({ "note": user, "rng": [step, 7] }),
+            environment: None,
+            device: None,
+            files: vec![FileEntry {
+                name: "model.safetensors".into(),
+                size: 123,
+                blake3: blake3::hash(user.as_bytes()).to_hex().to_string(),
+            }],
+        };
+        let id = CheckpointId {
+            kind: Kind::Regular,
+            name: folder_name(step, ms),
+        };
+        (id, seal_manifest(serde_json::to_value(&manifest).unwrap()))
+    }
+
+    proptest! {
+        /// Hardening issue #13: any single-bit flip anywhere in a sealed manifest.json is
+        /// detected: the manifest is refused (bad JSON, a newer or unknown format, a digest
+        /// that does not match, or a field that no longer agrees with its folder).
+        #[test]
+        fn any_single_bit_flip_in_a_manifest_is_detected(
+            step in 0..=MAX_STEP,
+            metrics in proptest::collection::vec(("[a-z_]{1,8}", -1e6f64..1e6), 0..4),
+            user in "\\PC{0,40}",
+            at in any::<proptest::sample::Index>(),
+            bit in 0..8u8,
+        ) {
+            let (id, bytes) = sealed(step, &metrics, &user);
+            prop_assert!(parse_manifest(&id, &bytes).is_ok());
+            let mut flipped = bytes.clone();
+            let at = at.index(flipped.len());
+            flipped[at] ^= 1 << bit;
+            prop_assert!(
+                parse_manifest(&id, &flipped).is_err(),
+                "flipping bit {} of byte {} went unnoticed", bit, at
+            );
+        }
+    }
+
+    /// Every bit of one manifest, exhaustively (the property above samples).
+    #[test]
+    fn every_bit_flip_of_one_manifest_is_detected() {
+        let (id, bytes) = sealed(250, &[("loss".into(), 0.25)], "state");
+        for at in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut flipped = bytes.clone();
+                flipped[at] ^= 1 << bit;
+                assert!(
+                    parse_manifest(&id, &flipped).is_err(),
+                    "bit {bit} of byte {at}"
+                );
+            }
+        }
     }
 }

@@ -20,7 +20,8 @@ type Outcome = (u64, Result<CheckpointId, CkptError>);
 /// [`AsyncSaver::save`] waits for the previous save (if it is still running) before handing
 /// over the next, so memory holds at most two snapshots (the one being written and the new
 /// one). A failed background save is returned by the next call to `save`, `wait` or `finish`
-/// and leaves no checkpoint that looks valid (the store's commit is atomic).
+/// and leaves no checkpoint that looks valid (the store's commit is atomic); a save that
+/// committed but whose prune failed comes back as [`CkptError::Pruning`], not as a failed save.
 #[derive(Debug)]
 pub struct AsyncSaver {
     sender: Option<mpsc::SyncSender<Job>>,
@@ -61,6 +62,8 @@ impl AsyncSaver {
         self.in_flight = false;
         match self.results.recv() {
             Ok((_, Ok(id))) => Ok(Some(id)),
+            // Saved, then the prune failed: not a failed save.
+            Ok((_, Err(error @ CkptError::Pruning { .. }))) => Err(error),
             Ok((step, Err(error))) => Err(CkptError::BackgroundSave {
                 step,
                 source: Box::new(error),

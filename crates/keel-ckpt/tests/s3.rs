@@ -58,7 +58,9 @@ fn s3_save_resume_skip_and_prune() {
         .unwrap();
     runtime
         .block_on(objects.put(
-            &ObjectPath::from("runs/exp1/regular/step-000000000004-1/model.safetensors"),
+            &ObjectPath::from(
+                "runs/exp1/regular/step-000000000004-0000000000001/model.safetensors",
+            ),
             PutPayload::from(vec![1u8; 100]),
         ))
         .unwrap();
@@ -77,7 +79,8 @@ fn s3_save_resume_skip_and_prune() {
     assert!(reasons[0].contains("no manifest"), "{reasons:?}");
     assert!(reasons[1].contains("optimizer.safetensors"), "{reasons:?}");
 
-    // Background saves, then retention: the incomplete and the oldest go.
+    // Background saves, then retention: the oldest goes; the incomplete one (no write marker:
+    // keel cannot prove it abandoned, it may be a save in flight) is left and reported.
     let mut saver = AsyncSaver::new(
         store.clone(),
         Some(Retention {
@@ -103,6 +106,23 @@ fn s3_save_resume_skip_and_prune() {
         store.latest_valid().unwrap().snapshot,
         snapshot_for(5, 4096)
     );
+    let incomplete: Vec<String> = store
+        .list()
+        .unwrap()
+        .iter()
+        .filter(|l| l.status == keel_ckpt::Status::Incomplete)
+        .map(|l| l.id.name.clone())
+        .collect();
+    assert_eq!(incomplete, ["step-000000000004-0000000000001"]);
+    let pruned = store
+        .prune(&Retention {
+            keep_last: 1,
+            ..Retention::default()
+        })
+        .unwrap();
+    assert_eq!(pruned.deleted.len(), 1, "{pruned:?}");
+    assert_eq!(pruned.left.len(), 1, "{pruned:?}");
+    assert!(pruned.left[0].1.contains("in flight"), "{pruned:?}");
 
     assert!(store.location().starts_with("s3://checkpoints/runs/exp1"));
 }

@@ -108,16 +108,11 @@ fn every_corruption_of_every_file_falls_back() {
         for (case, bytes) in cases {
             fs_err::write(&path, &bytes).unwrap();
             let resume = store.latest_valid().unwrap();
-            // A flip inside JSON whitespace or a key's spelling can leave the manifest
-            // meaning the same; then the checkpoint is still the newest and still exact.
-            if resume.id == newest {
-                assert_eq!(file, MANIFEST, "{case}: a corrupted data file verified");
-                assert_eq!(resume.snapshot, snapshot_for(2, 512), "{case}");
-            } else {
-                assert_eq!(resume.snapshot, snapshot_for(1, 512), "{case}");
-                assert_eq!(resume.skipped.len(), 1, "{case}");
-                assert_eq!(resume.skipped[0].0, newest, "{case}");
-            }
+            // The manifest carries its own digest: no change of any file verifies.
+            assert_ne!(resume.id, newest, "{case}: a corrupted {file} verified");
+            assert_eq!(resume.snapshot, snapshot_for(1, 512), "{case}");
+            assert_eq!(resume.skipped.len(), 1, "{case}");
+            assert_eq!(resume.skipped[0].0, newest, "{case}");
         }
         fs_err::write(&path, &original).unwrap();
         assert_eq!(store.latest_valid().unwrap().id, newest);
@@ -167,7 +162,7 @@ fn a_lying_safetensors_header_is_refused() {
             file["blake3"] = blake3::hash(&bytes).to_hex().to_string().into();
         }
     }
-    fs_err::write(&manifest_path, manifest.to_string()).unwrap();
+    fs_err::write(&manifest_path, keel_ckpt::seal_manifest(manifest)).unwrap();
     let error = store.load(&newest).unwrap_err();
     assert!(error.to_string().contains("model.safetensors"), "{error}");
     assert_eq!(store.latest_valid().unwrap().snapshot.step, 1);
