@@ -657,3 +657,107 @@ fn bad_input_gets_clear_errors() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("does not match its contents"), "{stderr}");
 }
+
+/// A conda-meta record of a package the lock does not pin, owning `path`.
+fn hostile_record(prefix: &Path, path: &str) -> PathBuf {
+    let record = serde_json::json!({
+        "name": "evil", "version": "1.0", "build": "h0_0", "build_number": 0,
+        "subdir": "linux-64", "depends": [], "fn": "evil-1.0-h0_0.conda",
+        "url": "https://example.invalid/linux-64/evil-1.0-h0_0.conda",
+        "files": [path],
+        "paths_data": { "paths_version": 1, "paths": [{
+            "_path": path, "path_type": "hardlink",
+            "sha256": "0000000000000000000000000000000000000000000000000000000000000000",
+        }]},
+    });
+    let file = prefix.join("conda-meta/evil-1.0-h0_0.json");
+    fs_err::write(&file, record.to_string()).unwrap();
+    file
+}
+
+/// Hardening issue #13: `keel install --repair` with a record naming `../victim.txt` deleted
+/// the victim (a plain install did too, the package not being locked), and `keel verify
+/// --json` printed its sha256. Now every command refuses the record (exit 2, naming it and how
+/// to recover) before anything is changed, and once it is removed the prefix installs and
+/// verifies again.
+#[test]
+fn record_path_with_dotdot_is_refused() {
+    let project = project();
+    let dir = project.path();
+    install(dir, "lock-1.0.lock", "env");
+    let victim = dir.join("victim.txt");
+    fs_err::write(&victim, "keep me\n").unwrap();
+    let victim_sha = hex::encode(
+        rattler_digest::compute_file_digest::<rattler_digest::Sha256>(&victim).unwrap(),
+    );
+    let absolute = victim.display().to_string();
+    for path in ["../victim.txt", absolute.as_str()] {
+        let record = hostile_record(&dir.join("env"), path);
+        let commands: [&[&str]; 4] = [
+            &[
+                "install",
+                "-l",
+                "lock-1.0.lock",
+                "-p",
+                "env",
+                "--package-cache",
+                "pkgs",
+                "--repair",
+            ],
+            &[
+                "install",
+                "-l",
+                "lock-1.0.lock",
+                "-p",
+                "env",
+                "--package-cache",
+                "pkgs",
+            ],
+            &["verify", "env", "-l", "lock-1.0.lock", "--json"],
+            &["hash", "env", "--json"],
+        ];
+        for args in commands {
+            let output = keel(dir, args);
+            let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+            assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(stderr.contains("evil-1.0-h0_0.json"), "{args:?}: {stderr}");
+            assert!(!stdout.contains(&victim_sha), "{args:?}: {stdout}");
+            assert_eq!(fs_err::read_to_string(&victim).unwrap(), "keep me\n");
+            assert!(!dir.join("env").join(keel_marker()).exists(), "{args:?}");
+        }
+        fs_err::remove_file(record).unwrap();
+        install(dir, "lock-1.0.lock", "env");
+        expect(dir, &["verify", "env", "-l", "lock-1.0.lock"], 0);
+    }
+}
+
+/// Hardening issue #13: `keel diff` printed node labels (and paths) raw, escape codes
+/// included. The human output escapes control characters; `--json` keeps them exact.
+#[test]
+fn diff_label_with_escape_codes_is_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    for prefix in ["a", "b"] {
+        fs_err::create_dir_all(dir.join(prefix).join("conda-meta")).unwrap();
+    }
+    fs_err::write(dir.join("b/notes\x1b[2J.txt"), "x\n").unwrap();
+    let label = "node\x1b]0;owned\x07\x1b[31m";
+    expect(dir, &["hash", "a", "--label", label, "-o", "a.json"], 0);
+    expect(dir, &["hash", "b", "--label", "b", "-o", "b.json"], 0);
+    let human = expect(dir, &["diff", "a.json", "b.json"], 1);
+    assert!(
+        !human.contains('\x1b') && !human.contains('\x07'),
+        "{human:?}"
+    );
+    assert!(human.contains("node\\u{1b}]0;owned\\u{7}"), "{human}");
+    assert!(human.contains("notes\\u{1b}[2J.txt"), "{human}");
+    let report = json(dir, &["diff", "a.json", "b.json", "--json"], 1);
+    let labels = names(&report["groups"][0]["labels"]);
+    let all: Vec<String> = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|group| names(&group["labels"]))
+        .collect();
+    assert!(all.contains(&label.to_string()), "{labels:?} {all:?}");
+}
