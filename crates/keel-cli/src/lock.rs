@@ -189,7 +189,7 @@ pub(crate) fn run(args: LockArgs) -> miette::Result<ExitCode> {
             }
             let report = miette::Report::new(diagnostic).with_source_code(NamedSource::new(
                 settings.file.display().to_string(),
-                checked.report.text.clone(),
+                redact_source(&checked.report.text),
             ));
             render::error(&report);
             return Ok(ExitCode::from(2));
@@ -366,4 +366,47 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> miette::Result<()> {
     result
         .into_diagnostic()
         .wrap_err_with(|| format!("failed to write {}", path.display()))
+}
+
+/// The environment file as shown around a diagnostic: each line holding a URL with
+/// credentials (a channel, a pip `--index-url`) redacted ([`keel_solve::redact_text`]) and
+/// padded to its length, so that the labels' offsets still point where they did.
+fn redact_source(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| {
+            let (body, end) = match line.strip_suffix('\n') {
+                Some(body) => (body, "\n"),
+                None => (line, ""),
+            };
+            let mut redacted = keel_solve::redact_text(body);
+            if redacted == body {
+                return line.to_owned();
+            }
+            while redacted.len() > body.len() {
+                redacted.pop();
+            }
+            let padding = body.len() - redacted.len();
+            redacted.extend(std::iter::repeat_n(' ', padding));
+            redacted + end
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_source;
+
+    /// Hardening issue #13: the environment file drawn around an unsolvable spec showed the
+    /// channel's credentials; each line keeps its length so the labels still fit.
+    #[test]
+    fn redact_source_keeps_offsets_and_drops_credentials() {
+        let text = "channels:\n  - https://alice:hunter2@host/t/tok3n/c?token=qs1\ndependencies:\n  - numpy\n";
+        let shown = redact_source(text);
+        assert_eq!(shown.len(), text.len());
+        assert_eq!(shown.find("- numpy"), text.find("- numpy"));
+        for secret in ["alice", "hunter2", "tok3n", "qs1"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("https://host/c"));
+    }
 }

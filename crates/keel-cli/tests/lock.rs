@@ -1,11 +1,14 @@
 //! `keel lock` end to end on the real conda-forge python 3.9 snapshot, offline.
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{keel_in, text};
+use http::{Credentials, Server};
 
 fn shared_data() -> PathBuf {
     std::env::var_os("KEEL_SHARED_DATA").map_or_else(
@@ -181,4 +184,237 @@ fn bad_arguments_and_a_missing_lock_are_input_errors() {
         "{}",
         text(&output.stderr)
     );
+}
+
+/// The credentials of the private channel the secret tests serve.
+const USER: &str = "alice-the-user";
+const PASSWORD: &str = "hunter2-password";
+const TOKEN: &str = "s3cr3t-conda-token";
+const QUERY: &str = "qs-secret-value";
+const SECRETS: &[&str] = &[USER, PASSWORD, TOKEN, QUERY];
+
+/// A copy of the py39 snapshot's `linux-64` and `noarch` at `<root>/chan`, as a server holds
+/// it (records without a base URL, so they point back at the server).
+fn served_channel(root: &Path) {
+    for subdir in ["linux-64", "noarch"] {
+        let dir = root.join("chan").join(subdir);
+        fs_err::create_dir_all(&dir).unwrap();
+        fs_err::copy(
+            shared_data()
+                .join("repodata/conda-forge-py39")
+                .join(subdir)
+                .join("repodata.json"),
+            dir.join("repodata.json"),
+        )
+        .unwrap();
+    }
+}
+
+/// Every file under `dir` (recursively), with its text.
+fn files_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
+    let Ok(entries) = fs_err::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push((path.clone(), text(&fs_err::read(&path).unwrap())));
+        }
+    }
+    files
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in SECRETS {
+        assert!(
+            !text.contains(secret),
+            "{secret} leaked into {what}:\n{text}"
+        );
+    }
+}
+
+/// Runs `keel lock` on `channel` with the given environment, its temporary folder inside the
+/// project so that what rattler leaves there is checked too.
+fn lock_private(dir: &Path, channel: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+    fs_err::write(
+        dir.join("environment.yml"),
+        format!(
+            "channels:\n  - {channel}\n  - nodefaults\ndependencies:\n  - python=3.9\nplatforms: [linux-64]\n"
+        ),
+    )
+    .unwrap();
+    fs_err::create_dir_all(dir.join("tmp")).unwrap();
+    let mut command = keel_in(dir);
+    command
+        .arg("lock")
+        .args(args)
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .env("TMPDIR", dir.join("tmp"));
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+/// Hardening issue #13: a channel behind `user:password@`, a `/t/<token>/` and a `?token=`
+/// query locks (the credentials are sent), and no credential reaches the lock, the exports,
+/// stdout, stderr, `--json`, the repodata cache or the temporary folder; the same when the
+/// credentials come from `${VAR}`.
+#[test]
+fn channel_credentials_never_reach_a_file_or_the_output() {
+    let served = tempfile::tempdir().unwrap();
+    served_channel(served.path());
+    let server = Server::start(
+        served.path(),
+        Credentials {
+            basic: Some(format!("{USER}:{PASSWORD}")),
+            token: Some(TOKEN.to_owned()),
+        },
+    );
+    let port_base = server.base.trim_start_matches("http://");
+    let literal = format!("http://{USER}:{PASSWORD}@{port_base}/t/{TOKEN}/chan?token={QUERY}");
+    let from_vars = format!(
+        "http://${{KEEL_USER}}:${{KEEL_PASSWORD}}@{port_base}/t/${{KEEL_TOKEN}}/chan?token=${{KEEL_QUERY}}"
+    );
+    let vars = [
+        ("KEEL_USER", USER),
+        ("KEEL_PASSWORD", PASSWORD),
+        ("KEEL_TOKEN", TOKEN),
+        ("KEEL_QUERY", QUERY),
+    ];
+    for (channel, env) in [
+        (literal.as_str(), &vars[..0]),
+        (from_vars.as_str(), &vars[..]),
+    ] {
+        let project = tempfile::tempdir().unwrap();
+        let dir = project.path();
+        for args in [
+            &["--explicit", "explicit", "--conda-lock", "conda-lock.yml"][..],
+            &["--json"][..],
+            &["--check"][..],
+            &["--check", "--json"][..],
+        ] {
+            let output = lock_private(dir, channel, env, args);
+            assert_eq!(
+                output.status.code(),
+                Some(0),
+                "{args:?}: {}",
+                text(&output.stderr)
+            );
+            assert_no_secret("stdout", &text(&output.stdout));
+            assert_no_secret("stderr", &text(&output.stderr));
+        }
+        let files = files_under(dir);
+        for name in [
+            "keel.lock",
+            "conda-lock.yml",
+            "explicit/explicit-linux-64.txt",
+        ] {
+            assert!(
+                files.iter().any(|(path, _)| path.ends_with(name)),
+                "{name} not written"
+            );
+        }
+        for (path, contents) in &files {
+            if !path.ends_with("environment.yml") {
+                assert_no_secret(&path.display().to_string(), contents);
+            }
+        }
+        // The lock points at the same server, without credentials.
+        let lock = fs_err::read_to_string(dir.join("keel.lock")).unwrap();
+        assert!(
+            lock.contains(&format!("{}/chan/linux-64/python-3.9", server.base)),
+            "{lock}"
+        );
+        // The private repodata folder is gone.
+        assert!(
+            files_under(&dir.join("tmp")).is_empty(),
+            "{:?}",
+            files_under(&dir.join("tmp"))
+        );
+    }
+    // The credentials were sent: repodata came through the token path with basic auth.
+    let requests = server.requests();
+    assert!(
+        requests.iter().any(|r| r.status == 200
+            && r.target
+                .starts_with(&format!("/t/{TOKEN}/chan/linux-64/repodata.json"))),
+        "{requests:?}"
+    );
+}
+
+/// Hardening issue #13: "could not find subdir" and other repodata errors printed the
+/// channel's query string and user name.
+#[test]
+fn repodata_errors_show_no_credentials() {
+    let served = tempfile::tempdir().unwrap();
+    served_channel(served.path());
+    let server = Server::start(
+        served.path(),
+        Credentials {
+            basic: Some(format!("{USER}:{PASSWORD}")),
+            token: Some(TOKEN.to_owned()),
+        },
+    );
+    let port_base = server.base.trim_start_matches("http://");
+    for channel in [
+        // No such channel on the server.
+        format!("http://{USER}:{PASSWORD}@{port_base}/t/{TOKEN}/missing?token={QUERY}"),
+        // The wrong token: the server refuses.
+        format!("http://{USER}:{PASSWORD}@{port_base}/t/{QUERY}/chan?token={TOKEN}"),
+    ] {
+        let project = tempfile::tempdir().unwrap();
+        for args in [&[][..], &["--json"][..]] {
+            let output = lock_private(project.path(), &channel, &[], args);
+            assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+            let stderr = text(&output.stderr);
+            assert!(stderr.contains("repodata"), "{stderr}");
+            assert_no_secret("stderr", &stderr);
+            assert_no_secret("stdout", &text(&output.stdout));
+        }
+        for (path, contents) in files_under(project.path()) {
+            if !path.ends_with("environment.yml") {
+                assert_no_secret(&path.display().to_string(), &contents);
+            }
+        }
+    }
+}
+
+/// Hardening issue #13: the repodata cache was world-readable. A channel without credentials
+/// is cached in the shared cache: the folders keel creates are 0700 and rattler's files 0600.
+#[test]
+fn the_repodata_cache_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let served = tempfile::tempdir().unwrap();
+    served_channel(served.path());
+    let server = Server::start(served.path(), Credentials::default());
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path();
+    let cache = dir.join("new/cache/repodata");
+    let output = lock_private(
+        dir,
+        &format!("{}/chan", server.base),
+        &[],
+        &["--cache-dir", cache.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let mode = |path: &Path| fs_err::metadata(path).unwrap().permissions().mode() & 0o777;
+    for folder in [dir.join("new"), dir.join("new/cache"), cache.clone()] {
+        assert_eq!(mode(&folder), 0o700, "{}", folder.display());
+    }
+    let files = files_under(&cache);
+    assert!(
+        files.iter().any(
+            |(path, contents)| path.to_string_lossy().ends_with(".info.json")
+                && contents.contains(&server.base)
+        ),
+        "rattler cached nothing: {files:?}"
+    );
+    for (path, _) in &files {
+        assert_eq!(mode(path), 0o600, "{}", path.display());
+    }
 }

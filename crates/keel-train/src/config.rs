@@ -256,10 +256,48 @@ pub fn parse_device(name: &str) -> Result<Device, TrainError> {
     Device::new_cuda(ordinal).map_err(|e| fail(e.to_string()))
 }
 
+/// The largest configuration file keel reads: 1 MiB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// A setting that is out of range: its key path in the file (`["optimizer", "lr"]`) and why.
+type Bad = (Vec<&'static str>, String);
+
+fn bad(path: &[&'static str], message: impl Into<String>) -> Bad {
+    (path.to_vec(), message.into())
+}
+
+/// The byte offset of the value at `keys` in the TOML `text` (of the deepest table on the way
+/// when the value itself is not written: a default).
+fn locate(text: &str, keys: &[&str]) -> Option<usize> {
+    let document = toml::de::DeTable::parse(text).ok()?;
+    let mut table = document.get_ref();
+    let mut found = None;
+    for key in keys {
+        let Some((_, value)) = table.iter().find(|(k, _)| k.get_ref() == key) else {
+            break;
+        };
+        found = Some(value.span().start);
+        match value.get_ref() {
+            toml::de::DeValue::Table(inner) => table = inner,
+            _ => break,
+        }
+    }
+    found
+}
+
 impl TrainConfig {
-    /// Reads a configuration file; errors name the file, line and column.
+    /// Reads a configuration file; errors name the file, line and column. The file is opened,
+    /// checked to be a regular file of at most [`MAX_CONFIG_BYTES`], then read.
     pub fn from_path(path: &Path) -> Result<Self, TrainError> {
-        let text = fs_err::read_to_string(path)?;
+        let (file, _) = crate::data::open_regular(path, MAX_CONFIG_BYTES)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_CONFIG_BYTES), &mut bytes)?;
+        let text = String::from_utf8(bytes).map_err(|e| TrainError::Config {
+            path: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!("not UTF-8 text: {}", e.utf8_error()),
+        })?;
         Self::from_toml(&text, path)
     }
 
@@ -287,16 +325,21 @@ impl TrainConfig {
                 *file = base.join(&*file);
             }
         }
-        config.check().map_err(|message| TrainError::Config {
-            path: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message,
+        config.check().map_err(|(keys, message)| {
+            let (line, column) = locate(text, &keys).map_or((0, 0), |at| line_column(text, at));
+            TrainError::Config {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
         })?;
         Ok(config)
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Every setting in range, so that a run can neither panic, allocate without bound nor
+    /// compute a non-finite update: returns the key at fault and why.
+    fn check(&self) -> Result<(), Bad> {
         if self.name.is_empty()
             || !self
                 .name
@@ -304,35 +347,98 @@ impl TrainConfig {
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             || self.name.starts_with('.')
         {
-            return Err(format!(
-                "name `{}`: use letters, digits, `-`, `_` and `.` (it names a folder)",
-                self.name
+            return Err(bad(
+                &["name"],
+                format!(
+                    "name `{}`: use letters, digits, `-`, `_` and `.` (it names a folder)",
+                    self.name
+                ),
             ));
         }
-        if self.epochs == 0 || self.batch_size == 0 {
-            return Err("epochs and batch_size must be at least 1".into());
+        if self.epochs == 0 {
+            return Err(bad(&["epochs"], "epochs must be at least 1"));
         }
+        if self.batch_size == 0 {
+            return Err(bad(&["batch_size"], "batch_size must be at least 1"));
+        }
+        let data = &self.data;
+        let (features, classes) = match data.dataset.as_str() {
+            "mnist10k" | "mnist" => (784, 10),
+            "digits" => (64, 10),
+            "idx" | "csv" => (1, 1),
+            other => {
+                return Err(bad(
+                    &["data", "dataset"],
+                    format!(
+                        "data.dataset `{other}`: expected `mnist10k`, `digits`, `idx` or `csv`"
+                    ),
+                ));
+            }
+        };
+        let needs: &[(&'static str, &Option<PathBuf>)] = match data.dataset.as_str() {
+            "idx" => &[("images", &data.images), ("labels", &data.labels)],
+            "csv" => &[("csv", &data.csv)],
+            _ => &[],
+        };
+        if let Some((what, _)) = needs.iter().find(|(_, file)| file.is_none()) {
+            return Err(bad(
+                &["data", "dataset"],
+                format!("data.dataset = \"{}\" needs data.{what}", data.dataset),
+            ));
+        }
+        if !(data.test_fraction > 0.0 && data.test_fraction < 1.0) {
+            return Err(bad(
+                &["data", "test_fraction"],
+                format!(
+                    "data.test_fraction must be between 0 and 1 (exclusive), got {}",
+                    data.test_fraction
+                ),
+            ));
+        }
+        if self.model.hidden.contains(&0) {
+            return Err(bad(&["model", "hidden"], "model.hidden: a layer of size 0"));
+        }
+        // The smallest model the data can give (inputs and classes of a custom set are known
+        // once it is read; the trainer checks again then).
+        let mut sizes = vec![features];
+        sizes.extend(&self.model.hidden);
+        sizes.push(classes);
+        crate::model::check_mlp_size(&sizes)
+            .map_err(|e| bad(&["model", "hidden"], format!("model.hidden: {e}")))?;
         if !(0.0..1.0).contains(&self.model.dropout) {
-            return Err(format!(
-                "model.dropout {} is not in [0, 1)",
-                self.model.dropout
+            return Err(bad(
+                &["model", "dropout"],
+                format!("model.dropout {} is not in [0, 1)", self.model.dropout),
             ));
         }
+        let (kind, optimizer) = match self.optimizer {
+            OptimizerConfig::AdamW(c) => ("adamw", c.check()),
+            OptimizerConfig::Sgd(c) => ("sgd", c.check()),
+        };
+        optimizer
+            .map_err(|(field, e)| bad(&["optimizer", field], format!("optimizer ({kind}): {e}")))?;
+        self.schedule
+            .check()
+            .map_err(|(field, e)| bad(&["schedule", field], format!("schedule: {e}")))?;
         if !["", "test_accuracy", "test_loss"].contains(&self.checkpoint.best_metric.as_str()) {
-            return Err(format!(
-                "checkpoint.best_metric `{}`: expected `test_accuracy`, `test_loss` or empty",
-                self.checkpoint.best_metric
+            return Err(bad(
+                &["checkpoint", "best_metric"],
+                format!(
+                    "checkpoint.best_metric `{}`: expected `test_accuracy`, `test_loss` or empty",
+                    self.checkpoint.best_metric
+                ),
             ));
         }
-        for (what, v) in [
-            ("checkpoint.every_secs", self.checkpoint.every_secs),
-            ("checkpoint.mtbf_secs", self.checkpoint.mtbf_secs),
+        for (key, v) in [
+            ("every_secs", self.checkpoint.every_secs),
+            ("mtbf_secs", self.checkpoint.mtbf_secs),
         ] {
             if let Some(v) = v
-                && !(v > 0.0 && v.is_finite())
+                && !(v > 0.0 && Duration::try_from_secs_f64(v).is_ok())
             {
-                return Err(format!(
-                    "{what} must be a positive number of seconds, got {v}"
+                return Err(bad(
+                    &["checkpoint", key],
+                    format!("checkpoint.{key} must be a positive number of seconds, got {v}"),
                 ));
             }
         }
@@ -355,6 +461,25 @@ impl TrainConfig {
             plot: self.log.plot.then(|| run_dir.join("loss.svg")),
             metrics,
             run_dir,
+        }
+    }
+
+    /// The data's files, or the shipped set's name.
+    fn data_name(&self) -> String {
+        let files: Vec<&Option<PathBuf>> = match self.data.dataset.as_str() {
+            "idx" => vec![&self.data.images, &self.data.labels],
+            "csv" => vec![&self.data.csv],
+            _ => vec![],
+        };
+        let files: Vec<String> = files
+            .into_iter()
+            .flatten()
+            .map(|p| p.display().to_string())
+            .collect();
+        if files.is_empty() {
+            self.data.dataset.clone()
+        } else {
+            files.join(" and ")
         }
     }
 
@@ -456,6 +581,14 @@ impl TrainConfig {
         let mut sizes = vec![train.features];
         sizes.extend(&self.model.hidden);
         sizes.push(train.classes.max(test.classes));
+        crate::model::check_mlp_size(&sizes).map_err(|e| {
+            TrainError::Setting(format!(
+                "{}: {} features and {} classes: {e}",
+                self.data_name(),
+                train.features,
+                train.classes.max(test.classes)
+            ))
+        })?;
         let mut rng = TrainRng::new(self.seed);
         let model = Mlp::new(&sizes, self.model.dropout, &device, &mut rng)?;
         let best_metric = self.best_metric();
@@ -569,7 +702,134 @@ dir = "s3://bucket/runs/x"
         let err = TrainConfig::from_toml("name = \"../x\"\n", Path::new("t.toml")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "t.toml: name `../x`: use letters, digits, `-`, `_` and `.` (it names a folder)"
+            "t.toml:1:8: name `../x`: use letters, digits, `-`, `_` and `.` (it names a folder)"
+        );
+    }
+
+    fn refused(text: &str) -> String {
+        TrainConfig::from_toml(text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// Hardening issue #13: NaN/Inf `lr`, `eps = 0` with `beta2 = 1`, negative rates, NaN
+    /// weight decay and momentum outside [0, 1] were accepted and trained to NaN weights; each
+    /// is refused at parse with the value's line and column.
+    #[test]
+    fn non_finite_or_out_of_range_optimizer_settings_are_refused_with_position() {
+        for (text, want) in [
+            (
+                "[optimizer]\nkind = \"adamw\"\nlr = nan\n",
+                "t.toml:3:6: optimizer (adamw): lr must be a finite number >= 0, got NaN",
+            ),
+            (
+                "[optimizer]\nkind = \"adamw\"\nlr = inf\n",
+                "t.toml:3:6: optimizer (adamw): lr must be a finite number >= 0, got inf",
+            ),
+            (
+                "[optimizer]\nkind = \"adamw\"\nlr = -0.1\n",
+                "t.toml:3:6: optimizer (adamw): lr must be",
+            ),
+            (
+                "[optimizer]\nkind = \"adamw\"\neps = 0.0\nbeta2 = 1.0\n",
+                "t.toml:4:9: optimizer (adamw): beta2 must be in [0, 1), got 1",
+            ),
+            (
+                "[optimizer]\nkind = \"adamw\"\neps = 0.0\n",
+                "t.toml:3:7: optimizer (adamw): eps must be a finite number > 0, got 0",
+            ),
+            (
+                "[optimizer]\nkind = \"adamw\"\nweight_decay = nan\n",
+                "t.toml:3:16: optimizer (adamw): weight_decay must be",
+            ),
+            (
+                "[optimizer]\nkind = \"sgd\"\nmomentum = 1.5\n",
+                "t.toml:3:12: optimizer (sgd): momentum must be in [0, 1], got 1.5",
+            ),
+            (
+                "[schedule]\nkind = \"step\"\nevery_steps = 10\ngamma = nan\n",
+                "t.toml:4:9: schedule: gamma must be",
+            ),
+            (
+                "[schedule]\nkind = \"step\"\nevery_steps = 0\ngamma = 0.5\n",
+                "t.toml:3:15: schedule: every_steps must be at least 1",
+            ),
+        ] {
+            let err = refused(text);
+            assert!(err.starts_with(want), "{err}\nwanted {want}");
+        }
+    }
+
+    /// Hardening issue #13: `batch_size = 0`, `epochs = 0`, an eval split of 0 or 1, a hidden
+    /// width of 10^9 (aborted on allocation) and a wall-clock interval too long for a
+    /// `Duration` (a panic) are refused at parse, naming the value's line and column.
+    #[test]
+    fn sizes_that_cannot_train_are_refused_with_position() {
+        for (text, want) in [
+            (
+                "batch_size = 0\n",
+                "t.toml:1:14: batch_size must be at least 1",
+            ),
+            ("epochs = 0\n", "t.toml:1:10: epochs must be at least 1"),
+            (
+                "[data]\ntest_fraction = 0.0\n",
+                "t.toml:2:17: data.test_fraction must be between 0 and 1",
+            ),
+            (
+                "[data]\ntest_fraction = 1.0\n",
+                "t.toml:2:17: data.test_fraction",
+            ),
+            (
+                "[model]\nhidden = [1000000000]\n",
+                "t.toml:2:10: model.hidden: an MLP of sizes [784, 1000000000, 10] has",
+            ),
+            (
+                "[model]\nhidden = [0]\n",
+                "t.toml:2:10: model.hidden: a layer of size 0",
+            ),
+            (
+                "[checkpoint]\nevery_secs = 1e300\n",
+                "t.toml:2:14: checkpoint.every_secs must be a positive number",
+            ),
+            (
+                "[data]\ndataset = \"idx\"\n",
+                "t.toml:2:11: data.dataset = \"idx\" needs data.images",
+            ),
+        ] {
+            let err = refused(text);
+            assert!(err.starts_with(want), "{err}\nwanted {want}");
+        }
+        let err = refused("epochs = -3\n");
+        assert!(err.starts_with("t.toml:1:10: "), "{err}");
+        let hidden = format!("[model]\nhidden = [{}]\n", vec!["1"; 100].join(", "));
+        assert!(
+            refused(&hidden).contains("an MLP of 101 layers"),
+            "{}",
+            refused(&hidden)
+        );
+    }
+
+    /// Hardening issue #13: a configuration path that is a device (`/dev/zero`) is refused
+    /// before it is read, and so is a data file that is one.
+    #[test]
+    fn config_or_data_that_is_not_a_regular_file_is_refused() {
+        if !Path::new("/dev/zero").exists() {
+            return;
+        }
+        let err = TrainConfig::from_path(Path::new("/dev/zero")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("/dev/zero: not a regular file"),
+            "{err}"
+        );
+        let config = TrainConfig::from_toml(
+            "[data]\ndataset = \"csv\"\ncsv = \"/dev/zero\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let err = config.datasets().unwrap_err();
+        assert!(
+            err.to_string().starts_with("/dev/zero: not a regular file"),
+            "{err}"
         );
     }
 

@@ -46,6 +46,54 @@ pub(crate) fn to_ckpt(name: &str, t: &Tensor) -> Result<keel_ckpt::Tensor, crate
     )?)
 }
 
+/// The checkpoint dtype a candle dtype is stored as (`U32` is widened to `I64`).
+pub(crate) fn ckpt_dtype(dtype: DType) -> Option<Dtype> {
+    Some(match dtype {
+        DType::F32 => Dtype::F32,
+        DType::F64 => Dtype::F64,
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::BF16,
+        DType::U8 => Dtype::U8,
+        DType::U32 | DType::I64 => Dtype::I64,
+        _ => return None,
+    })
+}
+
+/// The first value of a floating-point checkpoint tensor that is NaN or infinite.
+pub(crate) fn first_non_finite(t: &keel_ckpt::Tensor) -> Option<f64> {
+    let find = |values: Vec<f64>| values.into_iter().find(|v| !v.is_finite());
+    match t.dtype {
+        Dtype::F32 => find(values(&t.data, |b| f64::from(f32::from_le_bytes(b)))),
+        Dtype::F64 => find(values(&t.data, f64::from_le_bytes)),
+        Dtype::F16 => find(values(&t.data, |b| f16::from_le_bytes(b).to_f64())),
+        Dtype::BF16 => find(values(&t.data, |b| bf16::from_le_bytes(b).to_f64())),
+        _ => None,
+    }
+}
+
+/// A tensor read from a checkpoint, checked before use: its shape's element count (counted
+/// with checked arithmetic) fits its bytes, its values are finite; then on `device`.
+pub(crate) fn load_tensor(
+    name: &str,
+    t: &keel_ckpt::Tensor,
+    device: &Device,
+) -> Result<Tensor, String> {
+    let elements = t.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if elements.and_then(|n| n.checked_mul(t.dtype.size())) != Some(t.data.len()) {
+        return Err(format!(
+            "tensor `{name}` of shape {:?} does not fit its {} bytes",
+            t.shape,
+            t.data.len()
+        ));
+    }
+    if let Some(value) = first_non_finite(t) {
+        return Err(format!(
+            "tensor `{name}` holds {value}: it is not a good state"
+        ));
+    }
+    from_ckpt(t, device).map_err(|e| format!("tensor `{name}`: {e}"))
+}
+
 fn values<T, const N: usize>(data: &[u8], from_le: fn([u8; N]) -> T) -> Vec<T> {
     data.chunks_exact(N)
         .map(|c| from_le(c.try_into().unwrap_or([0; N])))
@@ -70,6 +118,28 @@ pub(crate) fn from_ckpt(t: &keel_ckpt::Tensor, device: &Device) -> candle_core::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hardening issue #13: a checkpoint tensor whose shape overflows when multiplied, or does
+    /// not fit its bytes, or holds NaN, is an error before candle sees it.
+    #[test]
+    fn checkpoint_tensor_with_bad_shape_or_nan_is_refused() {
+        let mut t = keel_ckpt::Tensor::from_f32(vec![2], &[1.0, 2.0]).unwrap();
+        assert!(load_tensor("w", &t, &Device::Cpu).is_ok());
+        t.shape = vec![usize::MAX, 3];
+        assert!(
+            load_tensor("w", &t, &Device::Cpu)
+                .unwrap_err()
+                .contains("does not fit its 8 bytes")
+        );
+        t.shape = vec![3];
+        assert!(load_tensor("w", &t, &Device::Cpu).is_err());
+        let nan = keel_ckpt::Tensor::from_f32(vec![2], &[1.0, f32::NAN]).unwrap();
+        assert_eq!(
+            load_tensor("w", &nan, &Device::Cpu).unwrap_err(),
+            "tensor `w` holds NaN: it is not a good state"
+        );
+        assert_eq!(first_non_finite(&nan).map(f64::is_nan), Some(true));
+    }
 
     #[test]
     fn round_trip_is_bit_exact_for_each_dtype() {

@@ -58,6 +58,31 @@ pub enum TrainError {
         /// `setting: saved -> now`, comma separated.
         differences: String,
     },
+    /// The checkpoint to resume from was trained on other data (same path, other content or
+    /// shape).
+    #[error(
+        "checkpoint {checkpoint} was trained on other data ({changes}); train with --fresh, or \
+         under another run name, to start over"
+    )]
+    DataChanged {
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// `set: saved -> now` (rows, features, classes, BLAKE3), `; ` separated.
+        changes: String,
+    },
+    /// A state to save holds a NaN or infinite value: it is not saved as a good state.
+    #[error(
+        "tensor `{tensor}` of the state at step {step} holds {value}: a non-finite state is \
+         not saved as a good one"
+    )]
+    NonFiniteState {
+        /// The tensor.
+        tensor: String,
+        /// The step of the state.
+        step: u64,
+        /// The first non-finite value.
+        value: f64,
+    },
     /// The checkpoint to resume from lacks state the trainer needs.
     #[error("checkpoint {checkpoint} cannot be resumed: {reason}")]
     BadCheckpoint {

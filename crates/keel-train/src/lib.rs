@@ -51,13 +51,15 @@ mod schedule;
 mod trainer;
 
 pub use config::{
-    CheckpointConfig, DataConfig, LogConfig, ModelConfig, OptimizerConfig, RunOptions, RunPaths,
-    TrainConfig, parse_device,
+    CheckpointConfig, DataConfig, LogConfig, MAX_CONFIG_BYTES, ModelConfig, OptimizerConfig,
+    RunOptions, RunPaths, TrainConfig, parse_device,
 };
-pub use data::Dataset;
+pub use data::{Dataset, MAX_CLASSES, MAX_FILE_BYTES, MAX_VALUES};
 pub use error::TrainError;
 pub use metrics::{LogFormat, MetricsLog, Row, plot_loss};
-pub use model::{Mlp, Model, dropout, linear_init};
+pub use model::{
+    MAX_LAYERS, MAX_PARAMETERS, Mlp, Model, check_mlp_size, dropout, linear_init, mlp_parameters,
+};
 pub use optim::{AdamW, AdamWConfig, OptimizerState, SgdConfig, SgdMomentum};
 pub use rng::{RngState, TrainRng};
 pub use schedule::Schedule;

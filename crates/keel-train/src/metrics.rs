@@ -108,7 +108,14 @@ impl MetricsLog {
     ) -> Result<Self, TrainError> {
         let mut rows = Vec::new();
         if keep_through_step > 0 && path.exists() {
-            for line in fs_err::read_to_string(path)?.lines() {
+            // Open, then check: a FIFO or device in the log's place is refused, not read.
+            let (file, _) = crate::data::open_regular(path, crate::data::MAX_FILE_BYTES)?;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(file, crate::data::MAX_FILE_BYTES),
+                &mut bytes,
+            )?;
+            for line in String::from_utf8_lossy(&bytes).lines() {
                 if let Some(row) = Row::parse(line, format)
                     && row.step <= keep_through_step
                 {

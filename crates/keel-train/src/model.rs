@@ -54,6 +54,46 @@ pub fn linear_init(
     ))
 }
 
+/// The most parameters an [`Mlp`] may have: 2^28, 1 GiB as `f32` (AdamW keeps two moments
+/// and a gradient beside each, so training needs about four times that).
+pub const MAX_PARAMETERS: usize = 1 << 28;
+
+/// The most layers an [`Mlp`] may have (each is a step of the forward pass).
+pub const MAX_LAYERS: usize = 64;
+
+/// Parameters of an MLP with layer `sizes` (weights and biases), or `None` when the count
+/// overflows.
+pub fn mlp_parameters(sizes: &[usize]) -> Option<usize> {
+    sizes.windows(2).try_fold(0usize, |total, w| {
+        w[0].checked_mul(w[1])?
+            .checked_add(w[1])?
+            .checked_add(total)
+    })
+}
+
+/// Checks an MLP's size before anything is allocated: at most [`MAX_LAYERS`] layers and
+/// [`MAX_PARAMETERS`] parameters, counted with checked arithmetic.
+pub fn check_mlp_size(sizes: &[usize]) -> Result<(), String> {
+    if sizes.len() > MAX_LAYERS + 1 {
+        return Err(format!(
+            "an MLP of {} layers: keel-train's limit is {MAX_LAYERS}",
+            sizes.len() - 1
+        ));
+    }
+    match mlp_parameters(sizes) {
+        Some(n) if n <= MAX_PARAMETERS => Ok(()),
+        n => Err(format!(
+            "an MLP of sizes {sizes:?} has {} parameters ({} as f32); keel-train's limit is \
+             {MAX_PARAMETERS} (1 GiB)",
+            n.map_or("more than 2^64".to_string(), |n| n.to_string()),
+            n.map_or("more than the address space".to_string(), |n| format!(
+                "{:.1} GiB",
+                n as f64 * 4.0 / f64::from(1u32 << 30)
+            ))
+        )),
+    }
+}
+
 /// A multilayer perceptron: linear layers with ReLU (and optional dropout) between them.
 /// `Mlp::new(&[784, 256, 10], ..)` is the 784-256-10 MNIST classifier.
 #[derive(Debug)]
@@ -74,6 +114,7 @@ impl Mlp {
         if sizes.len() < 2 || sizes.contains(&0) {
             candle_core::bail!("an MLP needs at least two non-zero layer sizes, got {sizes:?}");
         }
+        check_mlp_size(sizes).map_err(candle_core::Error::Msg)?;
         let layers = sizes
             .windows(2)
             .map(|w| linear_init(w[0], w[1], device, rng))
@@ -108,5 +149,31 @@ impl Model for Mlp {
                 ]
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hardening issue #13: a hidden layer of 10^9 aborted on allocation; the size is checked
+    /// (with checked arithmetic) before anything is allocated.
+    #[test]
+    fn hidden_size_of_a_billion_is_refused() {
+        let mut rng = TrainRng::new(1);
+        let err = Mlp::new(&[784, 1_000_000_000, 10], 0.0, &Device::Cpu, &mut rng).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("has 795000000010 parameters (2961.6 GiB as f32)"),
+            "{err}"
+        );
+        assert_eq!(mlp_parameters(&[usize::MAX, 2]), None);
+        assert!(check_mlp_size(&[usize::MAX, usize::MAX]).is_err());
+        assert!(check_mlp_size(&[1; 70]).unwrap_err().contains("69 layers"));
+        assert_eq!(
+            mlp_parameters(&[784, 256, 10]),
+            Some(784 * 256 + 256 + 2570)
+        );
+        assert!(check_mlp_size(&[784, 256, 10]).is_ok());
     }
 }

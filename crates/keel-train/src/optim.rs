@@ -55,6 +55,67 @@ impl Default for AdamWConfig {
     }
 }
 
+/// A hyper-parameter that is out of range: the field's name and why.
+pub(crate) type BadSetting = (&'static str, String);
+
+fn finite_at_least_zero(field: &'static str, v: f64) -> Result<(), BadSetting> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err((
+            field,
+            format!("{field} must be a finite number >= 0, got {v}"),
+        ))
+    }
+}
+
+impl AdamWConfig {
+    /// Checks that every update is finite: `lr` and `weight_decay` finite and >= 0, `beta1`
+    /// and `beta2` in `[0, 1)`, `eps` finite and > 0. Returns the field at fault and why.
+    pub(crate) fn check(&self) -> Result<(), BadSetting> {
+        finite_at_least_zero("lr", self.lr)?;
+        for (field, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err((field, format!("{field} must be in [0, 1), got {beta}")));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err((
+                "eps",
+                format!("eps must be a finite number > 0, got {}", self.eps),
+            ));
+        }
+        finite_at_least_zero("weight_decay", self.weight_decay)
+    }
+}
+
+/// Whether every value of every tensor is finite, in one read back from the device:
+/// `t - t` is 0 for a finite value and NaN for an infinite or NaN one.
+fn all_finite(tensors: &[&Tensor]) -> candle_core::Result<bool> {
+    let mut total: Option<Tensor> = None;
+    for t in tensors {
+        let zero = t.sub(t)?.sum_all()?.to_dtype(candle_core::DType::F32)?;
+        total = Some(match total {
+            None => zero,
+            Some(sum) => (sum + zero)?,
+        });
+    }
+    Ok(total.map_or(Ok(0.0), |t| t.to_scalar::<f32>())?.is_finite())
+}
+
+/// The error of an update that would leave a non-finite value: nothing is assigned.
+fn non_finite_update(kind: &str, step: u64, lr: f64) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "the {kind} update of step {step} (learning rate {lr}) gives non-finite parameters or \
+         state; nothing was changed"
+    ))
+}
+
+/// `beta^step` for any step count (`powi` takes an `i32`).
+fn power(beta: f64, step: u64) -> f64 {
+    beta.powi(step.min(i32::MAX as u64) as i32)
+}
+
 #[derive(Debug)]
 struct AdamParam {
     name: String,
@@ -152,8 +213,8 @@ impl OptimizerState for AdamW {
             weight_decay,
         } = self.config;
         let step = self.steps + 1;
-        let bias_correction1 = 1.0 - beta1.powi(step as i32);
-        let bias_correction2_sqrt = (1.0 - beta2.powi(step as i32)).sqrt();
+        let bias_correction1 = 1.0 - power(beta1, step);
+        let bias_correction2_sqrt = (1.0 - power(beta2, step)).sqrt();
         let step_size = lr / bias_correction1;
         // Everything is computed before anything is assigned: an error leaves the parameters
         // and moments as they were (the last good state the emergency checkpoint saves).
@@ -168,6 +229,12 @@ impl OptimizerState for AdamW {
             let denom = (exp_avg_sq.sqrt()? / bias_correction2_sqrt)?.affine(1.0, eps)?;
             let param = (param - ((&exp_avg / denom)? * step_size)?)?;
             updates.push((i, param, exp_avg, exp_avg_sq));
+        }
+        // A non-finite result is refused before anything is assigned, so the state stays the
+        // last good one.
+        let computed: Vec<&Tensor> = updates.iter().flat_map(|(_, p, m, v)| [p, m, v]).collect();
+        if !all_finite(&computed)? {
+            return Err(non_finite_update("AdamW", step, lr));
         }
         for (i, param, exp_avg, exp_avg_sq) in updates {
             let p = &mut self.params[i];
@@ -195,10 +262,12 @@ impl OptimizerState for AdamW {
                 let t = tensors
                     .get(&key)
                     .ok_or_else(|| format!("optimizer state `{key}` is missing"))?;
-                if t.dims() != p.var.dims() {
+                if t.dims() != p.var.dims() || t.dtype() != p.var.dtype() {
                     return Err(format!(
-                        "optimizer state `{key}` has shape {:?}, the parameter {:?}",
+                        "optimizer state `{key}` is {:?} {:?}, the parameter {:?} {:?}",
+                        t.dtype(),
                         t.dims(),
+                        p.var.dtype(),
                         p.var.dims()
                     ));
                 }
@@ -240,6 +309,24 @@ impl Default for SgdConfig {
             weight_decay: 0.0,
             nesterov: false,
         }
+    }
+}
+
+impl SgdConfig {
+    /// Checks that every update is finite: `lr` and `weight_decay` finite and >= 0,
+    /// `momentum` in `[0, 1]`, and Nesterov only with momentum. Returns the field at fault.
+    pub(crate) fn check(&self) -> Result<(), BadSetting> {
+        finite_at_least_zero("lr", self.lr)?;
+        if !(0.0..=1.0).contains(&self.momentum) {
+            return Err((
+                "momentum",
+                format!("momentum must be in [0, 1], got {}", self.momentum),
+            ));
+        }
+        if self.nesterov && self.momentum == 0.0 {
+            return Err(("nesterov", "nesterov needs a momentum above 0".to_string()));
+        }
+        finite_at_least_zero("weight_decay", self.weight_decay)
     }
 }
 
@@ -326,6 +413,13 @@ impl OptimizerState for SgdMomentum {
             let param = (p.var.as_tensor() - (d_p * lr)?)?;
             updates.push((i, param, buffer));
         }
+        let computed: Vec<&Tensor> = updates
+            .iter()
+            .flat_map(|(_, p, b)| std::iter::once(p).chain(b.as_ref()))
+            .collect();
+        if !all_finite(&computed)? {
+            return Err(non_finite_update("SGD", self.steps + 1, lr));
+        }
         for (i, param, buffer) in updates {
             let p = &mut self.params[i];
             p.var.set(&param)?;
@@ -356,10 +450,12 @@ impl OptimizerState for SgdMomentum {
             loaded.push(match tensors.get(&key) {
                 // No buffer yet (saved before the first step, or momentum 0).
                 None => None,
-                Some(t) if t.dims() != p.var.dims() => {
+                Some(t) if t.dims() != p.var.dims() || t.dtype() != p.var.dtype() => {
                     return Err(format!(
-                        "optimizer state `{key}` has shape {:?}, the parameter {:?}",
+                        "optimizer state `{key}` is {:?} {:?}, the parameter {:?} {:?}",
+                        t.dtype(),
                         t.dims(),
+                        p.var.dtype(),
                         p.var.dims()
                     ));
                 }
@@ -435,6 +531,77 @@ mod tests {
         assert_eq!(var.as_tensor().to_vec1::<f32>().unwrap(), p);
     }
 
+    /// Hardening issue #13: `lr = inf` (or NaN, or `eps = 0` with `beta2 = 1`) made every
+    /// weight NaN; the update is refused before anything is assigned, and the settings are
+    /// refused by `check`.
+    #[test]
+    fn non_finite_update_leaves_the_parameters_as_they_were() {
+        let var = Var::new(&[1.0f32, -2.0, 3.0], &Device::Cpu).unwrap();
+        let loss = |v: &Var| v.as_tensor().sqr().unwrap().sum_all().unwrap();
+        let mut adam = AdamW::named(
+            vec![("p".into(), var.clone())],
+            AdamWConfig {
+                lr: f64::INFINITY,
+                ..AdamWConfig::default()
+            },
+        )
+        .unwrap();
+        let err = adam.update(&loss(&var).backward().unwrap()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the AdamW update of step 1 (learning rate inf) gives non-finite"),
+            "{err}"
+        );
+        assert_eq!(adam.steps(), 0);
+        assert_eq!(var.as_tensor().to_vec1::<f32>().unwrap(), [1.0, -2.0, 3.0]);
+        let moments = adam.state_tensors().unwrap();
+        assert_eq!(
+            moments["exp_avg.p"].to_vec1::<f32>().unwrap(),
+            [0.0, 0.0, 0.0]
+        );
+        let mut sgd = SgdMomentum::named(
+            vec![("p".into(), var.clone())],
+            SgdConfig {
+                lr: f64::NAN,
+                ..SgdConfig::default()
+            },
+        )
+        .unwrap();
+        assert!(sgd.update(&loss(&var).backward().unwrap()).is_err());
+        assert_eq!(sgd.steps(), 0);
+        assert!(sgd.state_tensors().unwrap().is_empty());
+        assert_eq!(var.as_tensor().to_vec1::<f32>().unwrap(), [1.0, -2.0, 3.0]);
+
+        let adamw = |f: fn(&mut AdamWConfig)| {
+            let mut c = AdamWConfig::default();
+            f(&mut c);
+            c.check().map_err(|e| e.0)
+        };
+        assert_eq!(adamw(|c| c.lr = f64::NAN), Err("lr"));
+        assert_eq!(adamw(|c| c.lr = -1e-3), Err("lr"));
+        assert_eq!(adamw(|c| c.beta2 = 1.0), Err("beta2"));
+        assert_eq!(adamw(|c| c.beta1 = -0.1), Err("beta1"));
+        assert_eq!(adamw(|c| c.eps = 0.0), Err("eps"));
+        assert_eq!(adamw(|c| c.weight_decay = f64::NAN), Err("weight_decay"));
+        assert_eq!(adamw(|_| {}), Ok(()));
+        let sgd = |f: fn(&mut SgdConfig)| {
+            let mut c = SgdConfig::default();
+            f(&mut c);
+            c.check().map_err(|e| e.0)
+        };
+        assert_eq!(sgd(|c| c.momentum = 1.5), Err("momentum"));
+        assert_eq!(sgd(|c| c.momentum = f64::NAN), Err("momentum"));
+        assert_eq!(sgd(|c| c.lr = f64::INFINITY), Err("lr"));
+        assert_eq!(
+            sgd(|c| {
+                c.momentum = 0.0;
+                c.nesterov = true;
+            }),
+            Err("nesterov")
+        );
+        assert_eq!(sgd(|_| {}), Ok(()));
+    }
+
     #[test]
     fn state_round_trip_continues_identically() {
         let make = || Var::new(&[0.5f32, -1.5, 2.5, 0.25], &Device::Cpu).unwrap();
@@ -487,7 +654,7 @@ mod tests {
             opt_b
                 .load_state(1, &wrong)
                 .unwrap_err()
-                .contains("shape [3]")
+                .contains("is F32 [3], the parameter F32 [4]")
         );
     }
 }

@@ -53,12 +53,16 @@ impl TrainRng {
     /// The generator in `state`.
     pub fn from_state(state: &RngState) -> Result<Self, String> {
         let bad = || format!("bad RNG state {state:?}");
-        if state.seed.len() != 64 {
+        let hex = state.seed.as_bytes();
+        // Bytes, not string slices: a seed of 64 bytes with multi-byte characters must be an
+        // error, not a slice inside a character.
+        if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
             return Err(bad());
         }
+        let nibble = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
         let mut seed = [0u8; 32];
-        for (i, byte) in seed.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&state.seed[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        for (byte, pair) in seed.iter_mut().zip(hex.chunks_exact(2)) {
+            *byte = nibble(pair[0]) << 4 | nibble(pair[1]);
         }
         let word_pos: u128 = state.word_pos.parse().map_err(|_| bad())?;
         let mut rng = ChaCha8Rng::from_seed(seed);
@@ -140,6 +144,26 @@ mod tests {
         let mut p = TrainRng::new(9).permutation(1000);
         p.sort_unstable();
         assert_eq!(p, (0..1000).collect::<Vec<_>>());
+    }
+
+    /// Hardening issue #13: an RNG state from a checkpoint whose 64-byte seed holds
+    /// multi-byte characters was sliced inside a character (a panic).
+    #[test]
+    fn rng_state_with_multibyte_seed_is_an_error() {
+        let state = RngState {
+            seed: format!("a{}", "é".repeat(31)) + "b",
+            stream: 0,
+            word_pos: "0".into(),
+        };
+        assert_eq!(state.seed.len(), 64);
+        assert!(
+            TrainRng::from_state(&state)
+                .unwrap_err()
+                .starts_with("bad RNG state")
+        );
+        let mut good = TrainRng::new(3).state();
+        good.word_pos = "x".into();
+        assert!(TrainRng::from_state(&good).is_err());
     }
 
     #[test]

@@ -29,6 +29,27 @@ pub enum Schedule {
 }
 
 impl Schedule {
+    /// Checks the parameters: `min_lr` finite and >= 0, `every_steps` at least 1, `gamma`
+    /// finite and >= 0. Returns the field at fault and why.
+    pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
+        match *self {
+            Schedule::Constant => Ok(()),
+            Schedule::Cosine { min_lr, .. } if !(min_lr.is_finite() && min_lr >= 0.0) => Err((
+                "min_lr",
+                format!("min_lr must be a finite number >= 0, got {min_lr}"),
+            )),
+            Schedule::Cosine { .. } => Ok(()),
+            Schedule::Step { every_steps: 0, .. } => {
+                Err(("every_steps", "every_steps must be at least 1".to_string()))
+            }
+            Schedule::Step { gamma, .. } if !(gamma.is_finite() && gamma >= 0.0) => Err((
+                "gamma",
+                format!("gamma must be a finite number >= 0, got {gamma}"),
+            )),
+            Schedule::Step { .. } => Ok(()),
+        }
+    }
+
     /// The learning rate for the step with 0-based index `step` of `total_steps`, from the
     /// base rate `lr`.
     pub fn lr_at(&self, lr: f64, step: u64, total_steps: u64) -> f64 {

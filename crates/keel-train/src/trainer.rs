@@ -14,7 +14,7 @@ use keel_ckpt::{
 use serde_json::{Value, json};
 
 use crate::TrainError;
-use crate::convert::{from_ckpt, to_ckpt};
+use crate::convert::{ckpt_dtype, first_non_finite, load_tensor, to_ckpt};
 use crate::data::Dataset;
 use crate::metrics::{LogFormat, MetricsLog, Row, plot_loss};
 use crate::model::Model;
@@ -198,6 +198,9 @@ pub enum Event<'a> {
     },
     /// A save failed; training goes on (the previous checkpoints are intact).
     SaveFailed(String),
+    /// Something to know that does not stop training: a checkpoint saved whose pruning of
+    /// older ones failed, a resumed checkpoint too old to record its data's digest.
+    Warning(String),
 }
 
 /// How a run ended.
@@ -242,7 +245,8 @@ struct Position {
 
 enum Saver {
     Sync(CheckpointStore, Option<Retention>),
-    Background(AsyncSaver),
+    /// The writer, and the kind and step of the save handed to it last.
+    Background(AsyncSaver, Option<(Kind, u64)>),
 }
 
 /// Trains a [`Model`] with an optimizer, checkpointing into a [`CheckpointStore`].
@@ -254,13 +258,15 @@ pub struct Trainer<M, O> {
     device: Device,
     store: CheckpointStore,
     settings: TrainSettings,
+    /// What the checkpoints record of the data (shape and BLAKE3 of each set).
+    data: Value,
 }
 
 impl std::fmt::Debug for Saver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Saver::Sync(..) => "Saver::Sync",
-            Saver::Background(_) => "Saver::Background",
+            Saver::Background(..) => "Saver::Background",
         })
     }
 }
@@ -285,6 +291,104 @@ fn differences(saved: &Value, now: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Saves, then prunes by `retention`. A prune that fails after the save committed is a
+/// warning, not a failed save: the checkpoint is there.
+fn save_and_prune(
+    store: &CheckpointStore,
+    kind: Kind,
+    snapshot: &Snapshot,
+    retention: Option<&Retention>,
+    observer: &mut dyn FnMut(&Event<'_>),
+) -> Result<CheckpointId, TrainError> {
+    let id = store.save(kind, snapshot)?;
+    if let Some(retention) = retention
+        && let Err(error) = store.prune_after(retention, &id)
+    {
+        observer(&Event::Warning(format!(
+            "checkpoint {id} is saved, but pruning older checkpoints failed: {}",
+            error_chain(&error)
+        )));
+    }
+    Ok(id)
+}
+
+/// Reports a failed background save: when the checkpoint it was writing did commit (the
+/// error came after, from pruning older ones), a warning and the checkpoint; otherwise a
+/// failed save.
+fn background_failed(
+    store: &CheckpointStore,
+    error: CkptError,
+    in_flight: Option<(Kind, u64)>,
+    observer: &mut dyn FnMut(&Event<'_>),
+) -> Option<CheckpointId> {
+    let committed = in_flight.and_then(|(kind, step)| {
+        store.list().ok()?.into_iter().find_map(|listed| {
+            (listed.id.kind == kind && listed.manifest.as_ref()?.step == step).then_some(listed.id)
+        })
+    });
+    match committed {
+        Some(id) => {
+            observer(&Event::Warning(format!(
+                "checkpoint {id} is saved, but what came after failed: {}",
+                error_chain(&error)
+            )));
+            Some(id)
+        }
+        None => {
+            observer(&Event::SaveFailed(error_chain(&error)));
+            None
+        }
+    }
+}
+
+/// An error and its causes, `: ` separated.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// What a checkpoint records of a dataset: its name, shape and content digest.
+fn data_record(set: &Dataset) -> Value {
+    json!({
+        "name": set.name,
+        "rows": set.len(),
+        "features": set.features,
+        "classes": set.classes,
+        "blake3": set.digest(),
+    })
+}
+
+/// `rows x features, classes, blake3 …` of a recorded set, for messages.
+fn describe(record: &Value) -> String {
+    let get = |k: &str| record.get(k).map_or("?".to_string(), |v| v.to_string());
+    format!(
+        "{} rows x {} features, {} classes, blake3 {}",
+        get("rows"),
+        get("features"),
+        get("classes"),
+        record.get("blake3").and_then(Value::as_str).unwrap_or("?")
+    )
+}
+
+/// The changes between the data a checkpoint recorded and the data now: one line per set.
+fn data_changes(saved: &Value, now: &Value) -> Vec<String> {
+    ["train", "test"]
+        .into_iter()
+        .filter(|set| saved.get(set) != now.get(set))
+        .map(|set| {
+            let (old, new) = (&saved[set], &now[set]);
+            let name = new.get("name").and_then(Value::as_str).unwrap_or(set);
+            format!("`{name}`: {} -> {}", describe(old), describe(new))
+        })
+        .collect()
+}
+
 impl<M: Model, O: OptimizerState> Trainer<M, O> {
     /// A trainer for `model` (its parameters already initialised from `rng`) and `optimizer`
     /// (over the model's parameters), computing on `device`.
@@ -303,6 +407,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             device,
             store,
             settings,
+            data: Value::Null,
         }
     }
 
@@ -337,13 +442,31 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 test.features
             )));
         }
+        for set in [train, test] {
+            set.check().map_err(|reason| TrainError::Data {
+                path: set.name.clone().into(),
+                reason,
+            })?;
+        }
         if self.settings.batch_size == 0 {
             return Err(TrainError::Setting("batch_size must be at least 1".into()));
         }
-        let (mut pos, resumed) = self.resume(observer)?;
+        if !(self.settings.lr.is_finite() && self.settings.lr >= 0.0) {
+            return Err(TrainError::Setting(format!(
+                "the learning rate must be a finite number >= 0, got {}",
+                self.settings.lr
+            )));
+        }
         let n = train.len();
         let batches = n.div_ceil(self.settings.batch_size) as u64;
-        let total_steps = batches * self.settings.epochs;
+        let total_steps = batches.checked_mul(self.settings.epochs).ok_or_else(|| {
+            TrainError::Setting(format!(
+                "{} epochs of {batches} steps: more steps than a counter holds",
+                self.settings.epochs
+            ))
+        })?;
+        self.data = json!({"train": data_record(train), "test": data_record(test)});
+        let (mut pos, resumed) = self.resume(batches, observer)?;
         observer(&Event::Plan {
             total_steps,
             steps_per_epoch: batches,
@@ -354,10 +477,10 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             None => None,
         };
         let mut saver = if self.settings.save_async {
-            Saver::Background(AsyncSaver::new(
-                self.store.clone(),
-                self.settings.retention.clone(),
-            )?)
+            Saver::Background(
+                AsyncSaver::new(self.store.clone(), self.settings.retention.clone())?,
+                None,
+            )
         } else {
             Saver::Sync(self.store.clone(), self.settings.retention.clone())
         };
@@ -390,9 +513,19 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                     .settings
                     .schedule
                     .lr_at(self.settings.lr, pos.step, total_steps);
-                let from = pos.batch as usize * self.settings.batch_size;
-                let to = (from + self.settings.batch_size).min(n);
-                let loss = match self.train_step(&x_train, &y_train, &order[from..to], lr, &pos) {
+                // pos.batch < batches (checked on resume), so the product is below n.
+                let from = (pos.batch as usize).saturating_mul(self.settings.batch_size);
+                let to = from.saturating_add(self.settings.batch_size).min(n);
+                let rows = order.get(from..to).unwrap_or_default();
+                let step = if lr.is_finite() && lr >= 0.0 {
+                    self.train_step(&x_train, &y_train, rows, lr, &pos)
+                } else {
+                    Err(TrainError::Setting(format!(
+                        "the schedule gives learning rate {lr} at step {}",
+                        pos.step + 1
+                    )))
+                };
+                let loss = match step {
                     Ok(loss) => loss,
                     Err(cause) => {
                         return Err(self.emergency(pos, &rng_before, cause, saver, observer));
@@ -497,9 +630,12 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         // The last background save is the policy's regular one when it saved at this step (a
         // `best` one goes first); when it failed, the state is saved again below.
         let background_last = match saver {
-            Saver::Background(saver) => saver.finish().map_err(|error| {
-                observer(&Event::SaveFailed(error.to_string()));
-            }),
+            Saver::Background(saver, in_flight) => match saver.finish() {
+                Ok(id) => Ok(id),
+                Err(error) => background_failed(&self.store, error, in_flight, observer)
+                    .map(Some)
+                    .ok_or(()),
+            },
             Saver::Sync(..) => Ok(None),
         };
         let saved_here = match (last_regular, background_last) {
@@ -516,9 +652,13 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             }
             let started = Instant::now();
             let snapshot = self.snapshot(&pos, &self.rng, metrics)?;
-            let id =
-                self.store
-                    .save_retaining(kind, &snapshot, self.settings.retention.as_ref())?;
+            let id = save_and_prune(
+                &self.store,
+                kind,
+                &snapshot,
+                self.settings.retention.as_ref(),
+                observer,
+            )?;
             observer(&Event::Saved {
                 kind,
                 step: pos.step,
@@ -606,13 +746,24 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         rng: &TrainRng,
         metrics: BTreeMap<String, f64>,
     ) -> Result<Snapshot, TrainError> {
+        // No checkpoint records non-finite weights or optimizer state as a good state.
+        let finite = |name: &str, t: keel_ckpt::Tensor| match first_non_finite(&t) {
+            None => Ok(t),
+            Some(value) => Err(TrainError::NonFiniteState {
+                tensor: name.to_string(),
+                step: pos.step,
+                value,
+            }),
+        };
         let mut model = BTreeMap::new();
         for (name, var) in self.model.parameters() {
-            model.insert(name.clone(), to_ckpt(&name, var.as_tensor())?);
+            let tensor = finite(&name, to_ckpt(&name, var.as_tensor())?)?;
+            model.insert(name, tensor);
         }
         let mut optimizer = BTreeMap::new();
         for (name, tensor) in self.optimizer.state_tensors()? {
-            optimizer.insert(name.clone(), to_ckpt(&name, &tensor)?);
+            let tensor = finite(&name, to_ckpt(&name, &tensor)?)?;
+            optimizer.insert(name, tensor);
         }
         let mut groups = BTreeMap::from([("model".to_string(), model)]);
         if !optimizer.is_empty() {
@@ -625,6 +776,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             user: json!({
                 "keel_train": STATE_VERSION,
                 "trajectory": self.settings.trajectory,
+                "data": self.data,
                 "batch": pos.batch,
                 "rng": rng.state(),
                 "optimizer": {
@@ -658,15 +810,18 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         let result = self
             .snapshot(pos, rng, metrics.clone())
             .and_then(|snapshot| match saver {
-                Saver::Sync(store, retention) => Ok(Some(store.save_retaining(
+                Saver::Sync(store, retention) => Ok(Some(save_and_prune(
+                    store,
                     kind,
                     &snapshot,
                     retention.as_ref(),
+                    observer,
                 )?)),
-                Saver::Background(saver) => {
+                Saver::Background(saver, in_flight) => {
                     // The previous background save's outcome comes back here.
+                    let previous = in_flight.replace((kind, snapshot.step));
                     if let Err(error) = saver.save(kind, snapshot) {
-                        observer(&Event::SaveFailed(error.to_string()));
+                        background_failed(&self.store, error, previous, observer);
                     }
                     Ok(None)
                 }
@@ -678,7 +833,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                     kind,
                     step: pos.step,
                     stall,
-                    background: matches!(saver, Saver::Background(_)),
+                    background: matches!(saver, Saver::Background(..)),
                     by_policy: kind == Kind::Regular,
                 });
                 Some((stall, id))
@@ -699,11 +854,13 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         saver: Saver,
         observer: &mut dyn FnMut(&Event<'_>),
     ) -> TrainError {
-        if let Saver::Background(saver) = saver
+        if let Saver::Background(saver, in_flight) = saver
             && let Err(error) = saver.finish()
         {
-            observer(&Event::SaveFailed(error.to_string()));
+            background_failed(&self.store, error, in_flight, observer);
         }
+        // `snapshot` refuses non-finite weights: an emergency checkpoint holds the last state
+        // whose loss and weights were finite, or nothing.
         let saved = self
             .snapshot(&pos, rng, BTreeMap::new())
             .and_then(|snapshot| Ok(self.store.save(Kind::Emergency, &snapshot)?))
@@ -719,6 +876,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
     /// The position to start from, and the checkpoint resumed (none for a fresh start).
     fn resume(
         &mut self,
+        batches: u64,
         observer: &mut dyn FnMut(&Event<'_>),
     ) -> Result<(Position, Option<CheckpointId>), TrainError> {
         if self.settings.fresh {
@@ -774,14 +932,58 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 differences: differences.join(", "),
             });
         }
+        match user.get("data") {
+            Some(saved) => {
+                let changes = data_changes(saved, &self.data);
+                if !changes.is_empty() {
+                    return Err(TrainError::DataChanged {
+                        checkpoint: id,
+                        changes: changes.join("; "),
+                    });
+                }
+            }
+            None => observer(&Event::Warning(format!(
+                "checkpoint {id} records no digest of its data (written by an older keel): \
+                 resuming without checking that the data is the same"
+            ))),
+        }
         let rng_state: RngState =
             serde_json::from_value(user.get("rng").cloned().unwrap_or_default())
                 .map_err(|e| bad(format!("RNG state: {e}")))?;
         let rng = TrainRng::from_state(&rng_state).map_err(bad)?;
+        let ours = self.rng.state();
+        if (&rng_state.seed, rng_state.stream) != (&ours.seed, ours.stream) {
+            return Err(bad(
+                "its random generator was seeded differently from this run's".into(),
+            ));
+        }
         let batch = user
             .get("batch")
             .and_then(Value::as_u64)
             .ok_or_else(|| bad("no data position (`batch`)".into()))?;
+        let (step, epoch) = (resume.manifest.step, resume.manifest.epoch);
+        if resume.snapshot.step != step || resume.snapshot.epoch != epoch {
+            return Err(bad(format!(
+                "its snapshot (step {}, epoch {}) and manifest (step {step}, epoch {epoch}) disagree",
+                resume.snapshot.step, resume.snapshot.epoch
+            )));
+        }
+        if batch >= batches {
+            return Err(bad(format!(
+                "its data position (batch {batch} of epoch {epoch}) is outside an epoch of \
+                 {batches} batches ({} rows in batches of {})",
+                self.data["train"]["rows"], self.settings.batch_size
+            )));
+        }
+        if epoch
+            .checked_mul(batches)
+            .and_then(|s| s.checked_add(batch))
+            != Some(step)
+        {
+            return Err(bad(format!(
+                "its step {step} is not epoch {epoch} x {batches} batches + batch {batch}"
+            )));
+        }
         let optimizer = user.get("optimizer").cloned().unwrap_or_default();
         if optimizer.get("kind").and_then(Value::as_str) != Some(self.optimizer.kind()) {
             return Err(bad(format!(
@@ -794,6 +996,11 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             .get("steps")
             .and_then(Value::as_u64)
             .ok_or_else(|| bad("no optimizer step count".into()))?;
+        if steps != step {
+            return Err(bad(format!(
+                "its optimizer took {steps} steps, its manifest says step {step}"
+            )));
+        }
         let best = user
             .get("best")
             .and_then(|b| b.get("value"))
@@ -811,19 +1018,24 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             let saved = model_group
                 .get(&name)
                 .ok_or_else(|| bad(format!("parameter `{name}` is missing")))?;
-            if saved.shape != var.dims() {
+            if saved.shape != var.dims() || Some(saved.dtype) != ckpt_dtype(var.dtype()) {
                 return Err(bad(format!(
-                    "parameter `{name}` has shape {:?}, the model {:?}",
+                    "parameter `{name}` is {:?} {:?}, the model's {:?} {:?}",
+                    saved.dtype,
                     saved.shape,
+                    var.dtype(),
                     var.dims()
                 )));
             }
-            let value = from_ckpt(saved, &self.device)?.to_dtype(var.dtype())?;
+            let value = load_tensor(&name, saved, &self.device).map_err(&bad)?;
             values.push((var, value));
         }
         let mut state = BTreeMap::new();
         for (name, tensor) in resume.snapshot.groups.get("optimizer").unwrap_or(&empty) {
-            state.insert(name.clone(), from_ckpt(tensor, &self.device)?);
+            state.insert(
+                name.clone(),
+                load_tensor(name, tensor, &self.device).map_err(&bad)?,
+            );
         }
         self.optimizer.load_state(steps, &state).map_err(bad)?;
         for (var, value) in values {
@@ -836,8 +1048,8 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             self.settings.device_probe.as_ref(),
         );
         let pos = Position {
-            step: resume.manifest.step,
-            epoch: resume.manifest.epoch,
+            step,
+            epoch,
             batch,
             best,
             eval: resume
@@ -856,5 +1068,43 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             environment_changes: &changes,
         });
         Ok((pos, Some(resume.id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hardening issue #13: an error from the store after a save committed (pruning older
+    /// checkpoints) was reported as "a checkpoint save failed"; it is a warning naming the
+    /// checkpoint, which counts as saved. An error for a save that did not commit stays a
+    /// failed save.
+    #[test]
+    fn prune_failure_after_a_committed_save_is_not_a_failed_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::local(dir.path()).unwrap();
+        let snapshot = Snapshot {
+            step: 7,
+            epoch: 0,
+            metrics: BTreeMap::new(),
+            user: json!({}),
+            environment: None,
+            device: None,
+            groups: BTreeMap::new(),
+        };
+        let id = store.save(Kind::Regular, &snapshot).unwrap();
+        let mut events = Vec::new();
+        let mut observer = |event: &Event<'_>| events.push(format!("{event:?}"));
+        let error = || CkptError::Setting("prune exploded".into());
+        let found = background_failed(&store, error(), Some((Kind::Regular, 7)), &mut observer);
+        assert_eq!(found, Some(id.clone()));
+        let missing = background_failed(&store, error(), Some((Kind::Regular, 8)), &mut observer);
+        assert_eq!(missing, None);
+        assert!(
+            events[0].starts_with(&format!("Warning(\"checkpoint {id} is saved, but"))
+                && events[0].contains("prune exploded"),
+            "{events:?}"
+        );
+        assert!(events[1].starts_with("SaveFailed("), "{events:?}");
     }
 }

@@ -376,3 +376,351 @@ on_each_device!(stop_and_resume_on_device, |device: candle_core::Device| {
     .unwrap();
     assert_eq!(final_state(&store), final_state(&reference));
 });
+
+/// Trains the AdamW MLP on `train`/`test` (the shape of `run_adamw`), stopping after step
+/// `stop_at` when given; returns the outcome and the warnings the loop reported.
+fn run_on_data(
+    train: &Dataset,
+    test: &Dataset,
+    store: &CheckpointStore,
+    settings: TrainSettings,
+    stop_at: Option<u64>,
+) -> (Result<keel_train::Outcome, TrainError>, Vec<String>) {
+    let device = candle_core::Device::Cpu;
+    let mut rng = TrainRng::new(SEED);
+    let model = Mlp::new(&[64, 48, 32, 10], 0.2, &device, &mut rng).unwrap();
+    let optimizer = AdamW::named(model.parameters(), AdamWConfig::default()).unwrap();
+    let mut trainer = Trainer::new(model, optimizer, rng, device, store.clone(), settings);
+    let stop = StopSignal::new();
+    let mut warnings = Vec::new();
+    let outcome = trainer.run(train, test, &stop, &mut |event| match event {
+        Event::Step(row) if Some(row.step) == stop_at => stop.request(2),
+        Event::Warning(w) => warnings.push(w.clone()),
+        _ => {}
+    });
+    (outcome, warnings)
+}
+
+/// A store holding one checkpoint: the state at step 40 (epoch 1, batch 13 of 27) as
+/// `change` leaves it.
+fn tampered(change: impl FnOnce(&mut keel_ckpt::Snapshot)) -> (tempfile::TempDir, CheckpointStore) {
+    let (train, test) = data();
+    let first = tempfile::tempdir().unwrap();
+    let first = CheckpointStore::local(first.path()).unwrap();
+    let settings = settings(Box::new(EveryNSteps(1000)), false);
+    let (outcome, _) = run_on_data(&train, &test, &first, settings, Some(40));
+    assert_eq!(outcome.unwrap().status, Status::Interrupted { signal: 2 });
+    let mut snapshot = first.latest_valid().unwrap().snapshot;
+    change(&mut snapshot);
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::local(dir.path()).unwrap();
+    store.save(Kind::Interrupted, &snapshot).unwrap();
+    (dir, store)
+}
+
+/// Hardening issue #13: the dataset at the same path replaced by a smaller one made resume
+/// spin forever (the saved batch at or past the batches per epoch), and same-size replaced
+/// data resumed silently. The checkpoint records each set's shape and BLAKE3; a change is
+/// refused naming the set, the old and new sizes and digests.
+#[test]
+fn replaced_dataset_is_refused_with_what_changed() {
+    let (train, test) = data();
+    let (_dir, store) = tampered(|_| {});
+    let smaller = train.subset(&(0..500).collect::<Vec<_>>(), &train.name);
+    let (outcome, _) = run_on_data(
+        &smaller,
+        &test,
+        &store,
+        settings(Box::new(EveryNSteps(5)), false),
+        None,
+    );
+    let text = outcome.unwrap_err().to_string();
+    assert!(
+        text.starts_with("checkpoint interrupted/step-000000000040-")
+            && text.contains("was trained on other data (`digits (train)`: 1348 rows x 64 features, 10 classes, blake3 ")
+            && text.contains(" -> 500 rows x 64 features, 10 classes, blake3 "),
+        "{text}"
+    );
+    let mut same_size = train.clone();
+    same_size.inputs[7] = 1.0 - same_size.inputs[7];
+    let (outcome, _) = run_on_data(
+        &same_size,
+        &test,
+        &store,
+        settings(Box::new(EveryNSteps(5)), false),
+        None,
+    );
+    let text = outcome.unwrap_err().to_string();
+    let old = train.digest();
+    let new = same_size.digest();
+    assert!(
+        text.contains(&format!("1348 rows x 64 features, 10 classes, blake3 {old} -> 1348 rows x 64 features, 10 classes, blake3 {new}")),
+        "{text}"
+    );
+    // A dataset whose fields disagree is an error naming it, not a panic.
+    let mut broken = train.clone();
+    broken.inputs.truncate(100);
+    let (outcome, _) = run_on_data(
+        &broken,
+        &test,
+        &store,
+        settings(Box::new(EveryNSteps(5)), false),
+        None,
+    );
+    let text = outcome.unwrap_err().to_string();
+    assert!(
+        text.starts_with(
+            "digits (train): 1348 rows of 64 features need 86272 values, there are 100"
+        ),
+        "{text}"
+    );
+}
+
+/// Hardening issue #13: a saved position outside the epoch (here: the same data in larger
+/// batches, 3 per epoch, with the checkpoint at batch 13) is an error naming the checkpoint,
+/// never a loop.
+#[test]
+fn saved_position_outside_the_epoch_is_an_error_naming_the_checkpoint() {
+    let (train, test) = data();
+    let (_dir, store) = tampered(|_| {});
+    let larger = TrainSettings {
+        batch_size: 500,
+        ..settings(Box::new(EveryNSteps(5)), false)
+    };
+    let (outcome, _) = run_on_data(&train, &test, &store, larger, None);
+    let text = outcome.unwrap_err().to_string();
+    assert!(
+        text.starts_with("checkpoint interrupted/step-000000000040-")
+            && text.ends_with("cannot be resumed: its data position (batch 13 of epoch 1) is outside an epoch of 3 batches (1348 rows in batches of 500)"),
+        "{text}"
+    );
+}
+
+/// A change made to a saved state.
+type Tamper = dyn FnOnce(&mut keel_ckpt::Snapshot);
+
+/// Hardening issue #13: every value loaded from a checkpoint is checked against the others
+/// and the model before use; a disagreement is an error naming the checkpoint.
+#[test]
+fn inconsistent_checkpoint_values_are_refused_naming_the_checkpoint() {
+    let (train, test) = data();
+    let cases: Vec<(Box<Tamper>, &str)> = vec![
+        (
+            Box::new(|s| s.user["optimizer"]["steps"] = json!(39)),
+            "its optimizer took 39 steps, its manifest says step 40",
+        ),
+        (
+            Box::new(|s| s.user["batch"] = json!(12)),
+            "its step 40 is not epoch 1 x 27 batches + batch 12",
+        ),
+        (
+            Box::new(|s| s.user["rng"]["seed"] = json!("00".repeat(32))),
+            "its random generator was seeded differently from this run's",
+        ),
+        (
+            Box::new(|s| s.user["rng"]["word_pos"] = json!("-1")),
+            "bad RNG state",
+        ),
+        (
+            Box::new(|s| {
+                let w = s
+                    .groups
+                    .get_mut("model")
+                    .unwrap()
+                    .get_mut("linear0.bias")
+                    .unwrap();
+                *w = keel_ckpt::Tensor::from_f32(vec![2, 24], &[0.5; 48]).unwrap();
+            }),
+            "parameter `linear0.bias` is F32 [2, 24], the model's F32 [48]",
+        ),
+        (
+            Box::new(|s| {
+                let w = s
+                    .groups
+                    .get_mut("model")
+                    .unwrap()
+                    .get_mut("linear0.bias")
+                    .unwrap();
+                *w = keel_ckpt::Tensor::from_f32(vec![48], &[f32::NAN; 48]).unwrap();
+            }),
+            "tensor `linear0.bias` holds NaN: it is not a good state",
+        ),
+    ];
+    for (change, want) in cases {
+        let (_dir, store) = tampered(change);
+        let (outcome, _) = run_on_data(
+            &train,
+            &test,
+            &store,
+            settings(Box::new(EveryNSteps(5)), false),
+            None,
+        );
+        let text = outcome.unwrap_err().to_string();
+        assert!(
+            text.starts_with("checkpoint interrupted/step-000000000040-") && text.contains(want),
+            "{text}\nwanted {want}"
+        );
+    }
+}
+
+/// Hardening issue #13, the decision for checkpoints written before the data digest: they
+/// resume (the position checks still hold) with a warning naming the checkpoint.
+#[test]
+fn checkpoint_without_a_data_digest_resumes_with_a_warning() {
+    let (train, test) = data();
+    let (_dir, store) = tampered(|s| {
+        s.user.as_object_mut().unwrap().remove("data");
+    });
+    let (outcome, warnings) = run_on_data(
+        &train,
+        &test,
+        &store,
+        settings(Box::new(EveryNSteps(1000)), false),
+        None,
+    );
+    assert_eq!(outcome.unwrap().step, 81);
+    assert!(
+        warnings.len() == 1
+            && warnings[0].starts_with("checkpoint interrupted/step-000000000040-")
+            && warnings[0].contains("records no digest of its data"),
+        "{warnings:?}"
+    );
+}
+
+/// AdamW that, after step `poison_after`, overwrites the first parameter with NaN: an
+/// optimizer not written by keel that lets non-finite weights through.
+struct Poisoning {
+    inner: AdamW,
+    first: candle_core::Var,
+    poison_after: u64,
+}
+
+impl OptimizerState for Poisoning {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn steps(&self) -> u64 {
+        self.inner.steps()
+    }
+    fn lr(&self) -> f64 {
+        self.inner.lr()
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.inner.set_lr(lr);
+    }
+    fn update(&mut self, grads: &candle_core::backprop::GradStore) -> candle_core::Result<()> {
+        self.inner.update(grads)?;
+        if self.inner.steps() == self.poison_after {
+            let nan = (self.first.as_tensor().zeros_like()? * f64::NAN)?;
+            self.first.set(&nan)?;
+        }
+        Ok(())
+    }
+    fn state_tensors(
+        &self,
+    ) -> candle_core::Result<std::collections::BTreeMap<String, candle_core::Tensor>> {
+        self.inner.state_tensors()
+    }
+    fn load_state(
+        &mut self,
+        steps: u64,
+        tensors: &std::collections::BTreeMap<String, candle_core::Tensor>,
+    ) -> Result<(), String> {
+        self.inner.load_state(steps, tensors)
+    }
+}
+
+/// Hardening issue #13: the "last good state" emergency checkpoint held 100% NaN weights.
+/// No checkpoint records non-finite weights: the policy save after the poisoned step fails
+/// (reported, training goes on), the next step fails (ReLU hides the NaN from the loss, AdamW
+/// refuses the NaN gradient), and the emergency save says the state is not finite and saves
+/// nothing. With keel's own optimizers a learning rate that overflows (a step schedule with
+/// a huge gamma) is refused before it is applied, so the emergency checkpoint holds the last
+/// finite state; a non-finite base rate is refused before training.
+#[test]
+fn emergency_checkpoint_never_holds_non_finite_weights() {
+    let (train, test) = data();
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::local(dir.path()).unwrap();
+    let device = candle_core::Device::Cpu;
+    let mut rng = TrainRng::new(SEED);
+    let model = Mlp::new(&[64, 32, 10], 0.0, &device, &mut rng).unwrap();
+    let parameters = model.parameters();
+    let optimizer = Poisoning {
+        first: parameters[0].1.clone(),
+        inner: AdamW::named(parameters, AdamWConfig::default()).unwrap(),
+        poison_after: 20,
+    };
+    let poisoned = TrainSettings {
+        policy: Box::new(AtSteps(BTreeSet::from([10, 20]))),
+        ..settings(Box::new(EveryNSteps(1000)), false)
+    };
+    let mut trainer = Trainer::new(model, optimizer, rng, device, store.clone(), poisoned);
+    let mut failed_saves = Vec::new();
+    let error = trainer
+        .run(&train, &test, &StopSignal::new(), &mut |event| {
+            if let Event::SaveFailed(why) = event {
+                failed_saves.push(why.clone());
+            }
+        })
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.starts_with("training stopped at step 21: ")
+            && text.contains("the emergency checkpoint could not be saved either: tensor `linear0.weight` of the state at step 20 holds NaN"),
+        "{text}"
+    );
+    assert_eq!(failed_saves.len(), 1, "{failed_saves:?}");
+    assert!(
+        failed_saves[0].contains("a non-finite state is not saved"),
+        "{failed_saves:?}"
+    );
+    let steps: Vec<(Kind, u64)> = store
+        .list()
+        .unwrap()
+        .iter()
+        .map(|l| (l.id.kind, l.manifest.as_ref().unwrap().step))
+        .collect();
+    assert_eq!(steps, [(Kind::Regular, 10)]);
+
+    // keel's AdamW refuses the update an overflowing rate gives: the emergency checkpoint is
+    // the state before it, and finite.
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::local(dir.path()).unwrap();
+    let exploding = TrainSettings {
+        schedule: Schedule::Step {
+            every_steps: 5,
+            gamma: 1e200,
+        },
+        ..settings(Box::new(EveryNSteps(1000)), false)
+    };
+    let (outcome, _) = run_on_data(&train, &test, &store, exploding, None);
+    let error = outcome.unwrap_err();
+    let TrainError::StepFailed {
+        step, emergency, ..
+    } = &error
+    else {
+        panic!("{error}")
+    };
+    assert_eq!(*step, 6, "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("gives non-finite parameters or state; nothing was changed"),
+        "{error}"
+    );
+    let (_, snapshot) = store.load(emergency.as_ref().unwrap()).unwrap();
+    assert_eq!(snapshot.step, 5);
+    for tensor in snapshot.groups.values().flat_map(|g| g.values()) {
+        assert!(tensor.to_f32().unwrap().iter().all(|v| v.is_finite()));
+    }
+    let nan_lr = TrainSettings {
+        lr: f64::NAN,
+        ..settings(Box::new(EveryNSteps(1000)), false)
+    };
+    let (outcome, _) = run_on_data(&train, &test, &store, nan_lr, None);
+    assert_eq!(
+        outcome.unwrap_err().to_string(),
+        "the learning rate must be a finite number >= 0, got NaN"
+    );
+}
