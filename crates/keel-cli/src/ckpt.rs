@@ -3,15 +3,41 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use keel_ckpt::{CheckpointStore, Goal, Listed, Manifest, Retention};
+use keel_ckpt::{CheckpointId, CheckpointStore, Goal, Listed, Manifest, Retention, Status};
 use miette::IntoDiagnostic as _;
 use serde::Serialize;
 
 use crate::args::{CkptListArgs, CkptPruneArgs};
 use crate::render;
 
+/// Every `keel ckpt` command needs a store that is there: a mistyped path is an error (exit 2),
+/// and nothing is created.
 fn open(store: &str) -> miette::Result<CheckpointStore> {
-    CheckpointStore::open(store).into_diagnostic()
+    CheckpointStore::open_existing(store).into_diagnostic()
+}
+
+/// One warning line on stderr per problem, naming the checkpoint's folder in the store (the
+/// reason names the file). Returns how many are failures (a folder not keel's is not).
+fn warn_problems<'a>(
+    store: &CheckpointStore,
+    problems: impl IntoIterator<Item = (&'a CheckpointId, &'a str, bool)>,
+) -> usize {
+    let mut err = std::io::stderr().lock();
+    let mut failures = 0;
+    for (id, problem, foreign) in problems {
+        let what = if foreign { "note" } else { "warning" };
+        let _ = writeln!(err, "{what}: {}/{id}: {problem}", store.location());
+        failures += usize::from(!foreign);
+    }
+    failures
+}
+
+fn listed_problems(listed: &[Listed]) -> impl Iterator<Item = (&CheckpointId, &str, bool)> {
+    listed.iter().filter_map(|l| {
+        l.problem
+            .as_deref()
+            .map(|p| (&l.id, p, l.status == Status::Foreign))
+    })
 }
 
 fn time(manifest: &Manifest) -> String {
@@ -84,10 +110,11 @@ pub(crate) fn list(args: &CkptListArgs) -> miette::Result<ExitCode> {
         let rows: Vec<(String, &Listed)> = listed
             .iter()
             .map(|l| {
-                let status = if l.manifest.is_some() {
-                    "listed"
-                } else {
-                    "invalid"
+                let status = match l.status {
+                    Status::Readable => "listed",
+                    Status::Foreign => "foreign",
+                    Status::Incomplete => "partial",
+                    _ => "invalid",
                 };
                 (status.to_string(), l)
             })
@@ -100,7 +127,12 @@ pub(crate) fn list(args: &CkptListArgs) -> miette::Result<ExitCode> {
             store.location()
         );
     }
-    Ok(ExitCode::SUCCESS)
+    let failures = warn_problems(&store, listed_problems(&listed));
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 #[derive(Serialize)]
@@ -121,7 +153,10 @@ pub(crate) fn verify(args: &CkptListArgs) -> miette::Result<ExitCode> {
             entry.problem = Some(error.to_string());
         }
     }
-    let bad = listed.iter().filter(|l| l.problem.is_some()).count();
+    let bad = listed
+        .iter()
+        .filter(|l| l.problem.is_some() && l.status != Status::Foreign)
+        .count();
     if args.json {
         let report: Vec<Verified<'_>> = listed
             .iter()
@@ -137,7 +172,11 @@ pub(crate) fn verify(args: &CkptListArgs) -> miette::Result<ExitCode> {
         let rows: Vec<(String, &Listed)> = listed
             .iter()
             .map(|l| {
-                let status = if l.problem.is_none() { "ok" } else { "CORRUPT" };
+                let status = match (l.status, &l.problem) {
+                    (Status::Foreign, _) => "foreign",
+                    (_, None) => "ok",
+                    (_, Some(_)) => "CORRUPT",
+                };
                 (status.to_string(), l)
             })
             .collect();
@@ -150,6 +189,7 @@ pub(crate) fn verify(args: &CkptListArgs) -> miette::Result<ExitCode> {
             store.location()
         );
     }
+    warn_problems(&store, listed_problems(&listed));
     Ok(if bad == 0 {
         ExitCode::SUCCESS
     } else {
@@ -171,21 +211,36 @@ pub(crate) fn prune(args: &CkptPruneArgs) -> miette::Result<ExitCode> {
             .clone()
             .map(|metric| (metric, if args.maximize { Goal::Max } else { Goal::Min })),
     };
-    let deleted = store.prune(&retention).into_diagnostic()?;
+    let pruned = store.prune(&retention).into_diagnostic()?;
     if args.json {
-        let ids: Vec<String> = deleted.iter().map(ToString::to_string).collect();
-        render::json(&ids)?;
+        render::json(&pruned)?;
     } else {
         let mut out = std::io::stdout().lock();
-        for id in &deleted {
+        for id in &pruned.deleted {
             let _ = writeln!(out, "deleted {id}");
+        }
+        for temporary in &pruned.temporaries {
+            let _ = writeln!(out, "deleted {temporary} (an interrupted write)");
         }
         let _ = writeln!(
             out,
-            "{} checkpoint(s) deleted from {}",
-            deleted.len(),
-            store.location()
+            "{} checkpoint(s) deleted from {}, {} left alone",
+            pruned.deleted.len(),
+            store.location(),
+            pruned.left.len()
         );
     }
-    Ok(ExitCode::SUCCESS)
+    // What prune may not delete is reported; a folder that is not keel's is only noted.
+    let failures = warn_problems(
+        &store,
+        pruned.left.iter().map(|(id, reason)| {
+            let foreign = keel_ckpt::parse_folder_name(&id.name).is_none();
+            (id, reason.as_str(), foreign)
+        }),
+    );
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

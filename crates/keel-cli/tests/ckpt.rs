@@ -75,7 +75,19 @@ fn list_verify_prune() {
         &["ckpt", "prune", "runs", "--keep-last", "2", "--json"],
     );
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
-    let deleted: Vec<String> = serde_json::from_slice(&output.stdout).unwrap();
+    let pruned: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let deleted: Vec<String> = pruned["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| {
+            format!(
+                "{}/{}",
+                id["kind"].as_str().unwrap(),
+                id["name"].as_str().unwrap()
+            )
+        })
+        .collect();
     assert_eq!(
         deleted,
         [ids[2].to_string(), ids[1].to_string(), ids[0].to_string()]
@@ -124,4 +136,64 @@ fn s3_url_with_aws_variables() {
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("s3://checkpoints/runs/exp2"), "{stderr}");
+}
+
+/// Hardening issue #13: `keel ckpt list|verify|prune` on a mistyped path created the folder and
+/// exited 0. A store that is not there is an input error (2), and nothing is created.
+#[test]
+fn missing_store_is_an_error_and_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in [
+        &["ckpt", "list", "runs-typo"][..],
+        &["ckpt", "verify", "runs-typo"],
+        &["ckpt", "prune", "runs-typo", "--keep-last", "1"],
+    ] {
+        let output = keel(dir.path(), command);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command:?}: {stderr}");
+        assert!(stderr.contains("runs-typo"), "{command:?}: {stderr}");
+        assert!(
+            !dir.path().join("runs-typo").exists(),
+            "{command:?} created it"
+        );
+    }
+}
+
+/// Hardening issue #13: a checkpoint whose manifest keel cannot read is reported on stderr
+/// naming the file, makes `list` and `verify` exit 1, and `prune` leaves it (exit 1) as it
+/// leaves a user's own folder (noted, exit not affected by it).
+#[test]
+fn unreadable_manifest_is_reported_and_survives_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("runs");
+    let store = CheckpointStore::local(&root).unwrap();
+    let ids: Vec<_> = (1..=3)
+        .map(|step| store.save(Kind::Regular, &snapshot(step)).unwrap())
+        .collect();
+    fs_err::create_dir_all(root.join("regular/my-notes")).unwrap();
+    let output = keel(dir.path(), &["ckpt", "prune", "runs", "--keep-last", "5"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("my-notes"));
+
+    let manifest = root
+        .join("regular")
+        .join(&ids[1].name)
+        .join("manifest.json");
+    let bytes = fs_err::read(&manifest).unwrap();
+    fs_err::write(&manifest, &bytes[..bytes.len() / 2]).unwrap();
+    for command in [
+        &["ckpt", "list", "runs"][..],
+        &["ckpt", "verify", "runs"],
+        &["ckpt", "prune", "runs", "--keep-last", "1"],
+    ] {
+        let output = keel(dir.path(), command);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(stderr.contains("manifest.json"), "{command:?}: {stderr}");
+        assert!(stderr.contains(&ids[1].name), "{command:?}: {stderr}");
+    }
+    assert!(manifest.exists(), "prune deleted what it could not read");
+    assert!(root.join("regular/my-notes").is_dir());
+    assert!(!root.join("regular").join(&ids[0].name).exists());
+    assert!(root.join("regular").join(&ids[2].name).exists());
 }
