@@ -1,0 +1,256 @@
+//! keel-dist under a real `mpirun -np 2`: the example `collectives` (built by `cargo test`
+//! beside this test, with the `mpi` feature) runs every collective and the environment gate
+//! on both ranks and writes what each rank got; these tests check it.
+//!
+//! Without `mpirun` on `PATH` they are skipped with a note, unless `KEEL_REQUIRE_MPI` is set
+//! (as CI does), when a missing `mpirun` fails them.
+#![cfg(feature = "mpi")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Found on `PATH`, as the shell would.
+fn mpirun() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("mpirun"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// `target/<profile>/examples/collectives`, beside `target/<profile>/deps/<this test>`.
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lies in target/<profile>/deps");
+    let example = profile_dir
+        .join("examples")
+        .join(format!("collectives{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        example.is_file(),
+        "{} is missing: run `cargo test -p keel-dist --features mpi`, which builds it",
+        example.display()
+    );
+    example
+}
+
+/// One `mpirun -np 2` for all tests: the results of rank 0 and rank 1, or `None` when the
+/// tests are skipped.
+fn results() -> Option<&'static [Value]> {
+    static RESULTS: OnceLock<Option<Vec<Value>>> = OnceLock::new();
+    RESULTS.get_or_init(run_mpirun).as_deref()
+}
+
+#[allow(
+    clippy::print_stderr,
+    reason = "the note that says why a test is skipped"
+)]
+fn run_mpirun() -> Option<Vec<Value>> {
+    let Some(mpirun) = mpirun() else {
+        if std::env::var_os("KEEL_REQUIRE_MPI").is_some() {
+            panic!("KEEL_REQUIRE_MPI is set but `mpirun` is not on PATH");
+        }
+        eprintln!("note: `mpirun` is not on PATH: the MPI tests of keel-dist are skipped");
+        return None;
+    };
+    let out = tempfile::tempdir().expect("a temporary folder");
+    let version = Command::new(&mpirun)
+        .arg("--version")
+        .output()
+        .expect("mpirun --version");
+    let open_mpi = String::from_utf8_lossy(&version.stdout).contains("Open MPI");
+
+    let mut command = Command::new(&mpirun);
+    if open_mpi {
+        // Containers and CI run as root; a 2-core machine has fewer slots than ranks.
+        command.args(["--allow-run-as-root", "--oversubscribe"]);
+    }
+    command
+        .args(["-np", "2"])
+        .arg(example())
+        .arg(out.path())
+        // Rank 1 reports another numpy version in the second gate.
+        .arg("1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("mpirun starts");
+    // A guard against a hung collective, not a timing assertion.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for mpirun") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("mpirun's output");
+            panic!(
+                "mpirun did not finish: a collective hangs\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().expect("mpirun's output");
+    assert!(
+        status.success(),
+        "mpirun failed ({status})\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(
+        (0..2)
+            .map(|rank| {
+                let text = fs_err::read_to_string(out.path().join(format!("rank-{rank}.json")))
+                    .expect("every rank writes its results");
+                serde_json::from_str(&text).expect("the results are JSON")
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn launch_detect_under_mpirun_sees_two_distinct_ranks() {
+    let Some(results) = results() else { return };
+    for (rank, result) in results.iter().enumerate() {
+        assert_eq!(result["rank"], rank);
+        assert_eq!(result["size"], 2);
+        assert_eq!(result["launch"]["size"], 2, "{}", result["launch"]);
+        assert_eq!(result["launch"]["rank"], rank, "{}", result["launch"]);
+    }
+}
+
+#[test]
+fn all_reduce_sums_under_mpirun() {
+    let Some(results) = results() else { return };
+    for result in results {
+        // Rank r gave [r + 1, 2(r + 1), 0.5], [r, 10], [r + 0.25, -1].
+        assert_eq!(result["sum_f32"], serde_json::json!([3.0, 6.0, 1.0]));
+        assert_eq!(result["mean_f32"], serde_json::json!([0.5, 10.0]));
+        assert_eq!(result["sum_f64"], serde_json::json!([1.5, -2.0]));
+        assert_eq!(result["max"], 17);
+    }
+}
+
+#[test]
+fn stop_flag_of_one_rank_reaches_every_rank_under_mpirun() {
+    let Some(results) = results() else { return };
+    for result in results {
+        assert_eq!(result["stop_last"], true);
+        assert_eq!(result["stop_none"], false);
+    }
+}
+
+#[test]
+fn broadcast_replaces_buffers_of_any_length_under_mpirun() {
+    let Some(results) = results() else { return };
+    let expected: Vec<u64> = (0..3000u64).map(|i| i % 251).collect();
+    for result in results {
+        assert_eq!(result["broadcast"], serde_json::json!(expected));
+        assert_eq!(result["broadcast_empty"], serde_json::json!([]));
+    }
+}
+
+#[test]
+fn gather_of_variable_length_bytes_under_mpirun() {
+    let Some(results) = results() else { return };
+    // Rank 0 sent nothing, rank 1 three bytes of 1.
+    let all = serde_json::json!([[], [1, 1, 1]]);
+    assert_eq!(results[0]["gathered"], all);
+    assert_eq!(results[1]["gathered"], Value::Null);
+    for result in results {
+        assert_eq!(result["all_gathered"], all);
+    }
+}
+
+/// Hardening issue #12: when every rank sent nothing, `MPI_Gatherv` was called with empty send
+/// and receive buffers at Rust's one dangling address, and Open MPI aborted the job with
+/// MPI_ERR_ARG (aliased buffers).
+#[test]
+fn gather_when_every_rank_sends_nothing_under_mpirun() {
+    let Some(results) = results() else { return };
+    assert_eq!(results[0]["gathered_empty"], serde_json::json!([[], []]));
+    assert_eq!(results[1]["gathered_empty"], Value::Null);
+    for result in results {
+        assert_eq!(result["all_gathered_empty"], serde_json::json!([[], []]));
+    }
+}
+
+/// Hardening issue #12: started without `mpirun`, MPI makes a world of one, where rank 0's
+/// empty contribution is the whole gather; that aborted the process (MPI_ERR_ARG).
+#[test]
+fn singleton_world_without_mpirun_runs_every_collective() {
+    if mpirun().is_none() {
+        // Without mpirun there is no MPI runtime either; `results()` says so (or fails).
+        let _ = results();
+        return;
+    }
+    let out = tempfile::tempdir().expect("a temporary folder");
+    let output = Command::new(example())
+        .arg(out.path())
+        .env_remove("OMPI_COMM_WORLD_SIZE")
+        .env_remove("OMPI_COMM_WORLD_RANK")
+        .env_remove("PMIX_RANK")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the example starts");
+    assert!(
+        output.status.success(),
+        "the singleton run failed ({})\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = fs_err::read_to_string(out.path().join("rank-0.json")).expect("rank 0's results");
+    let result: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(result["size"], 1);
+    assert_eq!(result["launch"]["launcher"], "none");
+    assert_eq!(result["gathered"], serde_json::json!([[]]));
+    assert_eq!(result["all_gathered_empty"], serde_json::json!([[]]));
+    assert_eq!(result["sum_f32"], serde_json::json!([1.0, 2.0, 0.5]));
+    assert_eq!(
+        result["uniform"]["text"],
+        "1 rank, nothing to compare (on node-0)"
+    );
+}
+
+#[test]
+fn gate_with_identical_facts_is_uniform_under_mpirun() {
+    let Some(results) = results() else { return };
+    for result in results {
+        let gate = &result["uniform"];
+        assert_eq!(gate["is_uniform"], true, "{}", gate["text"]);
+        assert_eq!(
+            gate["text"],
+            "all 2 ranks have the same environment (on node-0, node-1)"
+        );
+    }
+}
+
+#[test]
+fn gate_names_the_skewed_package_and_rank_on_every_rank_under_mpirun() {
+    let Some(results) = results() else { return };
+    for result in results {
+        let gate = &result["skewed"];
+        assert_eq!(gate["is_uniform"], false, "{}", gate["text"]);
+        let text = gate["text"].as_str().expect("the report's text");
+        assert!(
+            text.contains("rank 1 on node-1 differs from the reference"),
+            "{text}"
+        );
+        assert!(
+            text.contains("package numpy: 1.26.4 py312_0 -> 2.0.0 py312_0"),
+            "{text}"
+        );
+        let difference = &gate["report"]["differences"][0];
+        assert_eq!(difference["group"]["ranks"], serde_json::json!([1]));
+        assert_eq!(difference["changes"][0]["name"], "numpy");
+    }
+    // Both ranks reached the same verdict.
+    assert_eq!(results[0]["skewed"], results[1]["skewed"]);
+}
