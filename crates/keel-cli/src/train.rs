@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_cuda::{DriverProbe, probe_with_timeout};
 use keel_train::{Event, RunOptions, Status, StopSignal, TrainConfig, TrainError};
-use miette::IntoDiagnostic as _;
+use miette::{IntoDiagnostic as _, WrapErr as _};
 use serde_json::json;
 
 use crate::args::TrainArgs;
@@ -195,6 +195,7 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
         )),
         Event::Saved { .. } => {}
         Event::SaveFailed(why) => say(format!("warning: a checkpoint save failed: {why}")),
+        Event::Warning(why) => say(format!("warning: {why}")),
     };
     let result = config.run(&options, &stop, &mut observer);
     bar.finish_and_clear();
@@ -204,7 +205,15 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
             render::error(&miette::Report::msg(error.to_string()));
             return Ok(ExitCode::from(1));
         }
-        Err(error) => return Err(error).into_diagnostic(),
+        // The configuration file is named: a data file's error alone does not say which
+        // configuration pointed at it.
+        Err(error) => {
+            let result: miette::Result<ExitCode> = Err(error).into_diagnostic();
+            return match &args.config {
+                Some(path) => result.wrap_err_with(|| format!("keel train {}", path.display())),
+                None => result,
+            };
+        }
     };
     let elapsed = started.elapsed();
     let checkpoint = outcome.checkpoint.as_ref().map(ToString::to_string);

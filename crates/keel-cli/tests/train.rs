@@ -407,3 +407,48 @@ print((logits.argmax(1) == y).mean())
     let accuracy: f64 = text(&out.stdout).trim().parse().unwrap();
     assert!(accuracy > 0.9, "numpy accuracy over all digits {accuracy}");
 }
+
+/// `rows` rows of 4 pixel values (0..=16) and a label (0..3), varying with `salt`.
+fn small_csv(rows: usize, salt: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let v = |i: usize| (r * 7 + i * 3 + salt) % 17;
+            format!("{},{},{},{},{}\n", v(0), v(1), v(2), v(3), r % 3)
+        })
+        .collect()
+}
+
+/// Hardening issue #13: a dataset replaced at the same path by a smaller one made a resume
+/// spin forever, and one of the same size resumed silently. Both are refused (exit 2), naming
+/// the configuration, the set and what changed.
+#[test]
+fn replaced_dataset_at_the_same_path_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::write(
+        dir.path().join("train.toml"),
+        "name = \"small\"\nepochs = 2\nbatch_size = 4\n[data]\ndataset = \"csv\"\ncsv = \"data.csv\"\n",
+    )
+    .unwrap();
+    fs_err::write(dir.path().join("data.csv"), small_csv(40, 0)).unwrap();
+    let out = keel(dir.path(), &["train", "train.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (rows, salt, want) in [(20, 0, "16"), (40, 1, "32")] {
+        fs_err::write(dir.path().join("data.csv"), small_csv(rows, salt)).unwrap();
+        let out = keel(dir.path(), &["train", "train.toml", "--epochs", "3"]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        // miette wraps long lines: compare the words.
+        let words = stderr
+            .split_whitespace()
+            .filter(|w| *w != "│")
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            words.contains("keel train train.toml")
+                && words.contains("trained on other data")
+                && words.contains("data.csv (train)`: 32 rows x 4 features, 3 classes, blake3")
+                && words.contains(&format!("-> {want} rows x 4 features")),
+            "{stderr}"
+        );
+    }
+}
