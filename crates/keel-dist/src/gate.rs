@@ -496,6 +496,131 @@ mod tests {
         }
     }
 
+    /// A world of `gathered.len()` ranks seen from `rank`, whose all-gather returns what the
+    /// ranks "sent": the gate's side of a job, without MPI.
+    struct Gathered {
+        rank: usize,
+        gathered: Vec<Vec<u8>>,
+    }
+
+    impl Collective for Gathered {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn size(&self) -> usize {
+            self.gathered.len()
+        }
+        fn barrier(&self) -> Result<(), DistError> {
+            Ok(())
+        }
+        fn broadcast_bytes(&self, _root: usize, _bytes: &mut Vec<u8>) -> Result<(), DistError> {
+            unreachable!("the gate all-gathers")
+        }
+        fn all_reduce_sum_f32(&self, _values: &mut [f32]) -> Result<(), DistError> {
+            unreachable!("the gate all-gathers")
+        }
+        fn all_reduce_sum_f64(&self, _values: &mut [f64]) -> Result<(), DistError> {
+            unreachable!("the gate all-gathers")
+        }
+        fn all_reduce_max_u64(&self, _value: u64) -> Result<u64, DistError> {
+            unreachable!("the gate all-gathers")
+        }
+        fn gather_bytes(
+            &self,
+            _root: usize,
+            _bytes: &[u8],
+        ) -> Result<Option<Vec<Vec<u8>>>, DistError> {
+            unreachable!("the gate all-gathers")
+        }
+        fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, DistError> {
+            assert_eq!(
+                bytes, self.gathered[self.rank],
+                "a rank sends its own facts"
+            );
+            Ok(self.gathered.clone())
+        }
+    }
+
+    fn sent(all: &[RankFacts]) -> Vec<Vec<u8>> {
+        all.iter().map(|f| serde_json::to_vec(f).unwrap()).collect()
+    }
+
+    #[test]
+    fn every_rank_of_a_world_gets_the_same_report() {
+        let mut all: Vec<_> = (0..3)
+            .map(|rank| facts(rank, &format!("node-{rank}")))
+            .collect();
+        all[2].cuda = Some("12.2".to_string());
+        let reports: Vec<GateReport> = (0..3)
+            .map(|rank| {
+                let world = Gathered {
+                    rank,
+                    gathered: sent(&all),
+                };
+                gate(&world, &all[rank]).unwrap()
+            })
+            .collect();
+        assert!(!reports[0].is_uniform());
+        assert_eq!(reports[0].groups[1].ranks, [2]);
+        assert_eq!(reports[0], reports[1]);
+        assert_eq!(reports[0], reports[2]);
+    }
+
+    #[test]
+    fn facts_from_another_rank_that_do_not_parse_fail_the_gate() {
+        let all = [facts(0, "node-a"), facts(1, "node-b")];
+        // Cut short, and empty (what a rank whose facts failed to serialise sends).
+        for broken in [br#"{"rank": 1, "host": "node-b"#.to_vec(), Vec::new()] {
+            let mut gathered = sent(&all);
+            gathered[1] = broken;
+            let error = gate(&Gathered { rank: 0, gathered }, &all[0]).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "rank 1 sent environment facts that do not parse (is it another keel version?)"
+            );
+            assert!(std::error::Error::source(&error).is_some());
+        }
+    }
+
+    #[test]
+    fn an_all_gather_of_the_wrong_length_fails_the_gate() {
+        struct Short;
+        impl Collective for Short {
+            fn rank(&self) -> usize {
+                0
+            }
+            fn size(&self) -> usize {
+                2
+            }
+            fn barrier(&self) -> Result<(), DistError> {
+                Ok(())
+            }
+            fn broadcast_bytes(&self, _: usize, _: &mut Vec<u8>) -> Result<(), DistError> {
+                Ok(())
+            }
+            fn all_reduce_sum_f32(&self, _: &mut [f32]) -> Result<(), DistError> {
+                Ok(())
+            }
+            fn all_reduce_sum_f64(&self, _: &mut [f64]) -> Result<(), DistError> {
+                Ok(())
+            }
+            fn all_reduce_max_u64(&self, value: u64) -> Result<u64, DistError> {
+                Ok(value)
+            }
+            fn gather_bytes(&self, _: usize, _: &[u8]) -> Result<Option<Vec<Vec<u8>>>, DistError> {
+                Ok(None)
+            }
+            fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, DistError> {
+                Ok(vec![bytes.to_vec()])
+            }
+        }
+        let error = gate(&Short, &facts(0, "node-a")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the all-gather of environment facts returned 1 entries for a world of 2"
+        );
+    }
+
     #[test]
     fn gate_on_single_is_uniform() {
         let report = gate(&Single, &facts(0, "node-a")).unwrap();
