@@ -1,6 +1,8 @@
 //! keel-dist under a real `mpirun -np 2`: the example `collectives` (built by `cargo test`
 //! beside this test, with the `mpi` feature) runs every collective and the environment gate
-//! on both ranks and writes what each rank got; these tests check it.
+//! on both ranks and writes what each rank got; these tests check it. Run them as
+//! `cargo test -p keel-dist --features mpi`: with `--test mpirun` alone cargo does not rebuild
+//! the example, and the tests run an old one.
 //!
 //! Without `mpirun` on `PATH` they are skipped with a note, unless `KEEL_REQUIRE_MPI` is set
 //! (as CI does), when a missing `mpirun` fails them.
