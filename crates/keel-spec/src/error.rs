@@ -299,10 +299,34 @@ pub enum SpecError {
     #[error("failed to write environment file")]
     Write(#[source] std::io::Error),
     /// The file is neither UTF-8 nor UTF-16 text.
-    #[error("{} is not UTF-8 or UTF-16 text", path.display())]
+    #[error(
+        "{}:{line}:{column}: not UTF-8 or UTF-16 text (byte {offset} does not decode)",
+        path.display()
+    )]
     Encoding {
         /// The file.
         path: PathBuf,
+        /// The 1-based line of the first byte that does not decode.
+        line: usize,
+        /// Its 1-based column, in characters.
+        column: usize,
+        /// Its offset in bytes from the start of the file.
+        offset: usize,
+    },
+    /// The path names something other than a regular file (a folder, a FIFO, a device),
+    /// which keel does not read, so that it never blocks on one.
+    #[error("{} is not a regular file", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The file is larger than [`MAX_FILE_SIZE`](crate::MAX_FILE_SIZE).
+    #[error("{} is larger than {limit} bytes, the most keel reads as an environment file", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
     },
     /// The file has errors; the report holds them all, warnings included.
     #[error("{} has {} error{}:\n{report}", report.path.display(), report.errors().count(), if report.errors().count() == 1 { "" } else { "s" })]

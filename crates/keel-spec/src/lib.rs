@@ -109,12 +109,20 @@ pub fn check_str(text: &str, path: impl AsRef<Path>) -> Checked {
     }
 }
 
+/// The largest environment file keel reads, in bytes. Real ones are a few kilobytes; the
+/// limit bounds the memory a hostile file can make keel use (a flow list of one-letter
+/// packages, `[a, a, …]`, takes about 320 bytes of tree and typed spec a byte: 1.3 GB here).
+pub const MAX_FILE_SIZE: u64 = 4 << 20;
+
 /// Checks an environment file's bytes, decoded as conda does (UTF-8 with or without a
 /// byte-order mark, or UTF-16 with one).
 pub fn check_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Checked, SpecError> {
     let path = path.as_ref();
-    let text = source::decode(bytes).ok_or_else(|| SpecError::Encoding {
+    let text = source::decode(bytes).map_err(|error| SpecError::Encoding {
         path: path.to_path_buf(),
+        line: error.line,
+        column: error.column,
+        offset: error.offset,
     })?;
     Ok(check_str(&text, path))
 }
@@ -122,8 +130,43 @@ pub fn check_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Checked, Spec
 /// Reads and checks an environment file.
 pub fn check_path(path: impl AsRef<Path>) -> Result<Checked, SpecError> {
     let path = path.as_ref();
-    let bytes = fs_err::read(path).map_err(SpecError::Read)?;
+    let bytes = read_regular_file(path)?;
     check_bytes(&bytes, path)
+}
+
+/// Reads a regular file of at most [`MAX_FILE_SIZE`] bytes: the one way this crate reads an
+/// environment file. The path is looked at before it is opened (opening a FIFO would block
+/// until something writes to it) and the opened handle again, and no more than the limit is
+/// read even from a file that grows or misstates its size (`/proc`).
+fn read_regular_file(path: &Path) -> Result<Vec<u8>, SpecError> {
+    use std::io::Read as _;
+
+    let not_a_file = || SpecError::NotAFile {
+        path: path.to_path_buf(),
+    };
+    let too_large = || SpecError::TooLarge {
+        path: path.to_path_buf(),
+        limit: MAX_FILE_SIZE,
+    };
+    if !fs_err::metadata(path).map_err(SpecError::Read)?.is_file() {
+        return Err(not_a_file());
+    }
+    let file = fs_err::File::open(path).map_err(SpecError::Read)?;
+    let metadata = file.metadata().map_err(SpecError::Read)?;
+    if !metadata.is_file() {
+        return Err(not_a_file());
+    }
+    if metadata.len() > MAX_FILE_SIZE {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(SpecError::Read)?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 /// Parses environment-file text into a spec, or every error in it.

@@ -56,10 +56,7 @@ impl<'a> Parser<'a> {
             // An empty value is marked where the next token starts; point at the `-` or `:`
             // that introduced it instead.
             for line in (node.mark.line.saturating_sub(3).max(1)..=node.mark.line).rev() {
-                let text = self.source.line(line);
-                let trimmed = text.trim_end();
-                if trimmed.ends_with('-') || trimmed.ends_with(':') {
-                    let column = trimmed.chars().count();
+                if let Some(column) = self.source.trailing_indicator(line) {
                     return self.source.location(line, column, 1);
                 }
             }
@@ -578,11 +575,9 @@ impl<'a> Parser<'a> {
             return None;
         }
         let line = self.source.line(node.mark.line);
-        let start = line
-            .char_indices()
-            .nth(node.mark.column - 1)
-            .map(|(byte, _)| byte)?;
-        let from_value = &line[start..];
+        let line_start = self.source.offset(node.mark.line, 1)?;
+        let start = self.source.offset(node.mark.line, node.mark.column)? - line_start;
+        let from_value = line.get(start..)?;
         let end = match style {
             TScalarStyle::Plain => from_value
                 .starts_with(value.as_str())

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
+use yaml_rust2::parser::{Event, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// Where a node starts: 1-based line and column (in characters).
@@ -91,103 +91,213 @@ pub(crate) struct SyntaxError {
     pub(crate) mark: Mark,
 }
 
+/// Collections nested deeper than this are refused. Real environment files nest four or five
+/// deep; the tree is dropped and cloned recursively, so its depth must stay bounded.
+pub(crate) const MAX_DEPTH: usize = 128;
+
+/// What copies for aliases may weigh beyond twice the text's size (see [`Builder::spend`]).
+const ALIAS_ALLOWANCE: usize = 1 << 16;
+
 /// The result of loading a stream: its documents, or the first syntax error.
+///
+/// The tree stays proportional to the text: a character YAML forbids is refused before
+/// parsing (`yaml-rust2` would read a NUL as the end of the stream), nesting is bounded by
+/// [`MAX_DEPTH`], and the copies made for aliases are bounded by [`Builder::spend`].
 pub(crate) fn load(text: &str) -> Result<Vec<Node>, SyntaxError> {
-    let mut builder = Builder::default();
+    if let Some(error) = forbidden_character(text) {
+        return Err(error);
+    }
+    let allowance = ALIAS_ALLOWANCE.saturating_add(text.len().saturating_mul(2));
+    let mut builder = Builder {
+        stack: Vec::new(),
+        documents: Vec::new(),
+        anchors: HashMap::new(),
+        allowance,
+        limit: allowance,
+    };
+    // Events are pulled one by one: `Parser::load` recurses once per level of nesting.
     let mut parser = Parser::new_from_str(text);
-    parser
-        .load(&mut builder, true)
-        .map_err(|error| SyntaxError {
+    loop {
+        let (event, marker) = parser.next_token().map_err(|error| SyntaxError {
             message: error.info().to_owned(),
             mark: Mark::from_marker(*error.marker()),
         })?;
-    if let Some(error) = builder.error {
-        return Err(error);
+        if matches!(event, Event::StreamEnd) {
+            return Ok(builder.documents);
+        }
+        builder.event(event, Mark::from_marker(marker))?;
     }
-    Ok(builder.documents)
 }
 
-enum Partial {
-    Sequence(Vec<Node>, Mark, usize),
-    Mapping(Vec<(Node, Node)>, Option<Node>, Mark, usize),
+/// Whether YAML 1.2 allows `c` in a stream (`c-printable`): tab, line feed, carriage
+/// return, printable ASCII, NEL and the printable rest of Unicode, which excludes the other
+/// C0 controls (NUL among them), DEL, the C1 controls, U+FFFE and U+FFFF. conda's reader
+/// (PyYAML, ruamel) refuses the same set.
+fn is_printable(c: char) -> bool {
+    matches!(c,
+        '\t' | '\n' | '\r' | ' '..='~' | '\u{85}' | '\u{A0}'..='\u{D7FF}'
+        | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
-#[derive(Default)]
+/// The first character YAML does not allow in a stream, as an error at its place.
+fn forbidden_character(text: &str) -> Option<SyntaxError> {
+    let (mut line, mut column) = (1, 1);
+    for c in text.chars() {
+        if !is_printable(c) {
+            let what = if c.is_control() {
+                "control character"
+            } else {
+                "non-character"
+            };
+            return Some(SyntaxError {
+                message: format!(
+                    "{what} U+{:04X} is not allowed in YAML (outside an escape in double quotes)",
+                    u32::from(c)
+                ),
+                mark: Mark { line, column },
+            });
+        }
+        if c == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    None
+}
+
+enum PartialKind {
+    Sequence(Vec<Node>),
+    Mapping(Vec<(Node, Node)>, Option<Node>),
+}
+
+/// A collection being built, with what it weighs so far.
+struct Partial {
+    kind: PartialKind,
+    mark: Mark,
+    anchor: usize,
+    weight: usize,
+}
+
+/// Builds the tree from events.
+///
+/// Every node has a weight: 1, plus its length in bytes for a scalar, plus its children's
+/// weights for a collection, which is what cloning it costs. An alias clones its anchor's
+/// node and an anchor keeps a clone to give out; each clone is paid from an allowance of
+/// [`ALIAS_ALLOWANCE`] plus twice the text's length, and the first clone past it is an error
+/// at its place. So the tree, clones included, weighs at most a constant times the text, as
+/// PyYAML's shared objects do (an alias bomb of 381 bytes would otherwise expand to gigabytes).
 struct Builder {
     stack: Vec<Partial>,
     documents: Vec<Node>,
-    anchors: HashMap<usize, Node>,
-    error: Option<SyntaxError>,
+    anchors: HashMap<usize, (Node, usize)>,
+    allowance: usize,
+    limit: usize,
 }
 
 impl Builder {
-    fn push(&mut self, node: Node, anchor: usize) {
+    /// Pays for a clone of `weight`.
+    fn spend(&mut self, weight: usize, mark: Mark) -> Result<(), SyntaxError> {
+        self.allowance = self
+            .allowance
+            .checked_sub(weight)
+            .ok_or_else(|| SyntaxError {
+                message: format!(
+                    "aliases expand to more than {} nodes and characters (64 Ki plus twice the \
+                     file's size): refused as an alias bomb",
+                    self.limit
+                ),
+                mark,
+            })?;
+        Ok(())
+    }
+
+    fn push(&mut self, node: Node, weight: usize, anchor: usize) -> Result<(), SyntaxError> {
         if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.spend(weight, node.mark)?;
+            self.anchors.insert(anchor, (node.clone(), weight));
         }
-        match self.stack.last_mut() {
-            None => self.documents.push(node),
-            Some(Partial::Sequence(items, _, _)) => items.push(node),
-            Some(Partial::Mapping(entries, key, _, _)) => match key.take() {
+        let Some(parent) = self.stack.last_mut() else {
+            self.documents.push(node);
+            return Ok(());
+        };
+        parent.weight = parent.weight.saturating_add(weight);
+        match &mut parent.kind {
+            PartialKind::Sequence(items) => items.push(node),
+            PartialKind::Mapping(entries, key) => match key.take() {
                 None => *key = Some(node),
                 Some(k) => entries.push((k, node)),
             },
         }
+        Ok(())
     }
-}
 
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, event: Event, marker: Marker) {
-        let mark = Mark::from_marker(marker);
+    fn open(&mut self, kind: PartialKind, mark: Mark, anchor: usize) -> Result<(), SyntaxError> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(SyntaxError {
+                message: format!("collections nest deeper than {MAX_DEPTH} levels"),
+                mark,
+            });
+        }
+        self.stack.push(Partial {
+            kind,
+            mark,
+            anchor,
+            weight: 1,
+        });
+        Ok(())
+    }
+
+    fn event(&mut self, event: Event, mark: Mark) -> Result<(), SyntaxError> {
         match event {
-            Event::Scalar(value, style, anchor, tag) => self.push(
-                Node {
-                    kind: NodeKind::Scalar { value, style, tag },
-                    mark,
-                },
-                anchor,
-            ),
+            Event::Scalar(value, style, anchor, tag) => {
+                let weight = value.len().saturating_add(1);
+                self.push(
+                    Node {
+                        kind: NodeKind::Scalar { value, style, tag },
+                        mark,
+                    },
+                    weight,
+                    anchor,
+                )
+            }
             Event::SequenceStart(anchor, _) => {
-                self.stack.push(Partial::Sequence(Vec::new(), mark, anchor));
+                self.open(PartialKind::Sequence(Vec::new()), mark, anchor)
             }
             Event::MappingStart(anchor, _) => {
-                self.stack
-                    .push(Partial::Mapping(Vec::new(), None, mark, anchor));
+                self.open(PartialKind::Mapping(Vec::new(), None), mark, anchor)
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match self.stack.pop() {
-                    Some(Partial::Sequence(items, mark, anchor)) => (
-                        Node {
-                            kind: NodeKind::Sequence(items),
-                            mark,
-                        },
-                        anchor,
-                    ),
-                    Some(Partial::Mapping(entries, _, mark, anchor)) => (
-                        Node {
-                            kind: NodeKind::Mapping(entries),
-                            mark,
-                        },
-                        anchor,
-                    ),
-                    None => return,
+                let Some(partial) = self.stack.pop() else {
+                    return Ok(());
                 };
-                self.push(node, anchor);
+                let kind = match partial.kind {
+                    PartialKind::Sequence(items) => NodeKind::Sequence(items),
+                    PartialKind::Mapping(entries, _) => NodeKind::Mapping(entries),
+                };
+                let node = Node {
+                    kind,
+                    mark: partial.mark,
+                };
+                self.push(node, partial.weight, partial.anchor)
             }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(node) => self.push(Node { mark, ..node }, 0),
-                None => {
-                    self.error.get_or_insert(SyntaxError {
-                        message: "found an alias to an unknown anchor".to_owned(),
-                        mark,
-                    });
-                }
-            },
+            Event::Alias(id) => {
+                let unknown = || SyntaxError {
+                    message: "found an alias to an unknown anchor".to_owned(),
+                    mark,
+                };
+                let weight = self.anchors.get(&id).ok_or_else(unknown)?.1;
+                // Paid before the clone is made.
+                self.spend(weight, mark)?;
+                let node = self.anchors.get(&id).ok_or_else(unknown)?.0.clone();
+                self.push(Node { mark, ..node }, weight, 0)
+            }
             Event::Nothing
             | Event::StreamStart
             | Event::StreamEnd
             | Event::DocumentStart
-            | Event::DocumentEnd => {}
+            | Event::DocumentEnd => Ok(()),
         }
     }
 }
