@@ -74,6 +74,25 @@ fn check_record_paths(record: &PrefixRecord) -> Result<(), RecordProblem> {
     Ok(())
 }
 
+/// The package name a record gives is one conda accepts (`[A-Za-z0-9_.-]`, not empty): rattler reads it
+/// unchecked, and a name with control characters or separators reached the installer's
+/// bookkeeping (which panicked) and the terminal.
+fn check_record_name(record: &PrefixRecord) -> Result<(), RecordProblem> {
+    let name = record.repodata_record.package_record.name.as_source();
+    let refuse = |why: String| {
+        RecordProblem::Malformed(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the package name {name:?} is not a conda package name: {why}"),
+        ))
+    };
+    if name.is_empty() {
+        return Err(refuse("it is empty".into()));
+    }
+    rattler_conda_types::PackageName::try_from(name)
+        .map(drop)
+        .map_err(|error| refuse(error.to_string()))
+}
+
 /// Reads one record: a regular file of bounded size, parsed, every path in it checked.
 fn read_record(path: &Path) -> Result<PrefixRecord, RecordProblem> {
     let text = match read_regular_text(path, RECORD_LIMIT, "conda-meta records") {
@@ -84,6 +103,7 @@ fn read_record(path: &Path) -> Result<PrefixRecord, RecordProblem> {
         Err(error) => return Err(RecordProblem::Unreadable(error)),
     };
     let record = PrefixRecord::from_str(&text).map_err(RecordProblem::Malformed)?;
+    check_record_name(&record)?;
     check_record_paths(&record)?;
     Ok(record)
 }

@@ -315,3 +315,33 @@ fn fingerprint_with_unsafe_path_is_refused() {
         "{text}"
     );
 }
+
+/// Hardening issue #13 (found by the bad-input suite, `control-chars-in-name.json`): rattler
+/// reads a record's package name unchecked; a name with escape codes reached the installer,
+/// whose bookkeeping panicked. A name conda would not accept is an error naming the record, for
+/// install, verify and hash alike.
+#[test]
+fn record_with_a_name_conda_refuses_is_an_error() {
+    for name in ["evil\u{1b}[31mred", "evil/../x", "evil name", "", "évil"] {
+        let root = setup();
+        let prefix = root.path().join("prefix");
+        let path = prefix.join("conda-meta/evil-1.0-h0_0.json");
+        let mut value: serde_json::Value =
+            serde_json::from_str(&record("evil", &["share/evil"])).unwrap();
+        value["name"] = name.into();
+        fs_err::write(&path, value.to_string()).unwrap();
+        let Poll::Ready(Err(error)) = install_first_poll(&prefix, false) else {
+            panic!("the record named {name:?} reached the installer");
+        };
+        for error in [
+            error,
+            verify(&prefix, None).unwrap_err(),
+            fingerprint(&prefix, &HashOptions::default()).unwrap_err(),
+        ] {
+            match &error {
+                PrefixError::Record { path: named, .. } => assert_eq!(named, &path, "{name:?}"),
+                other => panic!("{name:?}: {other}"),
+            }
+        }
+    }
+}
