@@ -7,7 +7,7 @@ use pep508_rs::Pep508Error;
 use rattler_conda_types::{ParseMatchSpecError, ParseSubdirError};
 use serde::{Serialize, Serializer};
 
-use crate::source::{Location, write_snippet};
+use crate::source::{Location, window, write_snippet};
 
 /// How bad a [`Problem`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -246,6 +246,25 @@ impl Report {
     /// Whether the file has errors.
     pub fn has_errors(&self) -> bool {
         self.errors().next().is_some()
+    }
+
+    /// The byte range of [`text`](Self::text) a snippet of `location` shows: its line, cut to
+    /// at most 80 characters before the offending text, 80 of it and 80 after, so that a tool
+    /// drawing snippets of its own (keel's CLI, through miette) pays no more for a place on a
+    /// 1 MB line than on a short one. The range holds `location.offset` and lies on
+    /// character boundaries.
+    ///
+    /// ```
+    /// let line = format!("name: {}: x", "n".repeat(100_000));
+    /// let error = keel_spec::parse_str(&line, "long.yml").unwrap_err();
+    /// let report = error.report().unwrap();
+    /// let location = report.problems[0].location.unwrap();
+    /// let range = report.snippet_range(&location);
+    /// assert!(range.contains(&location.offset) && range.len() < 400);
+    /// ```
+    pub fn snippet_range(&self, location: &Location) -> std::ops::Range<usize> {
+        let window = window(&self.text, location);
+        window.start..window.end.max(window.offset + 1).min(self.text.len())
     }
 
     /// Writes one problem in the style of rustc.

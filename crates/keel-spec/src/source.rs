@@ -261,69 +261,95 @@ fn floor_char_boundary(text: &str, offset: usize) -> usize {
 /// The most characters a snippet shows before the offending text, of it, and after it.
 pub(crate) const SNIPPET_CONTEXT: usize = 80;
 
+/// What a snippet shows of a location's line, as byte offsets into the text: from `start`
+/// to `end`, the offending text from `offset` to `covered`; `cut_before`/`cut_after` say
+/// whether the line goes on past either end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub(crate) start: usize,
+    pub(crate) offset: usize,
+    pub(crate) covered: usize,
+    pub(crate) end: usize,
+    pub(crate) cut_before: bool,
+    pub(crate) cut_after: bool,
+}
+
+/// The window of `location`'s line a snippet shows: at most [`SNIPPET_CONTEXT`] characters
+/// before the offending text, of it, and after it, found by walking only those characters.
+pub(crate) fn window(text: &str, location: &Location) -> Window {
+    let offset = floor_char_boundary(text, location.offset);
+    let covered_end = floor_char_boundary(text, offset.saturating_add(location.len));
+    let is_break = |c: char| c == '\n' || c == '\r';
+    let mut start = offset;
+    let mut cut_before = false;
+    for (count, (i, c)) in text[..offset].char_indices().rev().enumerate() {
+        if c == '\n' {
+            break;
+        }
+        if count == SNIPPET_CONTEXT {
+            cut_before = true;
+            break;
+        }
+        start = i;
+    }
+    let covered = text[offset..covered_end]
+        .char_indices()
+        .take_while(|(_, c)| !is_break(*c))
+        .take(SNIPPET_CONTEXT)
+        .last()
+        .map_or(offset, |(i, c)| offset + i + c.len_utf8());
+    let mut end = covered;
+    let mut cut_after = false;
+    for (count, (i, c)) in text[covered..].char_indices().enumerate() {
+        if is_break(c) {
+            break;
+        }
+        if count == SNIPPET_CONTEXT {
+            cut_after = true;
+            break;
+        }
+        end = covered + i + c.len_utf8();
+    }
+    Window {
+        start,
+        offset,
+        covered,
+        end,
+        cut_before,
+        cut_after,
+    }
+}
+
 /// Writes the line of `location` with a caret line under the offending text, in the style of
-/// rustc: `  39 | <line>` then `     | ^^^`. A long line is cut to [`SNIPPET_CONTEXT`]
-/// characters either side of the offending text (and as many of it), marked with `…`, so the
-/// cost of a snippet does not grow with the line.
+/// rustc: `  39 | <line>` then `     | ^^^`. A long line is cut to its [`window`], marked with
+/// `…`, so the cost of a snippet does not grow with the line.
 pub(crate) fn write_snippet(
     f: &mut fmt::Formatter<'_>,
     text: &str,
     location: &Location,
 ) -> fmt::Result {
-    let offset = floor_char_boundary(text, location.offset);
-    let end = floor_char_boundary(text, offset.saturating_add(location.len));
-    let is_break = |c: char| c == '\n' || c == '\r';
-
-    let mut before = Vec::new();
-    let mut cut_before = false;
-    for c in text[..offset].chars().rev() {
-        if c == '\n' {
-            break;
-        }
-        if before.len() == SNIPPET_CONTEXT {
-            cut_before = true;
-            break;
-        }
-        before.push(c);
-    }
-    before.reverse();
-    let covered: Vec<char> = text[offset..end]
-        .chars()
-        .take_while(|c| !is_break(*c))
-        .take(SNIPPET_CONTEXT)
-        .collect();
-    let covered_bytes: usize = covered.iter().map(|c| c.len_utf8()).sum();
-    let mut after = Vec::new();
-    let mut cut_after = false;
-    for c in text[offset + covered_bytes..].chars() {
-        if is_break(c) {
-            break;
-        }
-        if after.len() == SNIPPET_CONTEXT {
-            cut_after = true;
-            break;
-        }
-        after.push(c);
-    }
-
+    let window = window(text, location);
+    let before = text[window.start..window.offset].chars().count();
+    let covered = text[window.offset..window.covered].chars().count();
     let gutter = location.line.to_string();
     let pad = " ".repeat(gutter.len());
     // Tabs are shown as a visible arrow so that the caret lines up and the tab can be seen.
-    let shown: String = cut_before
+    let shown: String = window
+        .cut_before
         .then_some('…')
         .into_iter()
-        .chain(before.iter().chain(&covered).chain(&after).copied())
-        .chain(cut_after.then_some('…'))
+        .chain(text[window.start..window.end].chars())
+        .chain(window.cut_after.then_some('…'))
         .map(|c| if c == '\t' { '→' } else { c })
         .collect();
     writeln!(f, "{pad} |")?;
     writeln!(f, "{gutter} | {shown}")?;
-    let indent = before.len() + usize::from(cut_before);
+    let indent = before + usize::from(window.cut_before);
     write!(
         f,
         "{pad} | {}{}",
         " ".repeat(indent),
-        "^".repeat(covered.len().max(1))
+        "^".repeat(covered.max(1))
     )
 }
 
@@ -420,6 +446,41 @@ mod tests {
         assert_eq!(source.trailing_indicator(4), Some(6));
         assert_eq!(source.trailing_indicator(1), None);
         assert_eq!(source.offset(5, 1), None);
+    }
+
+    /// Hardening issue #13: the window of a place on a long line holds at most
+    /// `SNIPPET_CONTEXT` characters either side of the offending text, and all of a short line.
+    #[test]
+    fn snippet_window_of_a_long_line_is_bounded() {
+        let text = format!("a\n{}X{}\nb", "é".repeat(1000), "y".repeat(1000));
+        let offset = 2 + "é".len() * 1000;
+        let location = Location {
+            line: 2,
+            column: 1001,
+            offset,
+            len: 1,
+        };
+        let window = window(&text, &location);
+        assert_eq!(
+            text[window.start..window.offset].chars().count(),
+            SNIPPET_CONTEXT
+        );
+        assert_eq!(&text[window.offset..window.covered], "X");
+        assert_eq!(
+            text[window.covered..window.end].chars().count(),
+            SNIPPET_CONTEXT
+        );
+        assert!(window.cut_before && window.cut_after);
+        let short = "name: x\ndependencies: [a=>>1]\r\n";
+        let location = Location {
+            line: 2,
+            column: 16,
+            offset: 23,
+            len: 5,
+        };
+        let window = super::window(short, &location);
+        assert_eq!(&short[window.start..window.end], "dependencies: [a=>>1]");
+        assert!(!window.cut_before && !window.cut_after);
     }
 
     #[test]
