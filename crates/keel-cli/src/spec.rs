@@ -108,6 +108,9 @@ fn error_chain(error: &SpecError) -> String {
     text
 }
 
+/// The most characters a cell of the summary table shows.
+const MAX_CELL: usize = 120;
+
 /// The human summary: one row a file.
 fn table(results: &[FileResult<'_>]) -> String {
     let mut rows = vec![[
@@ -153,6 +156,15 @@ fn table(results: &[FileResult<'_>]) -> String {
             pip,
         ]);
     }
+    // A cell as long as a hostile `name:` would be a width `format!` refuses (over 65,535)
+    // and a table no one reads: cells are cut to `MAX_CELL` characters.
+    for row in &mut rows {
+        for cell in row.iter_mut() {
+            if cell.chars().count() > MAX_CELL {
+                *cell = cell.chars().take(MAX_CELL - 1).chain(['…']).collect();
+            }
+        }
+    }
     let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
@@ -167,4 +179,33 @@ fn table(results: &[FileResult<'_>]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hardening issue #13: a 65,536-character `name:` made the summary table panic
+    /// (`format!` refuses a width over 65,535).
+    #[test]
+    fn table_with_a_65536_character_name_is_cut_not_a_panic() {
+        let text = format!("name: {}\ndependencies: [python]\n", "n".repeat(65_536));
+        let parsed = keel_spec::parse_str(&text, "long-name.yml").unwrap();
+        let result = FileResult {
+            path: "long-name.yml".to_owned(),
+            valid: true,
+            errors: 0,
+            warnings: 0,
+            read_error: None,
+            problems: &[],
+            spec: Some(&parsed.spec),
+        };
+        let table = table(&[result]);
+        let row = table.lines().nth(1).unwrap();
+        assert!(
+            row.contains(&format!("{}…", "n".repeat(MAX_CELL - 1))),
+            "{row}"
+        );
+        assert!(row.chars().count() < 2 * MAX_CELL, "{row}");
+    }
 }
