@@ -45,6 +45,9 @@ pub enum PrefixError {
         #[source]
         source: std::io::Error,
     },
+    /// The lock is not one keel reads (keel-solve's reader says why, naming the file).
+    #[error(transparent)]
+    Lock(Box<keel_solve::SolveError>),
     /// The lock could not be read.
     #[error("cannot read the lock {}", path.display())]
     ReadLock {

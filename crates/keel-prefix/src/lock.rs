@@ -3,13 +3,9 @@
 use std::path::Path;
 
 use rattler_conda_types::{RepoDataRecord, Subdir};
-use rattler_lock::{LockFile, PypiPackageData, UrlOrPath};
+use rattler_lock::{PypiPackageData, UrlOrPath};
 
 use crate::PrefixError;
-use crate::paths::read_regular_text;
-
-/// The most keel reads of a lock (a large multi-platform one is a few MiB).
-const LOCK_LIMIT: u64 = 256 << 20;
 
 /// The packages a lock pins for one environment and platform.
 #[derive(Debug, Clone)]
@@ -101,13 +97,18 @@ pub fn locked_packages(
     environment: &str,
     platform: Subdir,
 ) -> Result<LockedPlatform, PrefixError> {
-    let text = read_regular_text(lock, LOCK_LIMIT, "locks")?;
-    let file = LockFile::from_str_with_base_directory(&text, lock.parent()).map_err(|source| {
-        PrefixError::ReadLock {
-            path: lock.to_path_buf(),
-            source: Box::new(source),
+    // keel-solve's reader is the one every lock goes through: a regular file of bounded size,
+    // and every package location checked before anything fetches, joins or records it.
+    let file = match keel_solve::read_lock(lock) {
+        Ok(Some((file, _))) => file,
+        Ok(None) => {
+            return Err(PrefixError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("the lock {} does not exist", lock.display()),
+            )));
         }
-    })?;
+        Err(source) => return Err(PrefixError::Lock(Box::new(source))),
+    };
     let env = file
         .environment(environment)
         .ok_or_else(|| PrefixError::NoEnvironment {
