@@ -194,7 +194,11 @@ pub(crate) fn run(args: LockArgs) -> miette::Result<ExitCode> {
             render::error(&report);
             return Ok(ExitCode::from(2));
         }
-        Err(error) => return Err(error).into_diagnostic(),
+        Err(error) => {
+            return Err(error)
+                .into_diagnostic()
+                .wrap_err_with(|| format!("keel lock {}", settings.file.display()));
+        }
     };
 
     // Everything is rendered before anything is written: an export that fails leaves every
