@@ -896,16 +896,23 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         }
         let resume = match self.store.latest_valid() {
             Ok(resume) => resume,
-            Err(CkptError::NoValidCheckpoint { .. }) => {
+            Err(CkptError::NoValidCheckpoint { skipped, .. }) => {
                 let listed = self.store.list()?;
                 observer(&Event::Fresh {
-                    why: if listed.is_empty() {
+                    why: if listed.is_empty() && skipped.is_empty() {
                         format!("no checkpoint in {}", self.store.location())
                     } else {
+                        // Every one that was tried is named with its reason: a fresh start
+                        // over damaged checkpoints must say which and why.
+                        let reasons: Vec<String> = skipped
+                            .iter()
+                            .map(|(id, why)| format!("{id}: {why}"))
+                            .collect();
                         format!(
-                            "none of the {} checkpoint(s) in {} verifies",
-                            listed.len(),
-                            self.store.location()
+                            "none of the {} checkpoint(s) in {} verifies ({})",
+                            listed.len().max(skipped.len()),
+                            self.store.location(),
+                            reasons.join("; ")
                         )
                     },
                 });
