@@ -76,6 +76,10 @@ fn probe(device: &str) -> miette::Result<Option<serde_json::Value>> {
 }
 
 pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
+    // Multi-rank training is not in this build: N copies started by `mpirun -np N` or
+    // `srun -n N` would each train alone and write one store, so they refuse before anything.
+    let launch = keel_dist::Launch::detect().into_diagnostic()?;
+    keel_dist::refuse_without_mpi(&launch).into_diagnostic()?;
     let mut config = match &args.config {
         Some(path) => TrainConfig::from_path(path).into_diagnostic()?,
         None => TrainConfig::default(),

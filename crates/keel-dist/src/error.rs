@@ -48,9 +48,9 @@ pub enum DistError {
     },
     /// A build without the `mpi` feature was started as one of several ranks.
     #[error(
-        "keel was built without the `mpi` feature but started as rank {rank} of {size} by {launcher}: \
-         {size} copies would train separately and write one store; rebuild with `--features mpi` \
-         or start one process"
+        "keel was started as rank {rank} of {size} by {launcher}, but this build has no multi-rank \
+         support (the `mpi` feature): {size} copies would each train alone and write one store; \
+         start a single process (one task)"
     )]
     WithoutMpi {
         /// This process's rank.

@@ -567,9 +567,9 @@ mod tests {
         let error = refuse_without_mpi(&launch(Launcher::OpenMpi, 4, 2, Some(2))).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "keel was built without the `mpi` feature but started as rank 2 of 4 by mpirun \
-             (Open MPI): 4 copies would train separately and write one store; rebuild with \
-             `--features mpi` or start one process"
+            "keel was started as rank 2 of 4 by mpirun (Open MPI), but this build has no \
+             multi-rank support (the `mpi` feature): 4 copies would each train alone and write \
+             one store; start a single process (one task)"
         );
         refuse_without_mpi(&Launch::single()).unwrap();
         refuse_without_mpi(&launch(Launcher::Slurm, 1, 0, Some(0))).unwrap();
