@@ -49,7 +49,7 @@ impl std::fmt::Display for Launcher {
             Launcher::None => "no launcher",
             Launcher::OpenMpi => "mpirun (Open MPI)",
             Launcher::Pmi => "mpiexec (PMI)",
-            Launcher::Pmix => "a PMIx launcher",
+            Launcher::Pmix => "srun (Slurm) over PMIx",
             Launcher::Slurm => "srun (Slurm)",
         })
     }
