@@ -116,6 +116,16 @@ pub enum CkptError {
         #[source]
         source: Box<CkptError>,
     },
+    /// A multi-rank checkpoint that cannot be written or committed (a rank that did not
+    /// report, a file missing or of another size, a group of another rank), or a pending
+    /// checkpoint or part received from another rank that keel did not write.
+    #[error("{what}: {reason}")]
+    Shared {
+        /// The checkpoint, or what was received.
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// A local path that is not a directory where a store needs one.
     #[error("{} is not a directory", .0.display())]
     NotADirectory(PathBuf),

@@ -59,6 +59,7 @@
 mod error;
 mod model;
 mod policy;
+mod shared;
 mod storage;
 mod store;
 mod writer;
@@ -71,6 +72,9 @@ pub use model::{
 pub use policy::{
     AnyOf, AtSteps, EveryNEpochs, EveryNSteps, Exponential, Progress, SavePolicy, WallClock,
     YoungDaly, daly_interval,
+};
+pub use shared::{
+    MAX_WORLD_SIZE, PendingCheckpoint, SharedPart, SharedSave, group_rank, rank_group,
 };
 pub use store::{
     CheckpointId, CheckpointStore, Goal, Listed, Pruned, Resume, Retention, Status,

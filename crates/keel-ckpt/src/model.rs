@@ -354,6 +354,10 @@ pub struct FileEntry {
     pub size: u64,
     /// BLAKE3 of the contents.
     pub blake3: String,
+    /// The rank that wrote it, in a checkpoint of several ranks (absent in single-rank ones:
+    /// rank 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
 }
 
 /// The manifest, written last: a checkpoint exists when its manifest does and verifies.
@@ -381,6 +385,11 @@ pub struct Manifest {
     /// The device probe, when recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<serde_json::Value>,
+    /// How many ranks wrote it, for a checkpoint of several (see
+    /// [`CheckpointStore::begin_shared`](crate::CheckpointStore::begin_shared)); absent in
+    /// single-rank ones (one). Every rank's files are listed in [`Manifest::files`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
     /// The data files, by name.
     pub files: Vec<FileEntry>,
 }

@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex};
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
@@ -19,11 +19,21 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn exists(&self) -> Result<bool, CkptError>;
     /// Excludes saves (`exclusive` false: they may run together) from prunes (`exclusive`
     /// true) of this store until the guard is dropped. Only a save creates the store.
-    fn lock(&self, exclusive: bool) -> Result<StoreLock<'_>, CkptError>;
+    fn lock(&self, exclusive: bool) -> Result<StoreLock, CkptError>;
     /// Writes the data files of a checkpoint durably where no reader looks for checkpoints
     /// (local: a temporary folder; objects: under the final key, with a write marker, which
     /// counts only once its manifest is there).
     fn write_data(&self, kind: Kind, name: &str, files: &[FileParts<'_>]) -> Result<(), CkptError>;
+    /// Starts a checkpoint that several writers fill ([`Backend::write_part`]) before one
+    /// [`Backend::commit`]: local: its temporary folder, empty; objects: its write marker.
+    fn begin(&self, kind: Kind, name: &str) -> Result<(), CkptError>;
+    /// Writes some data files of a begun checkpoint durably beside the others' (local: into
+    /// its temporary folder, created if this writer sees none yet; objects: under the final
+    /// key). Files of other writers are left as they are.
+    fn write_part(&self, kind: Kind, name: &str, files: &[FileParts<'_>]) -> Result<(), CkptError>;
+    /// The size of a data file of a begun, uncommitted checkpoint; `None` when it is not
+    /// there. Only a regular file counts.
+    fn pending_size(&self, kind: Kind, name: &str, file: &str) -> Result<Option<u64>, CkptError>;
     /// Writes the manifest and makes the checkpoint visible: the commit point.
     fn commit(&self, kind: Kind, name: &str, manifest: &[u8]) -> Result<(), CkptError>;
     /// Removes what a failed `write_data` or `commit` left; never touches other checkpoints.
@@ -67,21 +77,82 @@ const WRITE_MARKER: &str = ".keel-writing";
 /// The lock file at a local store's root.
 const LOCK_FILE: &str = ".keel-lock";
 
-/// Held while a save or prune runs (see [`Backend::lock`]).
+/// Held while a save or prune runs (see [`Backend::lock`]). Owns what it holds, so that a
+/// multi-rank save can keep it from its begin to its commit. The file lock is released first.
 #[derive(Debug)]
-pub(crate) struct StoreLock<'a> {
+pub(crate) struct StoreLock {
     _file: Option<fs_err::File>,
-    _shared: Option<std::sync::RwLockReadGuard<'a, ()>>,
-    _exclusive: Option<std::sync::RwLockWriteGuard<'a, ()>>,
+    _gate: Option<GateGuard>,
 }
 
-impl StoreLock<'_> {
+impl StoreLock {
     fn none() -> Self {
         StoreLock {
             _file: None,
-            _shared: None,
-            _exclusive: None,
+            _gate: None,
         }
+    }
+}
+
+/// The lock of one store inside the process: many shared holders or one exclusive. Readers
+/// are let in while a writer waits (as `flock` does between processes): the ranks of one
+/// multi-rank save, simulated as threads of one process, each take it shared while rank 0
+/// already holds it, and a waiting prune must not stall them.
+#[derive(Debug, Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    readers: usize,
+    writer: bool,
+}
+
+impl Gate {
+    fn enter(self: &Arc<Self>, exclusive: bool) -> GateGuard {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let free = if exclusive {
+                !state.writer && state.readers == 0
+            } else {
+                !state.writer
+            };
+            if free {
+                break;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        if exclusive {
+            state.writer = true;
+        } else {
+            state.readers += 1;
+        }
+        GateGuard {
+            gate: Arc::clone(self),
+            exclusive,
+        }
+    }
+}
+
+/// One holder of a [`Gate`]; leaving wakes the waiters.
+#[derive(Debug)]
+struct GateGuard {
+    gate: Arc<Gate>,
+    exclusive: bool,
+}
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        let mut state = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        if self.exclusive {
+            state.writer = false;
+        } else {
+            state.readers = state.readers.saturating_sub(1);
+        }
+        drop(state);
+        self.gate.changed.notify_all();
     }
 }
 
@@ -121,7 +192,7 @@ pub(crate) struct Local {
     root: PathBuf,
     /// Excludes saves and prunes of this store inside the process (the file lock does
     /// between processes; on NFS it is a POSIX lock, which is per process).
-    lock: RwLock<()>,
+    gate: Arc<Gate>,
 }
 
 const TEMP_PREFIX: &str = ".tmp-";
@@ -140,7 +211,7 @@ impl Local {
         }
         Ok(Local {
             root: root.to_path_buf(),
-            lock: RwLock::new(()),
+            gate: Arc::default(),
         })
     }
 
@@ -199,20 +270,17 @@ impl Backend for Local {
         }
     }
 
-    fn lock(&self, exclusive: bool) -> Result<StoreLock<'_>, CkptError> {
+    fn lock(&self, exclusive: bool) -> Result<StoreLock, CkptError> {
         let mut lock = StoreLock::none();
         if exclusive {
             // A prune of a store that is not there has nothing to exclude.
             if !self.exists()? {
                 return Ok(lock);
             }
-            lock._exclusive = Some(self.lock.write().unwrap_or_else(|e| e.into_inner()));
-        } else {
-            if !self.exists()? {
-                fs_err::create_dir_all(&self.root)?;
-            }
-            lock._shared = Some(self.lock.read().unwrap_or_else(|e| e.into_inner()));
+        } else if !self.exists()? {
+            fs_err::create_dir_all(&self.root)?;
         }
+        lock._gate = Some(self.gate.enter(exclusive));
         let file = fs_err::OpenOptions::new()
             .read(true)
             .write(true)
@@ -252,6 +320,44 @@ impl Backend for Local {
         sync_dir(&temp)?;
         fs_err::rename(&temp, kind_dir.join(name))?;
         sync_dir(&kind_dir)
+    }
+
+    fn begin(&self, kind: Kind, name: &str) -> Result<(), CkptError> {
+        let kind_dir = self.kind_dir(kind);
+        if !kind_dir.is_dir() {
+            fs_err::create_dir_all(&kind_dir)?;
+            sync_dir(&self.root)?;
+        }
+        let temp = self.temp_dir(kind, name);
+        if fs_err::symlink_metadata(&temp).is_ok() {
+            fs_err::remove_dir_all(&temp)?;
+        }
+        fs_err::create_dir(&temp)?;
+        sync_dir(&kind_dir)
+    }
+
+    fn write_part(&self, kind: Kind, name: &str, files: &[FileParts<'_>]) -> Result<(), CkptError> {
+        let temp = self.temp_dir(kind, name);
+        match fs_err::symlink_metadata(&temp) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(CkptError::NotADirectory(temp)),
+            // Not visible here yet (another host's NFS cache) or never begun: other writers
+            // may create it at the same moment, which create_dir_all allows.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                fs_err::create_dir_all(&temp)?;
+                sync_dir(&self.kind_dir(kind))?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+        for file in files {
+            write_synced(&temp.join(&file.name), file.parts())?;
+        }
+        sync_dir(&temp)
+    }
+
+    fn pending_size(&self, kind: Kind, name: &str, file: &str) -> Result<Option<u64>, CkptError> {
+        // Opened, not only looked up: on NFS an open revalidates what another client wrote.
+        Ok(open_regular(&self.temp_dir(kind, name).join(file))?.map(|(_, size)| size))
     }
 
     fn abort(&self, kind: Kind, name: &str) {
@@ -482,7 +588,7 @@ impl Backend for Objects {
         Ok(true)
     }
 
-    fn lock(&self, _exclusive: bool) -> Result<StoreLock<'_>, CkptError> {
+    fn lock(&self, _exclusive: bool) -> Result<StoreLock, CkptError> {
         // No locks on object storage: a prune deletes only checkpoints with a manifest and
         // writes whose marker is older than ABANDONED_AFTER_MS, never a save in flight.
         Ok(StoreLock::none())
@@ -518,6 +624,40 @@ impl Backend for Objects {
         let marker = self.path(&[kind.as_str(), name, WRITE_MARKER]);
         let _ = self.block(self.store.delete(&marker));
         Ok(())
+    }
+
+    fn begin(&self, kind: Kind, name: &str) -> Result<(), CkptError> {
+        // The marker first: from now on a prune leaves this prefix alone for the grace period.
+        let marker = self.path(&[kind.as_str(), name, WRITE_MARKER]);
+        self.block(self.store.put(
+            &marker,
+            PutPayload::from_static(b"keel checkpoint write in progress\n"),
+        ))
+        .map_err(|e| self.error(&marker, e))?;
+        Ok(())
+    }
+
+    fn write_part(&self, kind: Kind, name: &str, files: &[FileParts<'_>]) -> Result<(), CkptError> {
+        self.block(async {
+            for file in files {
+                let path = self.path(&[kind.as_str(), name, &file.name]);
+                let payload: PutPayload = file.parts().map(bytes::Bytes::copy_from_slice).collect();
+                self.store
+                    .put(&path, payload)
+                    .await
+                    .map_err(|e| self.error(&path, e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn pending_size(&self, kind: Kind, name: &str, file: &str) -> Result<Option<u64>, CkptError> {
+        let path = self.path(&[kind.as_str(), name, file]);
+        match self.block(self.store.head(&path)) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(&path, e)),
+        }
     }
 
     fn abort(&self, kind: Kind, name: &str) {

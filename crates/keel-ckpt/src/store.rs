@@ -12,6 +12,7 @@ use crate::model::{
     Snapshot, TensorGroup, check_file_name, check_seal, folder_name, group_file, parse_folder_name,
     read_group, seal_manifest, valid_group_name,
 };
+use crate::shared::{MAX_WORLD_SIZE, check_group_rank};
 use crate::storage::{Backend, Local, Objects};
 
 /// Names a checkpoint: its kind and folder (`regular/step-000000000120-1764000000000`).
@@ -119,7 +120,7 @@ impl Goal {
 /// A checkpoint store on local disk, NFS or object storage.
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
-    backend: Arc<dyn Backend>,
+    pub(crate) backend: Arc<dyn Backend>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -206,55 +207,13 @@ impl CheckpointStore {
     /// A failure leaves every earlier checkpoint as it was and nothing that looks valid.
     pub fn save(&self, kind: Kind, snapshot: &Snapshot) -> Result<CheckpointId, CkptError> {
         let created_unix_ms = now_ms();
-        if snapshot.step > MAX_STEP {
-            return Err(CkptError::Setting(format!(
-                "step {} does not fit a checkpoint name (at most {MAX_STEP})",
-                snapshot.step
-            )));
-        }
-        if created_unix_ms > MAX_UNIX_MS {
-            return Err(CkptError::Setting(format!(
-                "the clock says {created_unix_ms} ms since 1970, past what a checkpoint name holds"
-            )));
-        }
-        for group in snapshot.groups.keys() {
-            if !valid_group_name(group) {
-                return Err(CkptError::Setting(format!(
-                    "tensor group name `{group}`: use letters, digits, `_` and `-`"
-                )));
-            }
-        }
-        // Each group is written straight from the snapshot's tensors (no serialized copy),
-        // and hashed on another thread while this one writes and fsyncs: the disk, not the
-        // CPU, sets the pace.
-        let files = snapshot
-            .groups
-            .iter()
-            .map(|(group, tensors)| group_file(format!("{group}.safetensors"), tensors))
-            .collect::<Result<Vec<_>, _>>()?;
+        check_name_parts(snapshot.step, created_unix_ms)?;
+        let files = group_files(&snapshot.groups)?;
         let name = folder_name(snapshot.step, created_unix_ms);
         // Saves may run together; a prune waits for them (and they for it).
         let _lock = self.backend.lock(false)?;
-        let result = std::thread::scope(|scope| {
-            let hashes = scope.spawn(|| {
-                files
-                    .iter()
-                    .map(|file| {
-                        let mut hasher = blake3::Hasher::new();
-                        for part in file.parts() {
-                            hasher.update(part);
-                        }
-                        FileEntry {
-                            name: file.name.clone(),
-                            size: file.len(),
-                            blake3: hasher.finalize().to_hex().to_string(),
-                        }
-                    })
-                    .collect::<Vec<_>>()
-            });
-            let written = self.backend.write_data(kind, &name, &files);
-            let entries = hashes.join().expect("hashing a checkpoint panicked");
-            written?;
+        let result = (|| {
+            let entries = write_hashing(&files, || self.backend.write_data(kind, &name, &files))?;
             let manifest = Manifest {
                 format_version: FORMAT_VERSION,
                 kind,
@@ -265,13 +224,14 @@ impl CheckpointStore {
                 user: snapshot.user.clone(),
                 environment: snapshot.environment.clone(),
                 device: snapshot.device.clone(),
+                world_size: None,
                 files: entries,
             };
             let manifest_bytes = seal_manifest(
                 serde_json::to_value(&manifest).map_err(|e| CkptError::Io(e.into()))?,
             );
             self.backend.commit(kind, &name, &manifest_bytes)
-        });
+        })();
         if let Err(error) = result {
             self.backend.abort(kind, &name);
             return Err(error);
@@ -345,8 +305,20 @@ impl CheckpointStore {
     /// before it is read) and BLAKE3, and a safetensors file whose header agrees with its
     /// data. Files are read one at a time, as a stream into the tensors.
     pub fn load(&self, id: &CheckpointId) -> Result<(Manifest, Snapshot), CkptError> {
+        self.load_groups(id, |_| true)
+    }
+
+    /// [`CheckpointStore::load`] keeping only the groups `wanted` accepts (by group name, as
+    /// in [`Snapshot::groups`]): every file is still verified (the others are streamed
+    /// through their BLAKE3, never held), so memory is what the kept groups take. A rank of a
+    /// multi-rank job loads the shared groups and its own share this way.
+    pub fn load_groups(
+        &self,
+        id: &CheckpointId,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<(Manifest, Snapshot), CkptError> {
         let manifest = self.manifest(id)?;
-        let groups = self.check_files(id, &manifest, true)?;
+        let groups = self.check_files(id, &manifest, &wanted)?;
         let snapshot = Snapshot {
             step: manifest.step,
             epoch: manifest.epoch,
@@ -363,16 +335,17 @@ impl CheckpointStore {
     /// buffer and a safetensors header whatever the checkpoint's size.
     pub fn verify(&self, id: &CheckpointId) -> Result<Manifest, CkptError> {
         let manifest = self.manifest(id)?;
-        self.check_files(id, &manifest, false)?;
+        self.check_files(id, &manifest, &|_| false)?;
         Ok(manifest)
     }
 
-    /// Reads every data file of `manifest` (tensors kept when `keep`), checking each.
+    /// Reads every data file of `manifest` (tensors kept for the groups `keep` accepts),
+    /// checking each.
     fn check_files(
         &self,
         id: &CheckpointId,
         manifest: &Manifest,
-        keep: bool,
+        keep: &dyn Fn(&str) -> bool,
     ) -> Result<std::collections::BTreeMap<String, TensorGroup>, CkptError> {
         let invalid = |reason: String| CkptError::Invalid {
             id: id.to_string(),
@@ -392,7 +365,7 @@ impl CheckpointStore {
                     entry.name, entry.size
                 )));
             }
-            let (hash, tensors) = read_group(&mut reader, size, keep)
+            let (hash, tensors) = read_group(&mut reader, size, keep(group))
                 .map_err(|reason| invalid(format!("{}: {reason}", entry.name)))?;
             if hash != entry.blake3 {
                 return Err(invalid(format!(
@@ -625,6 +598,69 @@ impl CheckpointStore {
     }
 }
 
+/// Refuses a step or save time that a checkpoint folder name cannot hold.
+pub(crate) fn check_name_parts(step: u64, created_unix_ms: u64) -> Result<(), CkptError> {
+    if step > MAX_STEP {
+        return Err(CkptError::Setting(format!(
+            "step {step} does not fit a checkpoint name (at most {MAX_STEP})"
+        )));
+    }
+    if created_unix_ms > MAX_UNIX_MS {
+        return Err(CkptError::Setting(format!(
+            "the clock says {created_unix_ms} ms since 1970, past what a checkpoint name holds"
+        )));
+    }
+    Ok(())
+}
+
+/// The files of `groups`, one `<group>.safetensors` each, written straight from the tensors
+/// (no serialized copy). Group names are checked.
+pub(crate) fn group_files(
+    groups: &std::collections::BTreeMap<String, TensorGroup>,
+) -> Result<Vec<crate::model::FileParts<'_>>, CkptError> {
+    for group in groups.keys() {
+        if !valid_group_name(group) {
+            return Err(CkptError::Setting(format!(
+                "tensor group name `{group}`: use letters, digits, `_` and `-`"
+            )));
+        }
+    }
+    groups
+        .iter()
+        .map(|(group, tensors)| group_file(format!("{group}.safetensors"), tensors))
+        .collect()
+}
+
+/// Runs `write` (which writes `files`) while another thread hashes them: the disk, not the
+/// CPU, sets the pace. Returns the files' entries once both are done and the write worked.
+pub(crate) fn write_hashing(
+    files: &[crate::model::FileParts<'_>],
+    write: impl FnOnce() -> Result<(), CkptError>,
+) -> Result<Vec<FileEntry>, CkptError> {
+    std::thread::scope(|scope| {
+        let hashes = scope.spawn(|| {
+            files
+                .iter()
+                .map(|file| {
+                    let mut hasher = blake3::Hasher::new();
+                    for part in file.parts() {
+                        hasher.update(part);
+                    }
+                    FileEntry {
+                        name: file.name.clone(),
+                        size: file.len(),
+                        blake3: hasher.finalize().to_hex().to_string(),
+                        rank: None,
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        let written = write();
+        let entries = hashes.join().expect("hashing a checkpoint panicked");
+        written.map(|()| entries)
+    })
+}
+
 /// Reads a manifest's bytes: JSON of a format this keel reads, its own digest (format 2 and
 /// later), a kind, step and save time that agree with the folder it is in, and data file
 /// names that pass [`check_file_name`]. Every reason names the manifest.
@@ -675,11 +711,28 @@ fn parse_manifest(id: &CheckpointId, bytes: &[u8]) -> Result<Manifest, CkptError
             manifest.step, manifest.created_unix_ms
         )));
     }
+    let world_size = manifest.world_size.unwrap_or(1);
+    if world_size == 0 || world_size > MAX_WORLD_SIZE {
+        return Err(invalid(format!(
+            "{MANIFEST} says world_size {world_size} (1 to {MAX_WORLD_SIZE})"
+        )));
+    }
     let mut seen = std::collections::BTreeSet::new();
     for entry in &manifest.files {
-        check_file_name(&entry.name).map_err(&invalid)?;
+        let group = check_file_name(&entry.name).map_err(&invalid)?;
         if !seen.insert(entry.name.as_str()) {
             return Err(invalid(format!("{MANIFEST} lists {} twice", entry.name)));
+        }
+        match entry.rank {
+            Some(rank) => check_group_rank(group, rank, world_size)
+                .map_err(|reason| invalid(format!("{MANIFEST}: {reason}")))?,
+            None if manifest.world_size.is_some() => {
+                return Err(invalid(format!(
+                    "{MANIFEST} is of {world_size} ranks but does not say which rank wrote {}",
+                    entry.name
+                )));
+            }
+            None => {}
         }
     }
     Ok(manifest)
@@ -769,10 +822,12 @@ mod tests {
             user: serde_json::json!({ "note": user, "rng": [step, 7] }),
             environment: None,
             device: None,
+            world_size: None,
             files: vec![FileEntry {
                 name: "model.safetensors".into(),
                 size: 123,
                 blake3: blake3::hash(user.as_bytes()).to_hex().to_string(),
+                rank: None,
             }],
         };
         let id = CheckpointId {
