@@ -574,6 +574,23 @@ impl TrainConfig {
         stop: &StopSignal,
         observer: &mut dyn FnMut(&Event<'_>),
     ) -> Result<Outcome, TrainError> {
+        self.run_on(
+            std::sync::Arc::new(keel_dist::Single),
+            options,
+            stop,
+            observer,
+        )
+    }
+
+    /// [`TrainConfig::run`] as one rank of `world` (data parallel, see
+    /// [`Trainer::with_world`]): every rank of the job calls it with the same configuration.
+    pub fn run_on(
+        &self,
+        world: std::sync::Arc<dyn keel_dist::Collective>,
+        options: &RunOptions,
+        stop: &StopSignal,
+        observer: &mut dyn FnMut(&Event<'_>),
+    ) -> Result<Outcome, TrainError> {
         let device = parse_device(&self.device)?;
         let (train, test) = self.datasets()?;
         let paths = self.paths();
@@ -621,11 +638,13 @@ impl TrainConfig {
             OptimizerConfig::AdamW(config) => {
                 let optimizer = AdamW::named(parameters, config)?;
                 Trainer::new(model, optimizer, rng, device, store, settings(config.lr))
+                    .with_world(world)
                     .run(&train, &test, stop, observer)
             }
             OptimizerConfig::Sgd(config) => {
                 let optimizer = SgdMomentum::named(parameters, config)?;
                 Trainer::new(model, optimizer, rng, device, store, settings(config.lr))
+                    .with_world(world)
                     .run(&train, &test, stop, observer)
             }
         }

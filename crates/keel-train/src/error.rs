@@ -119,6 +119,53 @@ pub enum TrainError {
         /// The emergency checkpoint, or why it could not be saved.
         emergency: Result<CheckpointId, Box<TrainError>>,
     },
+    /// A collective operation between the ranks failed (the communicator is broken: nothing
+    /// further is coordinated, no checkpoint is written).
+    #[error("collective operation between the ranks failed")]
+    Collective(#[from] keel_dist::DistError),
+    /// Another rank failed at this step; every rank stops after it (the one that failed
+    /// returns its own error).
+    #[error("training stopped at step {step} because another rank failed ({failures})")]
+    RankFailed {
+        /// The step (1-based).
+        step: u64,
+        /// `rank R: why`, `; ` separated.
+        failures: String,
+    },
+    /// The replicated state (weights, optimizer state, trainer state) differs between ranks
+    /// at a checkpoint: nothing is saved.
+    #[error(
+        "the replicated state diverged at step {step}: rank(s) {} differ from rank 0 \
+         (BLAKE3 of weights and optimizer state: {digests})",
+        ranks.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    Diverged {
+        /// The step of the checkpoint.
+        step: u64,
+        /// The ranks whose state differs from rank 0's.
+        ranks: Vec<usize>,
+        /// `rank R: digest`, `, ` separated.
+        digests: String,
+    },
+    /// The ranks do not agree on something every rank must see alike (the checkpoint to
+    /// resume from, when the ranks do not share one store).
+    #[error("the ranks disagree on {what}: {detail}")]
+    RanksDisagree {
+        /// What.
+        what: &'static str,
+        /// `rank R: value`, `; ` separated.
+        detail: String,
+    },
+    /// Rank 0 could not save a checkpoint (as seen by another rank).
+    #[error("rank 0 could not save the {kind} checkpoint of step {step}: {reason}")]
+    LeadSaveFailed {
+        /// The checkpoint's kind.
+        kind: keel_ckpt::Kind,
+        /// Its step.
+        step: u64,
+        /// Rank 0's error.
+        reason: String,
+    },
     /// The loss plot could not be drawn.
     #[error("plot {}: {reason}", path.display())]
     Plot {

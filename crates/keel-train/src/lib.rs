@@ -42,6 +42,7 @@
 mod config;
 mod convert;
 mod data;
+mod dist;
 mod error;
 mod metrics;
 mod model;
@@ -55,6 +56,7 @@ pub use config::{
     RunOptions, RunPaths, TrainConfig, parse_device,
 };
 pub use data::{Dataset, MAX_CLASSES, MAX_FILE_BYTES, MAX_VALUES};
+pub use dist::rank_rows;
 pub use error::TrainError;
 pub use metrics::{LogFormat, MetricsLog, Row, plot_loss};
 pub use model::{

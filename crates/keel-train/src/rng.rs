@@ -83,6 +83,11 @@ impl TrainRng {
             .collect()
     }
 
+    /// 64 random bits.
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
     /// A uniform integer below `bound` (unbiased).
     pub fn below(&mut self, bound: u64) -> u64 {
         below(&mut self.0, bound)

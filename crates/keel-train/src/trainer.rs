@@ -6,16 +6,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use keel_ckpt::{
     AsyncSaver, CheckpointId, CheckpointStore, CkptError, Goal, Kind, Progress, Retention,
     SavePolicy, Snapshot, environment_changes,
 };
+use keel_dist::Collective;
 use serde_json::{Value, json};
 
 use crate::TrainError;
 use crate::convert::{ckpt_dtype, first_non_finite, load_tensor, to_ckpt};
 use crate::data::Dataset;
+use crate::dist::{STEP_FAILED, World, flatten_weighted, rank_rows, rebuild_mean, state_digest};
 use crate::metrics::{LogFormat, MetricsLog, Row, plot_loss};
 use crate::model::Model;
 use crate::optim::OptimizerState;
@@ -243,6 +246,67 @@ struct Position {
     eval: Option<(f64, f64)>,
 }
 
+impl Position {
+    /// The position after one more step in an epoch of `batches` batches.
+    fn after_step(self, batches: u64) -> Position {
+        let mut next = self;
+        next.step += 1;
+        next.batch += 1;
+        if next.batch == batches {
+            next.epoch += 1;
+            next.batch = 0;
+        }
+        next
+    }
+}
+
+/// One rank's part of a step: its slice's mean loss and gradients, and (in a world of
+/// several) the weighted, flattened gradients to all-reduce.
+struct LocalStep {
+    loss: f32,
+    grads: GradStore,
+    flat: Option<Vec<f32>>,
+}
+
+/// Every rank's starting point (a checkpoint, a fresh start, or an error), compared: the
+/// ranks must start from the same one (they read one shared store).
+fn agree_on_start<T>(
+    world: &World,
+    start: Result<(T, Option<CheckpointId>), TrainError>,
+) -> Result<(T, Option<CheckpointId>), TrainError> {
+    if world.size() == 1 {
+        return start;
+    }
+    let mine = match &start {
+        Ok((_, Some(id))) => format!("resume from {id}"),
+        Ok((_, None)) => "start fresh".to_string(),
+        Err(error) => format!("error: {}", error_chain(error)),
+    };
+    let all = world.0.all_gather_bytes(mine.as_bytes())?;
+    if all.iter().all(|other| *other == all[0]) {
+        return start;
+    }
+    Err(TrainError::RanksDisagree {
+        what: "where to start (do all ranks see the same checkpoint store?)",
+        detail: all
+            .iter()
+            .enumerate()
+            .map(|(rank, text)| format!("rank {rank}: {}", String::from_utf8_lossy(text)))
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
+}
+
+/// `kind/name` back into a checkpoint id (`None` for an empty or unknown text).
+fn parse_id(text: &str) -> Option<CheckpointId> {
+    let (kind, name) = text.split_once('/')?;
+    let kind = Kind::ALL.into_iter().find(|k| k.as_str() == kind)?;
+    Some(CheckpointId {
+        kind,
+        name: name.to_string(),
+    })
+}
+
 enum Saver {
     Sync(CheckpointStore, Option<Retention>),
     /// The writer, and the kind and step of the save handed to it last.
@@ -260,6 +324,8 @@ pub struct Trainer<M, O> {
     settings: TrainSettings,
     /// What the checkpoints record of the data (shape and BLAKE3 of each set).
     data: Value,
+    /// The ranks training together (`Single` unless [`Trainer::with_world`] says otherwise).
+    world: World,
 }
 
 impl std::fmt::Debug for Saver {
@@ -342,7 +408,7 @@ fn background_failed(
 }
 
 /// An error and its causes, `: ` separated.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -408,7 +474,25 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             store,
             settings,
             data: Value::Null,
+            world: World::default(),
         }
+    }
+
+    /// Trains data-parallel on `world`: every rank of it builds the same trainer (same
+    /// model initialisation, settings and store) and calls [`Trainer::run`]. Each global
+    /// batch of `batch_size` rows is split into contiguous slices by rank ([`rank_rows`]);
+    /// each rank computes the mean loss and gradients of its slice, and one all-reduce sums
+    /// `slice rows x gradient` over the ranks, divided by the batch's rows: the mean over the
+    /// global batch, the same update on every rank. Metrics are reduced the same way, so every
+    /// rank sees the same numbers; rank 0 alone writes the metrics log, the plot and the
+    /// checkpoints (the state is replicated, so its checkpoint is complete), after checking at
+    /// each save that every rank's state has the same BLAKE3. A stop (a signal on any rank)
+    /// or a failure (a non-finite loss, a candle error on any rank) is agreed on at every
+    /// step, so all ranks stop after the same one. In a world of one (the default, `Single`)
+    /// training is exactly what it is without a world, bit for bit.
+    pub fn with_world(mut self, world: Arc<dyn Collective>) -> Self {
+        self.world = World(world);
+        self
     }
 
     /// The model (trained so far).
@@ -466,17 +550,23 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             ))
         })?;
         self.data = json!({"train": data_record(train), "test": data_record(test)});
-        let (mut pos, resumed) = self.resume(batches, observer)?;
+        let world = self.world.clone();
+        let (rank, size) = (world.rank(), world.size());
+        let resumed = self.resume(batches, observer);
+        let (mut pos, resumed) = agree_on_start(&world, resumed)?;
         observer(&Event::Plan {
             total_steps,
             steps_per_epoch: batches,
             done: pos.step,
         });
+        // Only rank 0 writes files: the metrics log, the plot and the checkpoints.
         let mut log = match &self.settings.metrics {
-            Some((path, format)) => Some(MetricsLog::open(path, *format, pos.step)?),
-            None => None,
+            Some((path, format)) if world.lead() => {
+                Some(MetricsLog::open(path, *format, pos.step)?)
+            }
+            _ => None,
         };
-        let mut saver = if self.settings.save_async {
+        let mut saver = if self.settings.save_async && world.lead() {
             Saver::Background(
                 AsyncSaver::new(self.store.clone(), self.settings.retention.clone())?,
                 None,
@@ -486,8 +576,15 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         };
         let x_train = Tensor::from_slice(&train.inputs, (n, train.features), &self.device)?;
         let y_train = Tensor::from_slice(&train.labels, n, &self.device)?;
-        let x_test = Tensor::from_slice(&test.inputs, (test.len(), test.features), &self.device)?;
-        let y_test = Tensor::from_slice(&test.labels, test.len(), &self.device)?;
+        // Each rank evaluates its own slice of the held-out set; the sums are all-reduced.
+        let held_out = rank_rows(test.len(), rank, size);
+        let x_test = Tensor::from_slice(
+            &test.inputs[held_out.start * test.features..held_out.end * test.features],
+            (held_out.len(), test.features),
+            &self.device,
+        )?;
+        let y_test =
+            Tensor::from_slice(&test.labels[held_out.clone()], held_out.len(), &self.device)?;
 
         // The step and (when known yet) the id of the newest regular checkpoint: the resumed
         // one, then each policy save (a background save's id comes back from `finish`).
@@ -503,10 +600,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 .map(|i| i as u32)
                 .collect();
             while pos.batch < batches {
-                if let Some(signal) = stop.requested() {
-                    status = Status::Interrupted { signal };
-                    break 'epochs;
-                }
+                let signal = stop.requested();
                 let started = Instant::now();
                 let rng_before = self.rng.clone();
                 let lr = self
@@ -517,22 +611,72 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 let from = (pos.batch as usize).saturating_mul(self.settings.batch_size);
                 let to = from.saturating_add(self.settings.batch_size).min(n);
                 let rows = order.get(from..to).unwrap_or_default();
-                let step = if lr.is_finite() && lr >= 0.0 {
-                    self.train_step(&x_train, &y_train, rows, lr, &pos)
-                } else {
-                    Err(TrainError::Setting(format!(
+                // This rank's part of the step, caught: no rank leaves before the agreement.
+                let local = match signal {
+                    Some(_) => Ok(None),
+                    None if lr.is_finite() && lr >= 0.0 => {
+                        self.local_step(&x_train, &y_train, rows, &pos).map(Some)
+                    }
+                    None => Err(TrainError::Setting(format!(
                         "the schedule gives learning rate {lr} at step {}",
                         pos.step + 1
-                    )))
+                    ))),
                 };
-                let loss = match step {
-                    Ok(loss) => loss,
-                    Err(cause) => {
-                        return Err(self.emergency(pos, &rng_before, cause, saver, observer));
+                // The stop agreement: an error anywhere beats a signal anywhere; every rank
+                // stops after the same step.
+                let code = match (&local, signal) {
+                    (Err(_), _) => STEP_FAILED,
+                    (Ok(_), Some(signal)) => (signal.max(1) as u64).min(STEP_FAILED - 1),
+                    (Ok(_), None) => 0,
+                };
+                let agreed = world.0.all_reduce_max_u64(code)?;
+                let local = match local {
+                    Ok(Some(local)) if agreed == 0 => local,
+                    local if agreed >= STEP_FAILED => {
+                        let cause = world.failure(local, pos.step + 1)?;
+                        return Err(self.emergency(
+                            pos,
+                            &rng_before,
+                            pos.step + 1,
+                            cause,
+                            saver,
+                            observer,
+                        ));
+                    }
+                    _ => {
+                        // The step another rank did not take is not taken here either.
+                        self.rng = rng_before;
+                        status = Status::Interrupted {
+                            signal: i32::try_from(agreed).unwrap_or(i32::MAX),
+                        };
+                        break 'epochs;
                     }
                 };
-                pos.step += 1;
-                pos.batch += 1;
+                let update = self.global_update(local, rows.len(), lr)?;
+                let updated_here = update.is_ok();
+                let loss = match world.agree(update, pos.step + 1)? {
+                    Ok(loss) => loss,
+                    Err(cause) => {
+                        // A rank whose update went through holds the agreed state after the
+                        // step (the same update every rank computed); the others the state
+                        // before it. Rank 0 saves what it holds.
+                        let (held, rng) = if updated_here {
+                            (pos.after_step(batches), self.rng.clone())
+                        } else {
+                            (pos, rng_before)
+                        };
+                        return Err(self.emergency(
+                            held,
+                            &rng,
+                            pos.step + 1,
+                            cause,
+                            saver,
+                            observer,
+                        ));
+                    }
+                };
+                pos = pos.after_step(batches);
+                let end_of_epoch = pos.batch == 0;
                 let rows = (to - from) as f64;
                 let rate = rows / started.elapsed().as_secs_f64().max(1e-9);
                 throughput = if throughput == 0.0 {
@@ -542,7 +686,11 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 };
                 let mut row = Row {
                     step: pos.step,
-                    epoch: pos.epoch,
+                    epoch: if end_of_epoch {
+                        pos.epoch - 1
+                    } else {
+                        pos.epoch
+                    },
                     loss: f64::from(loss),
                     lr,
                     samples_per_sec: throughput,
@@ -554,22 +702,27 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                     ("loss".to_string(), f64::from(loss)),
                     ("lr".to_string(), lr),
                 ]);
-                let end_of_epoch = pos.batch == batches;
                 let mut improved = false;
                 if end_of_epoch {
-                    pos.epoch += 1;
-                    pos.batch = 0;
-                    let (test_loss, test_accuracy) = match self.evaluate(&x_test, &y_test) {
-                        Ok(v) => v,
-                        Err(cause) => {
-                            // The step itself is done: log it, then save its state.
-                            if let Some(log) = &mut log {
-                                log.push(row)?;
+                    let (test_loss, test_accuracy) =
+                        match self.evaluate(&x_test, &y_test, test.len(), pos.step)? {
+                            Ok(v) => v,
+                            Err(cause) => {
+                                // The step itself is done: log it, then save its state.
+                                if let Some(log) = &mut log {
+                                    log.push(row)?;
+                                }
+                                let rng = self.rng.clone();
+                                return Err(self.emergency(
+                                    pos,
+                                    &rng,
+                                    pos.step + 1,
+                                    cause,
+                                    saver,
+                                    observer,
+                                ));
                             }
-                            let rng = self.rng.clone();
-                            return Err(self.emergency(pos, &rng, cause, saver, observer));
-                        }
-                    };
+                        };
                     last_eval = Some((test_loss, test_accuracy));
                     metrics.insert("test_loss".into(), test_loss);
                     metrics.insert("test_accuracy".into(), test_accuracy);
@@ -602,9 +755,11 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 // The best first: at the same step the regular checkpoint is then the newer,
                 // and a resume names it.
                 if improved {
-                    self.save(Kind::Best, &pos, &self.rng, &metrics, &mut saver, observer);
+                    self.save(Kind::Best, &pos, &self.rng, &metrics, &mut saver, observer)?;
                 }
-                if self.settings.policy.should_save(&progress)
+                // Rank 0's policy decides for all (a policy may read the clock).
+                let policy = &mut self.settings.policy;
+                if world.lead_decides(|| policy.should_save(&progress))?
                     && let Some((stall, id)) = self.save(
                         Kind::Regular,
                         &pos,
@@ -612,7 +767,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                         &metrics,
                         &mut saver,
                         observer,
-                    )
+                    )?
                 {
                     self.settings.policy.saved(&progress, stall);
                     last_regular = Some((pos.step, id));
@@ -642,6 +797,19 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             (Some((step, id)), Ok(background)) if step == pos.step => id.or(background),
             _ => None,
         };
+        // Rank 0 knows whether the final state is saved already (a background save's id
+        // comes back to it alone): every rank goes by its answer.
+        let saved_here = if size == 1 {
+            saved_here
+        } else {
+            let mut name = saved_here
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+                .into_bytes();
+            world.0.broadcast_bytes(0, &mut name)?;
+            parse_id(&String::from_utf8_lossy(&name))
+        };
         let checkpoint = if let (Some(id), Kind::Regular) = (&saved_here, kind) {
             Some(id.clone())
         } else {
@@ -651,14 +819,24 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 metrics.insert("test_accuracy".to_string(), a);
             }
             let started = Instant::now();
-            let snapshot = self.snapshot(&pos, &self.rng, metrics)?;
-            let id = save_and_prune(
-                &self.store,
-                kind,
-                &snapshot,
-                self.settings.retention.as_ref(),
-                observer,
-            )?;
+            let id = if size == 1 {
+                let snapshot = self.snapshot(&pos, &self.rng, metrics)?;
+                save_and_prune(
+                    &self.store,
+                    kind,
+                    &snapshot,
+                    self.settings.retention.as_ref(),
+                    observer,
+                )?
+            } else {
+                let mut saver = Saver::Sync(self.store.clone(), self.settings.retention.clone());
+                self.save_agreed(kind, &pos, &self.rng, metrics, &mut saver, observer)??
+                    .ok_or_else(|| TrainError::LeadSaveFailed {
+                        kind,
+                        step: pos.step,
+                        reason: "no checkpoint was named".into(),
+                    })?
+            };
             observer(&Event::Saved {
                 kind,
                 step: pos.step,
@@ -685,18 +863,59 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         })
     }
 
-    fn train_step(
+    /// This rank's forward and backward pass over its slice of the global batch `rows`. In a
+    /// world of one, the whole batch with the trainer's generator (as a single process always
+    /// trained); in a larger one, the rank's slice ([`rank_rows`]) with a generator of its own
+    /// for the step (drawn from the trainer's, which so advances alike on every rank), and the
+    /// gradients flattened and weighted for the all-reduce.
+    fn local_step(
         &mut self,
         x: &Tensor,
         y: &Tensor,
         rows: &[u32],
-        lr: f64,
         pos: &Position,
-    ) -> Result<f32, TrainError> {
+    ) -> Result<LocalStep, TrainError> {
+        let (rank, size) = (self.world.rank(), self.world.size());
+        if size == 1 {
+            let mut rng = std::mem::replace(&mut self.rng, TrainRng::new(0));
+            let result = self.forward_backward(x, y, rows, &mut rng, pos);
+            self.rng = rng;
+            let (loss, grads) = result?;
+            return Ok(LocalStep {
+                loss,
+                grads,
+                flat: None,
+            });
+        }
+        let mut rng = TrainRng::with_stream(self.rng.next_u64(), rank as u64 + 1);
+        let mine = &rows[rank_rows(rows.len(), rank, size)];
+        let (loss, grads) = if mine.is_empty() {
+            // A batch with fewer rows than ranks: this rank adds nothing, with weight 0.
+            (0.0, GradStore::default())
+        } else {
+            self.forward_backward(x, y, mine, &mut rng, pos)?
+        };
+        let flat = flatten_weighted(&self.model.parameters(), &grads, mine.len(), loss)?;
+        Ok(LocalStep {
+            loss,
+            grads,
+            flat: Some(flat),
+        })
+    }
+
+    /// The mean loss over `rows` and its gradients.
+    fn forward_backward(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        rows: &[u32],
+        rng: &mut TrainRng,
+        pos: &Position,
+    ) -> Result<(f32, GradStore), TrainError> {
         let index = Tensor::from_slice(rows, rows.len(), &self.device)?;
         let xs = x.index_select(&index, 0)?;
         let ys = y.index_select(&index, 0)?;
-        let logits = self.model.forward(&xs, true, &mut self.rng)?;
+        let logits = self.model.forward(&xs, true, rng)?;
         let mut loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
         if self.settings.nan_at_step == Some(pos.step + 1) {
             loss = (loss * f64::NAN)?;
@@ -710,14 +929,78 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 loss: value,
             });
         }
-        let grads = loss.backward()?;
-        self.optimizer.set_lr(lr);
-        self.optimizer.update(&grads)?;
-        Ok(value)
+        Ok((value, loss.backward()?))
     }
 
-    /// Held-out loss and accuracy, in batches of 1,000 rows.
-    fn evaluate(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, f64), TrainError> {
+    /// The update every rank applies: in a larger world the ranks' weighted gradients summed
+    /// in one all-reduce and divided by the global batch's `rows` (the mean over the batch),
+    /// then the optimizer step. Returns the batch's mean loss. The outer error is the
+    /// communicator's; the inner one this rank's (agreed on by the caller).
+    fn global_update(
+        &mut self,
+        local: LocalStep,
+        rows: usize,
+        lr: f64,
+    ) -> Result<Result<f32, TrainError>, TrainError> {
+        let LocalStep {
+            loss,
+            mut grads,
+            flat,
+        } = local;
+        let loss = match flat {
+            None => loss,
+            Some(mut flat) => {
+                self.world.0.all_reduce_sum_f32(&mut flat)?;
+                match rebuild_mean(&self.model.parameters(), &flat, rows, &mut grads) {
+                    Ok(loss) => loss,
+                    Err(error) => return Ok(Err(error.into())),
+                }
+            }
+        };
+        self.optimizer.set_lr(lr);
+        Ok(self
+            .optimizer
+            .update(&grads)
+            .map(|()| loss)
+            .map_err(TrainError::from))
+    }
+
+    /// Held-out loss and accuracy over the `n` rows of all ranks: each rank its slice `x`,
+    /// `y` in batches of 1,000 rows, the sums all-reduced. The outer error is the
+    /// communicator's; the inner one is agreed (every rank has it or none).
+    fn evaluate(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        n: usize,
+        step: u64,
+    ) -> Result<Result<(f64, f64), TrainError>, TrainError> {
+        let local = if self.world.size() == 1 {
+            let mut rng = std::mem::replace(&mut self.rng, TrainRng::new(0));
+            let sums = self.evaluate_slice(x, y, &mut rng);
+            self.rng = rng;
+            sums
+        } else {
+            // The replicated generator stays as it is on every rank.
+            self.evaluate_slice(x, y, &mut self.rng.clone())
+        };
+        let (loss_sum, correct) = match self.world.agree(local, step)? {
+            Ok(sums) => sums,
+            Err(cause) => return Ok(Err(cause)),
+        };
+        let mut sums = [loss_sum, correct as f64];
+        self.world.0.all_reduce_sum_f64(&mut sums)?;
+        Ok(Ok((sums[0] / n as f64, sums[1] / n as f64)))
+    }
+
+    /// The summed loss (mean per batch times its rows) and the correct predictions over
+    /// this rank's held-out slice.
+    fn evaluate_slice(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        rng: &mut TrainRng,
+    ) -> Result<(f64, u64), TrainError> {
         let n = x.dim(0)?;
         let mut loss_sum = 0.0f64;
         let mut correct = 0u64;
@@ -726,7 +1009,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             let len = 1000.min(n - from);
             let xs = x.narrow(0, from, len)?;
             let ys = y.narrow(0, from, len)?;
-            let logits = self.model.forward(&xs, false, &mut self.rng)?;
+            let logits = self.model.forward(&xs, false, rng)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()?;
             loss_sum += f64::from(loss) * len as f64;
             let predicted = logits.argmax(1)?;
@@ -737,9 +1020,8 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 .to_scalar::<u32>()? as u64;
             from += len;
         }
-        Ok((loss_sum / n as f64, correct as f64 / n as f64))
+        Ok((loss_sum, correct))
     }
-
     fn snapshot(
         &self,
         pos: &Position,
@@ -775,6 +1057,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             metrics,
             user: json!({
                 "keel_train": STATE_VERSION,
+                "world_size": self.world.size(),
                 "trajectory": self.settings.trajectory,
                 "data": self.data,
                 "batch": pos.batch,
@@ -796,7 +1079,9 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
     }
 
     /// Saves; returns the loop's stall and, for a synchronous save, the checkpoint; `None`
-    /// when the save failed (reported, not fatal: the previous checkpoints are intact).
+    /// when the save failed (reported, not fatal: the previous checkpoints are intact). In a
+    /// larger world every rank calls it: the divergence check, rank 0's save, its outcome on
+    /// every rank. The error is fatal: diverged ranks or a broken communicator.
     fn save(
         &self,
         kind: Kind,
@@ -805,28 +1090,15 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         metrics: &BTreeMap<String, f64>,
         saver: &mut Saver,
         observer: &mut dyn FnMut(&Event<'_>),
-    ) -> Option<(Duration, Option<CheckpointId>)> {
+    ) -> Result<Option<(Duration, Option<CheckpointId>)>, TrainError> {
         let started = Instant::now();
-        let result = self
-            .snapshot(pos, rng, metrics.clone())
-            .and_then(|snapshot| match saver {
-                Saver::Sync(store, retention) => Ok(Some(save_and_prune(
-                    store,
-                    kind,
-                    &snapshot,
-                    retention.as_ref(),
-                    observer,
-                )?)),
-                Saver::Background(saver, in_flight) => {
-                    // The previous background save's outcome comes back here.
-                    let previous = in_flight.replace((kind, snapshot.step));
-                    if let Err(error) = saver.save(kind, snapshot) {
-                        background_failed(&self.store, error, previous, observer);
-                    }
-                    Ok(None)
-                }
-            });
-        match result {
+        let result = if self.world.size() == 1 {
+            self.snapshot(pos, rng, metrics.clone())
+                .and_then(|snapshot| self.save_here(kind, snapshot, saver, observer))
+        } else {
+            self.save_agreed(kind, pos, rng, metrics.clone(), saver, observer)?
+        };
+        Ok(match result {
             Ok(id) => {
                 let stall = started.elapsed();
                 observer(&Event::Saved {
@@ -842,14 +1114,146 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 observer(&Event::SaveFailed(error.to_string()));
                 None
             }
+        })
+    }
+
+    /// This process saves `snapshot`: synchronously (the checkpoint), or handed to the
+    /// background writer (`None`).
+    fn save_here(
+        &self,
+        kind: Kind,
+        snapshot: Snapshot,
+        saver: &mut Saver,
+        observer: &mut dyn FnMut(&Event<'_>),
+    ) -> Result<Option<CheckpointId>, TrainError> {
+        match saver {
+            Saver::Sync(store, retention) => Ok(Some(save_and_prune(
+                store,
+                kind,
+                &snapshot,
+                retention.as_ref(),
+                observer,
+            )?)),
+            Saver::Background(saver, in_flight) => {
+                // The previous background save's outcome comes back here.
+                let previous = in_flight.replace((kind, snapshot.step));
+                if let Err(error) = saver.save(kind, snapshot) {
+                    background_failed(&self.store, error, previous, observer);
+                }
+                Ok(None)
+            }
         }
     }
 
-    /// Saves the last good state as an `emergency` checkpoint and wraps `cause`.
+    /// A save in a world of several ranks. Every rank builds its snapshot and all-gathers its
+    /// [`state_digest`]; a rank whose state differs from rank 0's stops every rank
+    /// ([`TrainError::Diverged`], the outer error). Rank 0 then saves the replicated state
+    /// (a complete checkpoint) and broadcasts the outcome, so every rank returns the same
+    /// checkpoint, or the same failure (the inner error), before anyone goes on.
+    fn save_agreed(
+        &self,
+        kind: Kind,
+        pos: &Position,
+        rng: &TrainRng,
+        metrics: BTreeMap<String, f64>,
+        saver: &mut Saver,
+        observer: &mut dyn FnMut(&Event<'_>),
+    ) -> Result<Result<Option<CheckpointId>, TrainError>, TrainError> {
+        let world = &self.world;
+        let snapshot = self.snapshot(pos, rng, metrics);
+        let mine = match &snapshot {
+            Ok(snapshot) => state_digest(snapshot),
+            Err(error) => format!("error: {}", error_chain(error)),
+        };
+        let all: Vec<String> = world
+            .0
+            .all_gather_bytes(mine.as_bytes())?
+            .iter()
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+            .collect();
+        let failures: Vec<String> = all
+            .iter()
+            .enumerate()
+            .filter_map(|(rank, text)| {
+                text.strip_prefix("error: ")
+                    .map(|why| format!("rank {rank}: {why}"))
+            })
+            .collect();
+        let snapshot = match snapshot {
+            Err(own) => return Ok(Err(own)),
+            Ok(_) if !failures.is_empty() => {
+                return Ok(Err(TrainError::RankFailed {
+                    step: pos.step,
+                    failures: failures.join("; "),
+                }));
+            }
+            Ok(snapshot) => snapshot,
+        };
+        let differ: Vec<usize> = (1..all.len()).filter(|&r| all[r] != all[0]).collect();
+        if !differ.is_empty() {
+            return Err(TrainError::Diverged {
+                step: pos.step,
+                ranks: differ,
+                digests: all
+                    .iter()
+                    .enumerate()
+                    .map(|(rank, digest)| format!("rank {rank}: {digest}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let own = world
+            .lead()
+            .then(|| self.save_here(kind, snapshot, saver, observer));
+        self.lead_outcome(kind, pos.step, own)
+    }
+
+    /// Rank 0's save outcome (`own` on rank 0, `None` elsewhere) broadcast: every rank
+    /// returns rank 0's checkpoint, or its failure as [`TrainError::LeadSaveFailed`].
+    fn lead_outcome(
+        &self,
+        kind: Kind,
+        step: u64,
+        own: Option<Result<Option<CheckpointId>, TrainError>>,
+    ) -> Result<Result<Option<CheckpointId>, TrainError>, TrainError> {
+        let mut outcome = match &own {
+            Some(Ok(Some(id))) => format!("saved {}", id.name),
+            Some(Ok(None)) => "handed over".to_string(),
+            Some(Err(error)) => format!("failed {}", error_chain(error)),
+            None => String::new(),
+        }
+        .into_bytes();
+        self.world.0.broadcast_bytes(0, &mut outcome)?;
+        if let Some(own) = own {
+            return Ok(own);
+        }
+        let outcome = String::from_utf8_lossy(&outcome);
+        let failed = |reason: &str| TrainError::LeadSaveFailed {
+            kind,
+            step,
+            reason: reason.to_string(),
+        };
+        Ok(if let Some(name) = outcome.strip_prefix("saved ") {
+            Ok(Some(CheckpointId {
+                kind,
+                name: name.to_string(),
+            }))
+        } else if outcome == "handed over" {
+            Ok(None)
+        } else if let Some(reason) = outcome.strip_prefix("failed ") {
+            Err(failed(reason))
+        } else {
+            Err(failed(&format!("an unreadable outcome {outcome:?}")))
+        })
+    }
+
+    /// Saves the last good state as an `emergency` checkpoint (rank 0 alone, its outcome on
+    /// every rank) and wraps `cause`: `failed_step` failed, `pos` is the state held.
     fn emergency(
         &self,
         pos: Position,
         rng: &TrainRng,
+        failed_step: u64,
         cause: TrainError,
         saver: Saver,
         observer: &mut dyn FnMut(&Event<'_>),
@@ -861,15 +1265,29 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         }
         // `snapshot` refuses non-finite weights: an emergency checkpoint holds the last state
         // whose loss and weights were finite, or nothing.
-        let saved = self
-            .snapshot(&pos, rng, BTreeMap::new())
-            .and_then(|snapshot| Ok(self.store.save(Kind::Emergency, &snapshot)?))
-            .map_err(Box::new);
+        let here = || {
+            self.snapshot(&pos, rng, BTreeMap::new())
+                .and_then(|snapshot| Ok(self.store.save(Kind::Emergency, &snapshot)?))
+        };
+        let saved = if self.world.size() == 1 {
+            here()
+        } else {
+            let own = self.world.lead().then(|| here().map(Some));
+            match self.lead_outcome(Kind::Emergency, pos.step, own) {
+                Ok(Ok(Some(id))) => Ok(id),
+                Ok(Ok(None)) => Err(TrainError::LeadSaveFailed {
+                    kind: Kind::Emergency,
+                    step: pos.step,
+                    reason: "no checkpoint was named".into(),
+                }),
+                Ok(Err(error)) | Err(error) => Err(error),
+            }
+        };
         TrainError::StepFailed {
-            step: pos.step + 1,
+            step: failed_step,
             saved_step: pos.step,
             source: Box::new(cause),
-            emergency: saved,
+            emergency: saved.map_err(Box::new),
         }
     }
 
@@ -1006,6 +1424,17 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         if steps != step {
             return Err(bad(format!(
                 "its optimizer took {steps} steps, its manifest says step {step}"
+            )));
+        }
+        let saved_world = user.get("world_size").and_then(Value::as_u64).unwrap_or(1);
+        if saved_world != self.world.size() as u64 {
+            // The data position is global and the state replicated: training goes on where it
+            // stopped, with no sample skipped or repeated (not bit for bit: the gradients
+            // are summed in another order).
+            observer(&Event::Warning(format!(
+                "checkpoint {id} was written by {saved_world} rank(s), this run has {}: resuming \
+                 at its global data position (step {step}), not bit for bit",
+                self.world.size()
             )));
         }
         let best = user
