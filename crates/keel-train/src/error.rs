@@ -125,7 +125,7 @@ pub enum TrainError {
     Collective(#[from] keel_dist::DistError),
     /// Another rank failed at this step; every rank stops after it (the one that failed
     /// returns its own error).
-    #[error("training stopped at step {step} because another rank failed ({failures})")]
+    #[error("another rank failed at step {step} ({failures})")]
     RankFailed {
         /// The step (1-based).
         step: u64,
