@@ -761,3 +761,222 @@ fn diff_label_with_escape_codes_is_escaped() {
         .collect();
     assert!(all.contains(&label.to_string()), "{labels:?} {all:?}");
 }
+
+/// Every file under `root`, for re-packing an extracted package.
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs_err::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A channel at `channel` with the package `evil-1.0` holding `files`, its `info/paths.json`
+/// then changed by `edit` (the archive re-packed, the repodata's hashes and size updated).
+fn evil_channel(
+    channel: &Path,
+    files: Vec<(&'static str, Content)>,
+    edit: impl FnOnce(&mut Value),
+) {
+    let package = Package {
+        name: "evil",
+        version: "1.0",
+        depends: vec![],
+        files,
+        tar_bz2: false,
+    };
+    build_channel(channel, std::slice::from_ref(&package));
+    let subdir = channel.join(rattler_conda_types::Subdir::current().unwrap().as_str());
+    let archive = subdir.join(package.file_name());
+    let stage = tempfile::tempdir().unwrap();
+    rattler_package_streaming::fs::extract(&archive, stage.path()).unwrap();
+    let paths_json = stage.path().join("info/paths.json");
+    let mut paths: Value = serde_json::from_slice(&fs_err::read(&paths_json).unwrap()).unwrap();
+    edit(&mut paths);
+    fs_err::write(&paths_json, paths.to_string()).unwrap();
+    rattler_package_streaming::write::write_conda_package(
+        fs_err::File::create(&archive).unwrap(),
+        stage.path(),
+        &files_under(stage.path()),
+        rattler_conda_types::compression_level::CompressionLevel::Lowest,
+        None,
+        "evil-1.0-h0_0",
+        None,
+        None,
+    )
+    .unwrap();
+    let repodata_path = subdir.join("repodata.json");
+    let mut repodata: Value =
+        serde_json::from_slice(&fs_err::read(&repodata_path).unwrap()).unwrap();
+    let record = &mut repodata["packages.conda"][package.file_name()];
+    record["sha256"] = hex::encode(
+        rattler_digest::compute_file_digest::<rattler_digest::Sha256>(&archive).unwrap(),
+    )
+    .into();
+    record["md5"] =
+        hex::encode(rattler_digest::compute_file_digest::<rattler_digest::Md5>(&archive).unwrap())
+            .into();
+    record["size"] = fs_err::metadata(&archive).unwrap().len().into();
+    fs_err::write(&repodata_path, repodata.to_string()).unwrap();
+}
+
+/// The names directly in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs_err::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Hardening issue #13: rattler's installer joins each `info/paths.json` entry of a package
+/// onto the prefix unchecked (and follows a package's symlinks wherever they point), after it
+/// has already removed the packages being replaced. Now every package keel links is fetched
+/// and its paths checked first: a package naming `../victim.txt`, an absolute path or a NUL,
+/// or shipping a symlink that leads out of the prefix (directly, absolutely, or through another
+/// of its symlinks) is refused (exit 2, naming the package and the path) with the prefix, the
+/// victim beside it and everything else beside it untouched and no in-progress marker left;
+/// the next install of a good lock then works.
+#[test]
+fn package_paths_json_with_dotdot_is_refused() {
+    let project = project();
+    let dir = project.path();
+    install(dir, "lock-1.0.lock", "env");
+    let victim = dir.join("victim.txt");
+    fs_err::write(&victim, "keep me\n").unwrap();
+    let absolute = victim.display().to_string();
+    let hardlink = |path: &str| {
+        serde_json::json!({
+            "_path": path, "path_type": "hardlink", "size_in_bytes": 6,
+            "sha256": "0000000000000000000000000000000000000000000000000000000000000000",
+        })
+    };
+    let readme = || {
+        (
+            "share/evil/README",
+            Content::Text("looks harmless\n".into()),
+        )
+    };
+    type Case = (
+        &'static str,
+        Vec<(&'static str, Content)>,
+        Option<Value>,
+        String,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "dotdot",
+            vec![readme()],
+            Some(hardlink("../victim.txt")),
+            "../victim.txt".into(),
+        ),
+        (
+            "absolute",
+            vec![readme()],
+            Some(hardlink(&absolute)),
+            absolute.clone(),
+        ),
+        (
+            "nul",
+            vec![readme()],
+            Some(hardlink("lib/x\0y")),
+            "lib/x\\0y".into(),
+        ),
+        (
+            "symlink-out",
+            vec![
+                readme(),
+                (
+                    "lib/libevil.so",
+                    Content::Symlink("../../victim.txt".into()),
+                ),
+            ],
+            None,
+            "lib/libevil.so -> ../../victim.txt".into(),
+        ),
+        (
+            "symlink-absolute",
+            vec![
+                readme(),
+                ("lib/libevil.so", Content::Symlink(absolute.clone())),
+            ],
+            None,
+            format!("lib/libevil.so -> {absolute}"),
+        ),
+        (
+            "symlink-chain",
+            vec![
+                readme(),
+                ("lib/up", Content::Symlink("..".into())),
+                (
+                    "share/escape",
+                    Content::Symlink("../lib/up/../victim.txt".into()),
+                ),
+            ],
+            None,
+            "share/escape -> ../lib/up/../victim.txt".into(),
+        ),
+    ];
+    let before = hash(dir, "env", "before", &[]);
+    let beside = listing(dir);
+    for (name, files, extra, shown) in cases {
+        let channel = format!("evil-{name}");
+        evil_channel(&dir.join(&channel), files, |paths| {
+            if let Some(extra) = extra {
+                paths["paths"].as_array_mut().unwrap().push(extra);
+            }
+        });
+        let env = format!("evil-{name}.yml");
+        let lock = format!("evil-{name}.lock");
+        fs_err::write(
+            dir.join(&env),
+            format!("channels:\n  - ./{channel}\ndependencies:\n  - evil\n"),
+        )
+        .unwrap();
+        expect(dir, &["lock", &env, "-o", &lock, "--no-uv"], 0);
+        let output = keel(
+            dir,
+            &[
+                "install",
+                "-l",
+                &lock,
+                "-p",
+                "env",
+                "--package-cache",
+                "pkgs",
+            ],
+        );
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains("evil-1.0-h0_0"), "{name}: {stderr}");
+        assert!(stderr.contains(&shown), "{name}: {stderr}");
+        assert!(stderr.contains("nothing was changed"), "{name}: {stderr}");
+        assert_eq!(
+            fs_err::read_to_string(&victim).unwrap(),
+            "keep me\n",
+            "{name}"
+        );
+        assert!(!dir.join("env").join(keel_marker()).exists(), "{name}");
+        // The lock drops demotool and libdemo: rattler would have removed them first.
+        assert!(dir.join("env/lib/libdemo.so.1").exists(), "{name}");
+        assert!(!dir.join("env/share/evil").exists(), "{name}");
+        let mut now = listing(dir);
+        now.retain(|entry| !entry.starts_with("evil-"));
+        assert_eq!(now, beside, "{name}");
+    }
+    let after = hash(dir, "env", "after", &[]);
+    assert_eq!(before["root"], after["root"]);
+    let again = install(dir, "lock-1.1.lock", "env");
+    assert_eq!(names(&again["installed"]), ["libdemo-1.1-h0_0"]);
+    expect(dir, &["verify", "env", "-l", "lock-1.1.lock"], 0);
+}

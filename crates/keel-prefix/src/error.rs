@@ -33,6 +33,41 @@ pub enum PrefixError {
         #[source]
         reason: crate::UnsafePath,
     },
+    /// A package the install would link names a path (in `info/paths.json`, `info/files` or
+    /// `info/link.json`) that could leave the prefix, or ships a symlink whose target does.
+    /// Found before anything is linked or removed: the prefix is as it was.
+    #[error(
+        "the package {package} would install {path:?}, which keel will not write (nothing was changed in the prefix)"
+    )]
+    UnsafePackagePath {
+        /// The package, `name-version-build` with its archive extension.
+        package: String,
+        /// The path as the package names it (`link -> target` for a symlink).
+        path: String,
+        /// Why it is refused.
+        #[source]
+        reason: crate::UnsafePath,
+    },
+    /// The files list or a symlink of a package in the package cache could not be read.
+    #[error("cannot read the contents of the package {package} in the package cache ({})", path.display())]
+    PackageContents {
+        /// The package.
+        package: String,
+        /// Its folder in the package cache.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A wheel from a URL in the lock's conda packages: keel cannot fetch it into the package
+    /// cache to check its paths before the installer links it.
+    #[error(
+        "the lock pins {package}, a wheel from a URL, as a conda package; keel installs only conda archives (or wheels from a local path), whose paths it checks before linking"
+    )]
+    UncheckedPackage {
+        /// The package.
+        package: String,
+    },
     /// Reading or writing a file failed. The source (from fs-err) names the path.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -1,18 +1,24 @@
 //! `keel install`: the lock's conda packages into a prefix, with rattler's installer.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rattler::install::{Installer, Reporter};
-use rattler::package_cache::PackageCache;
+use rattler::install::{
+    ExternalSymlinkPolicy, Installer, InstallerError, PythonInfo, Reporter, Transaction,
+};
+use rattler::package_cache::{CacheMetadata, PackageCache, PackageCacheError};
 use rattler::validation::ValidationMode;
+use rattler_conda_types::package::{
+    DistArchiveType, IndexJson, LinkJson, NoArchLinks, PackageFile as _, PathType, PathsJson,
+};
 use rattler_conda_types::{PackageName, PrefixRecord, RepoDataRecord, Subdir};
 
 use crate::PrefixError;
 use crate::lock::{LockedPlatform, LockedPypi};
 use crate::meta::{RecordProblem, parse_records};
-use crate::paths::{Enclosure, UnsafePath};
+use crate::paths::{Enclosure, UnsafePath, enclosed_path, enclosed_symlink_target};
 use crate::verify::check_package;
 
 /// The file that marks an install in progress. It lives in `conda-meta/` without a `.json`
@@ -73,6 +79,10 @@ fn identifier(record: &RepoDataRecord) -> String {
 /// Only the difference is applied: packages already installed as locked stay, others are
 /// linked, packages the lock does not pin are removed. Every archive is checked against the
 /// lock's sha256 before it is extracted (rattler's package cache refuses a mismatch).
+///
+/// Every package to be linked is fetched into the package cache and its paths checked first
+/// (`info/paths.json` entries, entry points, symlink targets): one that could write outside
+/// the prefix is an error naming it, with nothing changed and no marker left.
 ///
 /// An install marks the prefix while it runs; a run that finds the mark of an interrupted one
 /// (or is asked to repair) re-checks every installed package's files and re-links those that
@@ -142,11 +152,49 @@ pub async fn install<R: Reporter + 'static>(
         ValidationMode::default()
     };
     let cache = PackageCache::new_layered([options.package_cache.clone()], false, validation);
+
+    // Every package the transaction links is fetched into the cache the installer reads and
+    // its paths checked first: rattler joins them onto the prefix unchecked, and it removes
+    // the packages being replaced before it links the new ones.
+    let target_platform =
+        options
+            .platform
+            .or_else(Subdir::current)
+            .ok_or_else(|| PrefixError::Install {
+                prefix: prefix.clone(),
+                source: Box::new(InstallerError::UnknownHostPlatform),
+            })?;
+    if let Err(error) = check_packages(
+        &prefix,
+        &cache,
+        locked,
+        &installed,
+        &reinstall,
+        target_platform,
+    )
+    .await
+    {
+        // Nothing was changed: the marker goes unless an earlier run left it.
+        // (A package that cannot be fetched keeps it, as a failed install does.)
+        let refused = matches!(
+            error,
+            PrefixError::UnsafePackagePath { .. }
+                | PrefixError::PackageContents { .. }
+                | PrefixError::UncheckedPackage { .. }
+        );
+        if refused && !report.repaired_interrupted {
+            fs_err::remove_file(&marker)?;
+        }
+        return Err(error);
+    }
+
     let mut installer = Installer::new()
         .with_package_cache(cache)
         .with_installed_packages(installed)
         .with_reinstall_packages(reinstall)
-        .with_execute_link_scripts(false);
+        .with_execute_link_scripts(false)
+        // Checked before already; rattler's own check stays as a second line.
+        .with_external_symlink_policy(ExternalSymlinkPolicy::Deny);
     if let Some(platform) = options.platform {
         installer = installer.with_target_platform(platform);
     }
@@ -192,6 +240,242 @@ pub async fn install<R: Reporter + 'static>(
     }
     fs_err::remove_file(&marker)?;
     Ok(report)
+}
+
+/// How many packages are fetched into the cache at once before the install.
+const CONCURRENT_FETCHES: usize = 16;
+
+/// The packages the transaction will link (new, replacing another version, or re-linked), each
+/// fetched into `cache` (the one the installer then finds them in) and checked: every path its
+/// `info/paths.json` (or, in old packages, `info/files`) and `info/link.json` entry points name,
+/// where the installer will put it (noarch Python files under the locked Python's
+/// site-packages), passes [`enclosed_path`]; every existing directory on the way resolves
+/// inside the prefix; every symlink's target stays inside (absolute targets are refused).
+/// A package that fails is [`PrefixError::UnsafePackagePath`], before anything is changed.
+async fn check_packages(
+    prefix: &Path,
+    cache: &PackageCache,
+    locked: &LockedPlatform,
+    installed: &[PrefixRecord],
+    reinstall: &HashSet<PackageName>,
+    platform: Subdir,
+) -> Result<(), PrefixError> {
+    let install_error = |source: InstallerError| PrefixError::Install {
+        prefix: prefix.to_path_buf(),
+        source: Box::new(source),
+    };
+    let transaction = Transaction::from_current_and_desired(
+        installed.iter(),
+        locked.conda.iter(),
+        Some(reinstall),
+        None,
+        platform,
+    )
+    .map_err(|source| install_error(source.into()))?;
+    let python_info = transaction.python_info.clone();
+    let records: Vec<&RepoDataRecord> = transaction.installed_packages().copied().collect();
+    if records.is_empty() {
+        return Ok(());
+    }
+    for record in &records {
+        if matches!(record.identifier.archive_type, DistArchiveType::Wheel(_))
+            && record.url.scheme() != "file"
+        {
+            return Err(PrefixError::UncheckedPackage {
+                package: record.identifier.to_string(),
+            });
+        }
+    }
+    let fetches = records.iter().map(|record| fetch(cache, record));
+    let fetched = run_bounded(fetches.collect(), CONCURRENT_FETCHES).await;
+    let enclosure = Enclosure::new(prefix)?;
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    for (record, metadata) in records.iter().zip(fetched) {
+        let package = record.identifier.to_string();
+        let metadata = metadata.map_err(|source| {
+            install_error(InstallerError::FailedToFetch(package.clone(), source))
+        })?;
+        check_package_paths(
+            &enclosure,
+            &mut seen,
+            &package,
+            metadata.path(),
+            metadata.paths_json(),
+            metadata.index_json(),
+            python_info.as_ref(),
+        )?;
+    }
+    Ok(())
+}
+
+/// `record` into `cache`, the way rattler's installer populates it (a `file://` archive is
+/// extracted from its path, anything else downloaded).
+async fn fetch(
+    cache: &PackageCache,
+    record: &RepoDataRecord,
+) -> Result<CacheMetadata, PackageCacheError> {
+    if record.url.scheme() == "file"
+        && let Ok(path) = record.url.to_file_path()
+    {
+        return cache
+            .get_or_fetch_from_path(&path, Some(&record.package_record), None)
+            .await;
+    }
+    cache
+        .get_or_fetch_from_url(
+            &record.package_record,
+            record.url.clone(),
+            Default::default(),
+            None,
+            None,
+        )
+        .await
+}
+
+/// Runs `futures` with at most `limit` in flight; the results in the order given.
+async fn run_bounded<F: std::future::Future>(futures: Vec<F>, limit: usize) -> Vec<F::Output> {
+    let mut waiting = futures.into_iter().enumerate();
+    let mut running: Vec<(usize, std::pin::Pin<Box<F>>)> = Vec::new();
+    let mut results: Vec<(usize, F::Output)> = Vec::new();
+    std::future::poll_fn(|context| {
+        loop {
+            while running.len() < limit.max(1) {
+                let Some((index, future)) = waiting.next() else {
+                    break;
+                };
+                running.push((index, Box::pin(future)));
+            }
+            if running.is_empty() {
+                return std::task::Poll::Ready(());
+            }
+            let before = running.len();
+            let mut position = 0;
+            while position < running.len() {
+                if let std::task::Poll::Ready(output) = running[position].1.as_mut().poll(context) {
+                    let (index, _) = running.swap_remove(position);
+                    results.push((index, output));
+                } else {
+                    position += 1;
+                }
+            }
+            if running.len() == before {
+                return std::task::Poll::Pending;
+            }
+        }
+    })
+    .await;
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, output)| output).collect()
+}
+
+/// One fetched package's paths, as [`check_packages`] says: the package extracted at `dir`,
+/// with the `paths.json` and `index.json` the cache read while validating it, if it kept them
+/// (the installer uses those too). `seen` holds the prefix's directories already resolved.
+fn check_package_paths(
+    enclosure: &Enclosure,
+    seen: &mut HashSet<PathBuf>,
+    package: &str,
+    dir: &Path,
+    paths_json: Option<&PathsJson>,
+    index_json: Option<&IndexJson>,
+    python_info: Option<&PythonInfo>,
+) -> Result<(), PrefixError> {
+    let unreadable = |source: std::io::Error| PrefixError::PackageContents {
+        package: package.to_string(),
+        path: dir.to_path_buf(),
+        source,
+    };
+    let refuse = |path: String, reason: UnsafePath| PrefixError::UnsafePackagePath {
+        package: package.to_string(),
+        path,
+        reason,
+    };
+    // What the installer reads: the cache's validation copies when it kept them.
+    let paths_json = match paths_json {
+        Some(paths_json) => Cow::Borrowed(paths_json),
+        None => Cow::Owned(
+            PathsJson::from_package_directory_with_deprecated_fallback(dir).map_err(unreadable)?,
+        ),
+    };
+    let index_json = match index_json {
+        Some(index_json) => Cow::Borrowed(index_json),
+        None => Cow::Owned(IndexJson::from_package_directory(dir).map_err(unreadable)?),
+    };
+    let python = index_json
+        .noarch
+        .is_python()
+        .then_some(python_info)
+        .flatten();
+
+    // Where each entry goes, checked as written and as placed.
+    let mut placed: Vec<(PathBuf, PathBuf, PathType)> = Vec::new();
+    for entry in &paths_json.paths {
+        let written = &entry.relative_path;
+        let relative = enclosed_path(written)
+            .map_err(|reason| refuse(written.display().to_string(), reason))?;
+        let target = match python {
+            Some(python) => python.get_python_noarch_target_path(&relative).into_owned(),
+            None => relative.clone(),
+        };
+        let target = enclosed_path(&target)
+            .map_err(|reason| refuse(target.display().to_string(), reason))?;
+        placed.push((relative, target, entry.path_type));
+    }
+    let mut scripts: Vec<PathBuf> = Vec::new();
+    if let Some(python) = python {
+        let link_json = match LinkJson::from_package_directory(dir) {
+            Ok(link_json) => Some(link_json),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(unreadable(error)),
+        };
+        if let Some(LinkJson {
+            noarch: NoArchLinks::Python(entry_points),
+            ..
+        }) = link_json
+        {
+            for entry_point in &entry_points.entry_points {
+                let script = python.bin_dir.join(&entry_point.command);
+                let script = enclosed_path(&script)
+                    .map_err(|reason| refuse(script.display().to_string(), reason))?;
+                scripts.push(script);
+            }
+        }
+    }
+
+    let mut symlinks: HashMap<PathBuf, PathBuf> = HashMap::new();
+    for (relative, target, path_type) in &placed {
+        if *path_type == PathType::SoftLink {
+            let link = fs_err::read_link(dir.join(relative)).map_err(unreadable)?;
+            symlinks.insert(target.clone(), link);
+        }
+    }
+    for (target, link) in &symlinks {
+        if enclosed_symlink_target(target, link, &symlinks).is_none() {
+            return Err(refuse(
+                format!("{} -> {}", target.display(), link.display()),
+                UnsafePath::SymlinkTarget,
+            ));
+        }
+    }
+    let targets = placed.iter().map(|(_, target, _)| target).chain(&scripts);
+    for target in targets {
+        let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) else {
+            continue;
+        };
+        if !seen.insert(parent.to_path_buf()) {
+            continue;
+        }
+        let joined = enclosure
+            .join(target)
+            .map_err(|reason| refuse(target.display().to_string(), reason))?;
+        if !enclosure.parents_inside(&joined)? {
+            return Err(refuse(
+                target.display().to_string(),
+                UnsafePath::ThroughSymlink,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The prefix's Python interpreter.
@@ -370,6 +654,159 @@ impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
 mod tests {
     use super::*;
     use std::future::Future as _;
+
+    /// An extracted package at `root/pkg` (`info/index.json`, `info/paths.json` listing
+    /// `paths`, and `symlinks` made on disk) and an empty prefix at `root/prefix`.
+    fn package(
+        root: &Path,
+        noarch_python: bool,
+        paths: &[&str],
+        symlinks: &[(&str, &str)],
+    ) -> PathBuf {
+        let dir = root.join("pkg");
+        fs_err::create_dir_all(dir.join("info")).unwrap();
+        fs_err::create_dir_all(root.join("prefix/conda-meta")).unwrap();
+        let mut index = serde_json::json!({
+            "name": "evil", "version": "1.0", "build": "h0_0", "build_number": 0,
+            "depends": [], "subdir": "noarch",
+        });
+        if noarch_python {
+            index["noarch"] = "python".into();
+        }
+        fs_err::write(dir.join("info/index.json"), index.to_string()).unwrap();
+        let mut entries: Vec<serde_json::Value> = paths
+            .iter()
+            .map(|path| serde_json::json!({ "_path": path, "path_type": "hardlink" }))
+            .collect();
+        for (link, target) in symlinks {
+            let at = dir.join(link);
+            fs_err::create_dir_all(at.parent().unwrap()).unwrap();
+            #[cfg(unix)]
+            std::os::unix::fs::symlink(target, &at).unwrap();
+            entries.push(serde_json::json!({ "_path": link, "path_type": "softlink" }));
+        }
+        let paths_json = serde_json::json!({ "paths": entries, "paths_version": 1 });
+        fs_err::write(dir.join("info/paths.json"), paths_json.to_string()).unwrap();
+        dir
+    }
+
+    fn check(root: &Path, dir: &Path, python: Option<&PythonInfo>) -> Result<(), PrefixError> {
+        let enclosure = Enclosure::new(&root.join("prefix")).unwrap();
+        check_package_paths(
+            &enclosure,
+            &mut HashSet::new(),
+            "evil-1.0-h0_0.conda",
+            dir,
+            None,
+            None,
+            python,
+        )
+    }
+
+    fn refused(result: Result<(), PrefixError>) -> (String, UnsafePath) {
+        match result {
+            Err(PrefixError::UnsafePackagePath {
+                package,
+                path,
+                reason,
+            }) => {
+                assert_eq!(package, "evil-1.0-h0_0.conda");
+                (path, reason)
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    /// Hardening issue #13: a package's paths go through `enclosed_path` as written, and again
+    /// where the installer puts them (a noarch Python package's `site-packages/` under the
+    /// locked Python's `python_site_packages_path`, its entry points under `bin/`).
+    #[test]
+    fn package_paths_leaving_the_prefix_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let dir = package(root, false, &["lib/libfine.so", "share/fine/x"], &[]);
+        check(root, &dir, None).unwrap();
+        for (path, reason) in [
+            ("../victim.txt", UnsafePath::ParentDir),
+            ("lib/../../victim.txt", UnsafePath::ParentDir),
+            ("/etc/victim.txt", UnsafePath::Absolute),
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            let dir = package(root.path(), false, &["lib/ok", path], &[]);
+            assert_eq!(
+                refused(check(root.path(), &dir, None)),
+                (path.into(), reason)
+            );
+        }
+
+        let version: rattler_conda_types::Version = "3.12".parse().unwrap();
+        let evil_site =
+            PythonInfo::from_version(&version, Some("../site"), Subdir::Linux64).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let dir = package(root.path(), true, &["site-packages/evil/__init__.py"], &[]);
+        assert_eq!(
+            refused(check(root.path(), &dir, Some(&evil_site))),
+            ("../site/evil/__init__.py".into(), UnsafePath::ParentDir)
+        );
+        let python = PythonInfo::from_version(&version, None, Subdir::Linux64).unwrap();
+        check(root.path(), &dir, Some(&python)).unwrap();
+        fs_err::write(
+            dir.join("info/link.json"),
+            r#"{"noarch":{"type":"python","entry_points":["../../victim = evil:main"]},"package_metadata_version":1}"#,
+        )
+        .unwrap();
+        // rattler's parser already refuses an entry point with a separator: an error before
+        // anything is changed, naming the package.
+        let error = check(root.path(), &dir, Some(&python)).unwrap_err();
+        assert!(
+            matches!(&error, PrefixError::PackageContents { package, .. } if package == "evil-1.0-h0_0.conda"),
+            "{error:?}"
+        );
+    }
+
+    /// Hardening issue #13: a package's symlink whose target leaves the prefix (climbing out,
+    /// absolute, or through another of its symlinks) is refused; one that stays is fine.
+    #[cfg(unix)]
+    #[test]
+    fn package_symlinks_leaving_the_prefix_are_refused() {
+        for (symlinks, fine) in [
+            (&[("lib/libz.so", "libz.so.1")][..], true),
+            (&[("bin/tool", "../lib/tool/run")][..], true),
+            (&[("lib/up", ".."), ("share/x", "../lib/up/lib")][..], true),
+            (&[("lib/libz.so", "../../victim.txt")][..], false),
+            (&[("lib/libz.so", "/etc/passwd")][..], false),
+            (
+                &[("lib/up", ".."), ("share/x", "../lib/up/../victim")][..],
+                false,
+            ),
+            (&[("a", "b"), ("b", "a")][..], false),
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            let dir = package(root.path(), false, &[], symlinks);
+            let result = check(root.path(), &dir, None);
+            if fine {
+                result.unwrap();
+            } else {
+                assert_eq!(refused(result).1, UnsafePath::SymlinkTarget, "{symlinks:?}");
+            }
+        }
+    }
+
+    /// Hardening issue #13: a directory of the prefix that is a symlink leading out of it is
+    /// not written through.
+    #[cfg(unix)]
+    #[test]
+    fn package_path_through_a_symlinked_prefix_directory_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = package(root.path(), false, &["lib/libz.so"], &[]);
+        fs_err::create_dir_all(root.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink(root.path().join("outside"), root.path().join("prefix/lib"))
+            .unwrap();
+        assert_eq!(
+            refused(check(root.path(), &dir, None)),
+            ("lib/libz.so".into(), UnsafePath::ThroughSymlink)
+        );
+    }
 
     /// Hardening issue #13: a panic inside the installer's future comes out as an error (the
     /// CLI then exits 2 instead of 101, and the marker says the install was interrupted).

@@ -7,6 +7,8 @@
 //! drive, no NUL, on every platform's separators. [`Enclosure`] adds what only the disk knows:
 //! a symlink inside the prefix that leads out of it is never followed.
 
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
 use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 
@@ -33,6 +35,9 @@ pub enum UnsafePath {
     /// The path is lexically inside the prefix but a symlink on the way leads out of it.
     #[error("the path leads outside the prefix through a symlink")]
     ThroughSymlink,
+    /// A symlink a package ships points outside the prefix (or at an absolute path).
+    #[error("the symlink's target leads outside the prefix")]
+    SymlinkTarget,
 }
 
 /// `path` as a path relative to a prefix, when joining it onto the prefix cannot leave it;
@@ -86,6 +91,56 @@ pub fn enclosed_path(path: &Path) -> Result<PathBuf, UnsafePath> {
 /// [`enclosed_path`] for a path written as text (`RECORD` lines, fingerprints).
 pub(crate) fn enclosed_str(path: &str) -> Result<PathBuf, UnsafePath> {
     enclosed_path(Path::new(path))
+}
+
+/// Where the symlink `link` (relative to the prefix, already [`enclosed_path`]) points, as a
+/// path relative to the prefix, when that stays inside it; `None` when `target` is absolute
+/// (the package cannot know where it will be installed), or climbs out of the prefix.
+///
+/// `symlinks` are the other symlinks of the same package (prefix-relative path to target): a
+/// component of the target that is one of them is followed, so `a -> d/l/..` with `d/l -> ..`
+/// is seen for what it is. Only the lexical view and those links are known; a chain longer
+/// than 40 links is refused.
+pub(crate) fn enclosed_symlink_target(
+    link: &Path,
+    target: &Path,
+    symlinks: &HashMap<PathBuf, PathBuf>,
+) -> Option<PathBuf> {
+    /// A path's components as text, `None` for a root or a drive.
+    fn parts(path: &Path) -> Option<Vec<OsString>> {
+        let mut parts = Vec::new();
+        for component in path.components() {
+            match component {
+                Component::Normal(part) => parts.push(part.to_os_string()),
+                Component::ParentDir => parts.push(OsString::from("..")),
+                Component::CurDir => {}
+                Component::RootDir | Component::Prefix(_) => return None,
+            }
+        }
+        Some(parts)
+    }
+    let mut resolved = parts(link.parent().unwrap_or(Path::new("")))?;
+    let mut queue: VecDeque<OsString> = parts(target)?.into();
+    let mut followed = 0usize;
+    while let Some(part) = queue.pop_front() {
+        if part == ".." {
+            resolved.pop()?;
+            continue;
+        }
+        resolved.push(part);
+        let here: PathBuf = resolved.iter().collect();
+        if let Some(next) = symlinks.get(&here) {
+            followed += 1;
+            if followed > 40 {
+                return None;
+            }
+            resolved.pop();
+            for part in parts(next)?.into_iter().rev() {
+                queue.push_front(part);
+            }
+        }
+    }
+    Some(resolved.iter().collect())
 }
 
 /// A prefix with its real (symlink-free) location, to check where paths under it really lead.
@@ -343,6 +398,37 @@ mod tests {
         }
         // The check is not vacuous: plenty of sequences pass.
         assert!(accepted > 1000, "{accepted}");
+    }
+
+    /// Rule (hardening issue #13): a symlink target is accepted only when, resolved from the
+    /// link's folder (`..` pops, the package's other symlinks followed), it never climbs above
+    /// the prefix; absolute targets and loops are refused.
+    #[test]
+    fn symlink_targets_stay_inside() {
+        let none = HashMap::new();
+        let target = |link: &str, target: &str, links: &HashMap<PathBuf, PathBuf>| {
+            enclosed_symlink_target(Path::new(link), Path::new(target), links)
+        };
+        assert_eq!(
+            target("lib/libz.so", "libz.so.1", &none),
+            Some(PathBuf::from("lib/libz.so.1"))
+        );
+        assert_eq!(
+            target("bin/x", "../lib/./y", &none),
+            Some(PathBuf::from("lib/y"))
+        );
+        assert_eq!(target("x", ".", &none), Some(PathBuf::new()));
+        assert_eq!(target("lib/x", "../../victim", &none), None);
+        assert_eq!(target("x", "..", &none), None);
+        assert_eq!(target("lib/x", "/lib/y", &none), None);
+        let links: HashMap<PathBuf, PathBuf> = [
+            (PathBuf::from("d/up"), PathBuf::from("..")),
+            (PathBuf::from("loop"), PathBuf::from("loop")),
+        ]
+        .into();
+        assert_eq!(target("x", "d/up/y", &links), Some(PathBuf::from("y")));
+        assert_eq!(target("x", "d/up/../y", &links), None);
+        assert_eq!(target("x", "loop/y", &links), None);
     }
 
     /// Hardening issue #13: a FIFO where a record or METADATA belongs is refused without
