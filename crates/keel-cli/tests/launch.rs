@@ -1,9 +1,12 @@
-//! `keel train` started as one of several ranks by a launcher: this build trains one process,
-//! so every rank refuses (exit 2, saying why) before it reads data or writes a store, instead
-//! of N copies training alone into one store (multi-rank issue #12).
+//! `keel train` started as one of several ranks by a launcher, in a build without the `mpi`
+//! feature: this build trains one process, so every rank refuses (exit 2, saying why) before it reads data or writes a store, instead
+//! of N copies training alone into one store (multi-rank issue #12). `keel fleet` refuses
+//! alike. A build with the `mpi` feature joins the launcher's world instead (tests/multirank.rs).
+#![cfg(not(feature = "mpi"))]
 
 mod common;
 
+use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 
@@ -57,6 +60,10 @@ fn a_rank_of_several_refuses_without_mpi() {
 
 /// The real launcher: `mpirun -np 2 keel train` (skipped with a note when Open MPI is not
 /// installed, unless KEEL_REQUIRE_MPI=1, as CI sets).
+#[allow(
+    clippy::print_stderr,
+    reason = "the note that says why the test is skipped"
+)]
 #[test]
 fn mpirun_two_ranks_refuse_without_mpi() {
     let found = Command::new("mpirun").arg("--version").output().is_ok();
@@ -65,7 +72,10 @@ fn mpirun_two_ranks_refuse_without_mpi() {
             std::env::var_os("KEEL_REQUIRE_MPI").is_none(),
             "KEEL_REQUIRE_MPI is set but mpirun is not on PATH"
         );
-        eprintln!("note: mpirun not found; the launcher test did not run");
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: mpirun not found; the launcher test did not run"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -88,4 +98,26 @@ fn mpirun_two_ranks_refuse_without_mpi() {
         "both ranks say why: {stderr}"
     );
     assert!(!dir.path().join("runs").exists());
+}
+
+/// `keel fleet` under a launcher of two ranks, without the `mpi` feature: each rank would
+/// report alone, so it refuses as train does.
+#[test]
+fn fleet_refuses_several_ranks_without_mpi() {
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::create_dir_all(dir.path().join("env/conda-meta")).unwrap();
+    for command in ["hash", "verify"] {
+        let output = keel_in(dir.path())
+            .args(["fleet", command, "env"])
+            .env("OMPI_COMM_WORLD_SIZE", "2")
+            .env("OMPI_COMM_WORLD_RANK", "1")
+            .output()
+            .unwrap();
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("this build has no multi-rank support"),
+            "{command}: {stderr}"
+        );
+    }
 }
