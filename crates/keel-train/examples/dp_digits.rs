@@ -6,13 +6,15 @@
 //!
 //! ```text
 //! mpirun -np 2 target/debug/examples/dp_digits STORE OUT_DIR [epochs=3] [batch=64]
-//!     [stop=RANK:STEP] [pause=RANK:STEP] [nan=RANK:STEP]
+//!     [stop=RANK:STEP] [pause=RANK:STEP] [nan=RANK:STEP] [skew=RANK]
 //! ```
 //!
 //! - `stop=R:S`: rank R asks to stop (as SIGTERM would) once step S is done.
 //! - `pause=R:S`: rank R, once step S is done, writes `OUT_DIR/paused-R` (its pid) and waits
 //!   for a real SIGINT/SIGTERM before going on: a test sends it one with `kill`.
 //! - `nan=R:S`: the loss of step S becomes NaN on rank R only.
+//! - `skew=R`: rank R starts from other weights (one weight moved by 1e-3): the replicas
+//!   then differ, which the first checkpoint's divergence check must catch.
 //!
 //! The exit status is 0 when training completed, 128 + the signal when it stopped on one
 //! (as `keel train`), 1 on an error (the error text is in the rank's JSON).
@@ -49,6 +51,7 @@ struct Options {
     stop: Option<(usize, u64)>,
     pause: Option<(usize, u64)>,
     nan: Option<(usize, u64)>,
+    skew: Option<usize>,
 }
 
 fn options(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -67,6 +70,7 @@ fn options(args: impl Iterator<Item = String>) -> Result<Options, String> {
             "stop" => options.stop = Some(rank_step(value)?),
             "pause" => options.pause = Some(rank_step(value)?),
             "nan" => options.nan = Some(rank_step(value)?),
+            "skew" => options.skew = Some(value.parse().map_err(|e| format!("{arg}: {e}"))?),
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -96,6 +100,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = TrainRng::new(SEED);
     // No dropout: the 1-rank and 2-rank runs then differ only in the order of summation.
     let model = Mlp::new(&[64, 32, 10], 0.0, &device, &mut rng)?;
+    if options.skew == Some(rank)
+        && let Some((_, weight)) = model.parameters().first()
+    {
+        weight.set(&(weight.as_tensor() + 1e-3)?)?;
+    }
     let optimizer = AdamW::named(model.parameters(), AdamWConfig::default())?;
     let settings = TrainSettings {
         epochs: options.epochs,

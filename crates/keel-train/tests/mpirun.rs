@@ -415,3 +415,28 @@ fn nan_on_one_rank_stops_every_rank_with_one_emergency_checkpoint() {
         assert_eq!(steps_taken(report), (1..=9).collect::<Vec<_>>());
     }
 }
+
+/// Rank 1 starts from other weights (one moved by 1e-3), so the replicas differ although
+/// every update is the same: the divergence check of the first checkpoint (the end of epoch
+/// 1, step 23) stops both ranks naming rank 1, and nothing is saved.
+#[test]
+fn diverged_replicas_stop_every_rank_at_the_first_checkpoint_naming_the_rank() {
+    let Some(mpirun) = mpirun_or_skip() else {
+        return;
+    };
+    let store = tempfile::tempdir().expect("a temporary folder");
+    let reports = train(&mpirun, 2, store.path(), &["skew=1"]);
+    for report in &reports {
+        let error = report["outcome"]["error"].as_str().expect("an error");
+        assert!(
+            error.starts_with(
+                "the replicated state diverged at step 23: rank(s) 1 differ from rank 0"
+            ),
+            "{error}"
+        );
+        assert_eq!(steps_taken(report), (1..=23).collect::<Vec<_>>());
+    }
+    assert_ne!(reports[0]["weights_blake3"], reports[1]["weights_blake3"]);
+    let store = CheckpointStore::local(store.path()).expect("the store");
+    assert!(store.list().expect("the listing").is_empty());
+}
