@@ -14,6 +14,14 @@
 //! [`TrainConfig`] is `keel train`'s TOML file and runs the MNIST MLP. It is not a model zoo
 //! or a data-loading library.
 //!
+//! Data parallel: [`Trainer::with_world`] (or [`TrainConfig::run_on`]) trains as one rank of
+//! a `keel_dist::Collective` (MPI under `mpirun`, with the `mpi` feature): each rank its
+//! slice of every global batch ([`rank_rows`]), gradients weighted by slice size and summed
+//! in one all-reduce, the same update on every rank, metrics reduced, stops and failures
+//! agreed at every step, and rank 0 alone writing the log and the checkpoints (the state is
+//! replicated) after a BLAKE3 check that every rank holds the same state. In a world of one
+//! (the default) nothing changes, bit for bit.
+//!
 //! ```
 //! use keel_train::{AdamW, AdamWConfig, Dataset, Mlp, Model, StopSignal, TrainRng, TrainSettings, Trainer};
 //! use keel_ckpt::{CheckpointStore, EveryNEpochs};
