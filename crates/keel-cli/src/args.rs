@@ -50,6 +50,63 @@ pub(crate) enum Command {
     /// failed step (exit 1). Without CONFIG: the 784-256-10 MLP on the MNIST images keel
     /// ships, under ./runs/mnist-mlp.
     Train(TrainArgs),
+    /// Hash or verify the prefix of every rank of an `mpirun`/`srun` job and print one grouped
+    /// report on rank 0, as `keel diff` does (no shared file system needed). Exit 0 when all
+    /// ranks agree, 1 when any differs or drifted, 2 on an error; every rank exits alike.
+    /// Without a launcher it is a world of one.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FleetCommand {
+    /// Every rank fingerprints its prefix (`keel hash`, with the stat cache); rank 0 groups the
+    /// ranks by root hash and lists what differs, package versions first.
+    Hash(FleetHashArgs),
+    /// Every rank verifies its prefix (`keel verify`); rank 0 groups the ranks by findings and
+    /// installed packages and lists what differs.
+    Verify(FleetVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FleetHashArgs {
+    /// The installed prefix on every rank [default: $CONDA_PREFIX].
+    #[arg(value_name = "PREFIX")]
+    pub(crate) prefix: Option<PathBuf>,
+    /// Print the grouped report as JSON (on rank 0).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Hash every file, ignoring the stat cache.
+    #[arg(long)]
+    pub(crate) full: bool,
+    /// Leave out files matching this glob, relative to the prefix (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub(crate) exclude: Vec<String>,
+    /// Where the stat cache lives [default: $XDG_CACHE_HOME/keel/fingerprints].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Do not read or write the stat cache.
+    #[arg(long)]
+    pub(crate) no_cache: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FleetVerifyArgs {
+    /// The installed prefix on every rank [default: $CONDA_PREFIX].
+    #[arg(value_name = "PREFIX")]
+    pub(crate) prefix: Option<PathBuf>,
+    /// The lock to compare with, read by every rank [default: keel.lock, when there is one].
+    #[arg(short, long, value_name = "LOCK")]
+    pub(crate) lock: Option<PathBuf>,
+    /// The lock's environment.
+    #[arg(short, long, default_value = "default", value_name = "NAME")]
+    pub(crate) environment: String,
+    /// The platform whose packages the prefix should hold (default: this machine's).
+    #[arg(long, value_name = "PLATFORM")]
+    pub(crate) platform: Option<String>,
+    /// Print the grouped report as JSON (on rank 0).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -71,8 +128,18 @@ pub(crate) struct TrainArgs {
     pub(crate) runs_dir: Option<PathBuf>,
     /// Record this environment fingerprint (`keel hash --json`) in every checkpoint; a resume
     /// on a node whose fingerprint differs says so.
-    #[arg(long, value_name = "FINGERPRINT.json")]
+    #[arg(long, value_name = "FINGERPRINT.json", conflicts_with = "prefix")]
     pub(crate) environment: Option<PathBuf>,
+    /// The environment this run uses: fingerprinted at start (with the stat cache) and
+    /// recorded in every checkpoint. Under a launcher every rank fingerprints its own, and
+    /// the job refuses to start (exit 2) when the ranks differ [default under a launcher:
+    /// $CONDA_PREFIX].
+    #[arg(long, value_name = "PREFIX")]
+    pub(crate) prefix: Option<PathBuf>,
+    /// Train although the ranks' environments (packages, driver, GPUs, keel, configuration)
+    /// differ: rank 0 prints what differs as a warning.
+    #[arg(long)]
+    pub(crate) allow_env_drift: bool,
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,

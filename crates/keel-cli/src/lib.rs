@@ -7,12 +7,15 @@
 mod args;
 mod ckpt;
 mod doctor;
+mod fleet;
+mod gate;
 mod lock;
 mod prefix;
 mod probe;
 mod render;
 mod spec;
 mod train;
+mod world;
 
 use std::process::ExitCode;
 
@@ -35,6 +38,8 @@ pub fn run() -> ExitCode {
         args::Command::Ckpt(args::CkptCommand::Verify(args)) => ckpt::verify(&args),
         args::Command::Ckpt(args::CkptCommand::Prune(args)) => ckpt::prune(&args),
         args::Command::Train(args) => train::run(&args),
+        args::Command::Fleet(args::FleetCommand::Hash(args)) => fleet::hash(&args),
+        args::Command::Fleet(args::FleetCommand::Verify(args)) => fleet::verify(&args),
     };
     match result {
         Ok(code) => code,

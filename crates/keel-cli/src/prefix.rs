@@ -16,7 +16,7 @@ use rattler_conda_types::Subdir;
 use crate::args::{DiffArgs, HashArgs, InstallArgs, VerifyArgs};
 use crate::render;
 
-fn platform(value: Option<&str>) -> miette::Result<Subdir> {
+pub(crate) fn platform(value: Option<&str>) -> miette::Result<Subdir> {
     match value {
         Some(value) => Subdir::from_str(value)
             .into_diagnostic()
@@ -30,7 +30,7 @@ fn platform(value: Option<&str>) -> miette::Result<Subdir> {
 /// characters (escape sequences, newlines, NUL) are written as `\u{..}` escapes, so a file
 /// name or a label cannot move the cursor or recolour the terminal. Every human-facing line of
 /// these commands prints input through this; `--json` stays exact.
-fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -276,6 +276,15 @@ pub(crate) fn verify(args: VerifyArgs) -> miette::Result<ExitCode> {
 
 fn print_verify(report: &VerifyReport) {
     let mut out = std::io::stdout().lock();
+    for line in verify_findings(report) {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(out, "{}", verify_summary(report));
+}
+
+/// What `keel verify` found, one line each (the summary line apart).
+pub(crate) fn verify_findings(report: &VerifyReport) -> Vec<String> {
+    let mut out: Vec<u8> = Vec::new();
     for package in &report.missing_packages {
         let _ = writeln!(
             out,
@@ -360,6 +369,15 @@ fn print_verify(report: &VerifyReport) {
     for path in &report.unowned_files {
         let _ = writeln!(out, "unowned file      {}", shown(path));
     }
+    // Every shown text has its control characters escaped: a line is one finding.
+    String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `keel verify`'s last line: the verdict and what was checked.
+pub(crate) fn verify_summary(report: &VerifyReport) -> String {
     let verdict = if report.is_clean() {
         "matches"
     } else {
@@ -369,15 +387,14 @@ fn print_verify(report: &VerifyReport) {
         "its packages' records (no lock given)".to_string(),
         |lock| format!("{} and its packages' records", shown_path(lock)),
     );
-    let _ = writeln!(
-        out,
+    format!(
         "{} {verdict} {against}: {} packages, {} files checked, {} not content-checked (symlinks, no sha256), {} bytecode caches ignored",
         shown_path(&report.prefix),
         report.packages,
         report.files_checked,
         report.files_unchecked,
         report.bytecode_caches
-    );
+    )
 }
 
 pub(crate) fn diff(args: &DiffArgs) -> miette::Result<ExitCode> {
@@ -416,60 +433,66 @@ fn print_diff(report: &DiffReport) {
         return;
     }
     for difference in &report.differences {
-        let _ = writeln!(out, "\n{}:", shown(&difference.labels.join(", ")));
-        for change in &difference.changes {
-            let owner = |owner: &Option<String>| {
-                owner
-                    .as_deref()
-                    .map_or(" (no package)".to_string(), |o| format!(" [{}]", shown(o)))
-            };
-            let line = match change {
-                Change::PackageVersion {
-                    name,
-                    reference,
-                    here,
-                } => format!(
-                    "  package {}: {} (reference {})",
-                    shown(name),
-                    shown(here),
-                    shown(reference)
-                ),
-                Change::PackageSource {
-                    name,
-                    reference,
-                    here,
-                } => format!(
-                    "  package {}: other archive {} (reference {})",
-                    shown(name),
-                    shown(here),
-                    shown(reference)
-                ),
-                Change::PackageAdded { name, here } => {
-                    format!("  + package {} {}", shown(name), shown(here))
-                }
-                Change::PackageRemoved { name, reference } => {
-                    format!("  - package {} {}", shown(name), shown(reference))
-                }
-                Change::FileChanged {
-                    path,
-                    owner: o,
-                    what,
-                } => {
-                    format!("  ~ {}{}: {what}", shown(path), owner(o))
-                }
-                Change::FileAdded { path, owner: o } => format!("  + {}{}", shown(path), owner(o)),
-                Change::FileRemoved { path, owner: o } => {
-                    format!("  - {}{}", shown(path), owner(o))
-                }
-            };
-            let _ = writeln!(out, "{line}");
-        }
-        if difference.files_of_changed_packages > 0 {
-            let _ = writeln!(
-                out,
-                "  ({} file differences of the changed packages not listed)",
-                difference.files_of_changed_packages
-            );
-        }
+        print_changes(&mut out, difference);
+    }
+}
+
+/// One group's differences from the reference, as `keel diff` shows them: a line naming the
+/// group (its labels), then one line per change.
+pub(crate) fn print_changes(out: &mut impl std::io::Write, difference: &keel_prefix::GroupDiff) {
+    let _ = writeln!(out, "\n{}:", shown(&difference.labels.join(", ")));
+    for change in &difference.changes {
+        let owner = |owner: &Option<String>| {
+            owner
+                .as_deref()
+                .map_or(" (no package)".to_string(), |o| format!(" [{}]", shown(o)))
+        };
+        let line = match change {
+            Change::PackageVersion {
+                name,
+                reference,
+                here,
+            } => format!(
+                "  package {}: {} (reference {})",
+                shown(name),
+                shown(here),
+                shown(reference)
+            ),
+            Change::PackageSource {
+                name,
+                reference,
+                here,
+            } => format!(
+                "  package {}: other archive {} (reference {})",
+                shown(name),
+                shown(here),
+                shown(reference)
+            ),
+            Change::PackageAdded { name, here } => {
+                format!("  + package {} {}", shown(name), shown(here))
+            }
+            Change::PackageRemoved { name, reference } => {
+                format!("  - package {} {}", shown(name), shown(reference))
+            }
+            Change::FileChanged {
+                path,
+                owner: o,
+                what,
+            } => {
+                format!("  ~ {}{}: {what}", shown(path), owner(o))
+            }
+            Change::FileAdded { path, owner: o } => format!("  + {}{}", shown(path), owner(o)),
+            Change::FileRemoved { path, owner: o } => {
+                format!("  - {}{}", shown(path), owner(o))
+            }
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    if difference.files_of_changed_packages > 0 {
+        let _ = writeln!(
+            out,
+            "  ({} file differences of the changed packages not listed)",
+            difference.files_of_changed_packages
+        );
     }
 }

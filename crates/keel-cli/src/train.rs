@@ -1,17 +1,20 @@
 //! `keel train`: the configured run with a progress bar, and where everything went.
 
 use std::io::Write as _;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use keel_cuda::{DriverProbe, probe_with_timeout};
+use keel_cuda::{DriverProbe, ProbeReport, probe_with_timeout};
+use keel_dist::Collective;
 use keel_train::{Event, RunOptions, Status, StopSignal, TrainConfig, TrainError};
 use miette::{IntoDiagnostic as _, WrapErr as _};
 use serde_json::json;
 
 use crate::args::TrainArgs;
-use crate::render;
+use crate::world::{self, Agreed};
+use crate::{gate, render};
 
 fn signal_name(signal: i32) -> String {
     match signal {
@@ -41,7 +44,7 @@ fn move_aside(run_dir: &std::path::Path) -> miette::Result<Option<std::path::Pat
 /// The device probe to record in checkpoints, and (in a build with CUDA) a check that a CUDA
 /// device asked for exists: candle's own error says less, and without a GPU it is a bare
 /// driver code. A build without CUDA leaves the refusal to `parse_device`, which says so.
-fn probe(device: &str) -> miette::Result<Option<serde_json::Value>> {
+fn probe(device: &str) -> miette::Result<Option<ProbeReport>> {
     let report = probe_with_timeout(DriverProbe::default(), Duration::from_secs(10));
     let wants_cuda = device.starts_with("cuda") && cfg!(feature = "cuda");
     let report = match report {
@@ -68,21 +71,42 @@ fn probe(device: &str) -> miette::Result<Option<serde_json::Value>> {
             );
         }
     }
-    Ok(report
-        .driver
-        .is_some()
-        .then(|| serde_json::to_value(&report).ok())
-        .flatten())
+    Ok(report.driver.is_some().then_some(report))
 }
 
-pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
-    // Multi-rank training is not in this build: N copies started by `mpirun -np N` or
-    // `srun -n N` would each train alone and write one store, so they refuse before anything.
-    let launch = keel_dist::Launch::detect().into_diagnostic()?;
-    keel_dist::refuse_without_mpi(&launch).into_diagnostic()?;
-    let mut config = match &args.config {
-        Some(path) => TrainConfig::from_path(path).into_diagnostic()?,
-        None => TrainConfig::default(),
+/// The configuration file's bytes, for the gate's hash. `TrainConfig::from_path` has read
+/// and checked the file (regular, at most `MAX_CONFIG_BYTES`); this reads it again the same
+/// way, bounded.
+fn config_bytes(path: &Path) -> miette::Result<Vec<u8>> {
+    let file = fs_err::File::open(path).into_diagnostic()?;
+    if !file.metadata().into_diagnostic()?.is_file() {
+        miette::bail!("{} is not a regular file", path.display());
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, keel_train::MAX_CONFIG_BYTES),
+        &mut bytes,
+    )
+    .into_diagnostic()?;
+    Ok(bytes)
+}
+
+/// Everything a rank checks and learns before the gate: the settings, the device, the
+/// environment, and the facts that must agree across ranks. Nothing is written yet.
+struct Prepared {
+    config: TrainConfig,
+    device_probe: Option<serde_json::Value>,
+    environment: gate::Environment,
+    facts: keel_dist::RankFacts,
+}
+
+fn prepare(args: &TrainArgs, world: &dyn Collective, host: &str) -> miette::Result<Prepared> {
+    let (mut config, bytes) = match &args.config {
+        Some(path) => (
+            TrainConfig::from_path(path).into_diagnostic()?,
+            config_bytes(path)?,
+        ),
+        None => (TrainConfig::default(), Vec::new()),
     };
     if let Some(device) = &args.device {
         config.device.clone_from(device);
@@ -98,10 +122,63 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
     }
     // Fail on a device this build or node cannot use before touching anything: keel-cuda's
     // probe first (no driver, a driver that fails, no such ordinal), then candle's own check.
-    let device_probe = probe(&config.device)?;
+    let report = probe(&config.device)?;
     keel_train::parse_device(&config.device).into_diagnostic()?;
+    let prefix = gate::prefix_to_hash(args.prefix.as_deref(), world.size() > 1);
+    let environment = gate::environment(prefix.as_deref(), args.environment.as_deref(), host)?;
+    let facts = gate::facts(
+        world.rank(),
+        host,
+        &environment,
+        report.as_ref(),
+        gate::config_hash(&bytes, args.epochs, args.runs_dir.as_deref()),
+    );
+    Ok(Prepared {
+        config,
+        device_probe: report.and_then(|r| serde_json::to_value(&r).ok()),
+        environment,
+        facts,
+    })
+}
+
+pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
+    // A build without the `mpi` feature refuses to be one of several ranks here: N copies
+    // started by `mpirun -np N` or `srun -n N` would each train alone and write one store.
+    // With it, the launcher's ranks become one MPI world; a process no launcher started is a
+    // world of one and never initialises MPI.
+    let shared = world::connect()?;
+    let world = &*shared;
+    let host = world::host_name();
+    // Every rank checks its settings, device and environment; a failure on any rank stops all
+    // of them (rank 0 names it) before the gate, so no rank waits in a collective alone.
+    let prepared = match world::agree(world, prepare(args, world, &host), &host)? {
+        Agreed::Go(prepared) => prepared,
+        Agreed::Stop => return Ok(ExitCode::from(2)),
+    };
+    // The environment gate, before any checkpoint is read: every rank learns every rank's
+    // facts and reaches the same verdict.
+    let report = keel_dist::gate(world, &prepared.facts).into_diagnostic()?;
+    if !report.is_uniform() {
+        if world.rank() == 0 {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{}",
+                gate::refusal(&report, args.allow_env_drift)
+            );
+        }
+        if !args.allow_env_drift {
+            world::stop_together(world)?;
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let Prepared {
+        config,
+        device_probe,
+        environment,
+        facts: _,
+    } = prepared;
+    let lead = world.rank() == 0;
     let paths = config.paths();
-    let mut stderr = std::io::stderr();
     let mut fresh = false;
     if args.fresh {
         if config
@@ -112,30 +189,40 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
         {
             // Object storage cannot be moved aside: the library refuses a non-empty store.
             fresh = true;
-        } else if let Some(moved) = move_aside(&paths.run_dir)? {
-            let _ = writeln!(
-                stderr,
-                "--fresh: moved the previous run to {}",
-                moved.display()
-            );
+        } else {
+            // Rank 0 writes the run (a shared folder for several ranks): it alone moves it
+            // aside, and every rank learns whether that worked before any of them reads it.
+            let moved = if lead {
+                move_aside(&paths.run_dir)
+            } else {
+                Ok(None)
+            };
+            match world::agree(world, moved, &host)? {
+                Agreed::Go(Some(moved)) => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "--fresh: moved the previous run to {}",
+                        moved.display()
+                    );
+                }
+                Agreed::Go(None) => {}
+                Agreed::Stop => return Ok(ExitCode::from(2)),
+            }
         }
     }
-    let environment = match &args.environment {
-        Some(path) => Some(
-            serde_json::from_str(&fs_err::read_to_string(path).into_diagnostic()?)
-                .into_diagnostic()
-                .map_err(|e| e.wrap_err(format!("{} is not JSON", path.display())))?,
-        ),
-        None => None,
-    };
     let options = RunOptions {
         fresh,
         nan_at_step: args.inject_nan_at,
-        environment,
+        environment: environment.fingerprint,
         device_probe,
     };
     let stop = StopSignal::install().into_diagnostic()?;
-    let bar = ProgressBar::new(0);
+    // Rank 0 shows the run; the other ranks train silently but for their own warnings.
+    let bar = if lead {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:20} {pos}/{len} steps  {msg}",
@@ -146,11 +233,23 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
     let epochs = config.epochs;
     let mut steps_done_before = 0;
     // Lines go above the bar on a terminal, straight to stderr in a batch job's log.
+    let several = world.size() > 1;
+    let rank = world.rank();
     let say = |line: String| {
+        if !lead {
+            return;
+        }
         if bar.is_hidden() {
             let _ = writeln!(std::io::stderr(), "{line}");
         } else {
             bar.println(line);
+        }
+    };
+    let warn = |line: String| {
+        if lead {
+            say(format!("warning: {line}"));
+        } else if several {
+            let _ = writeln!(std::io::stderr(), "warning: rank {rank}: {line}");
         }
     };
     let mut observer = |event: &Event<'_>| match event {
@@ -198,10 +297,10 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
             test_accuracy * 100.0
         )),
         Event::Saved { .. } => {}
-        Event::SaveFailed(why) => say(format!("warning: a checkpoint save failed: {why}")),
-        Event::Warning(why) => say(format!("warning: {why}")),
+        Event::SaveFailed(why) => warn(format!("a checkpoint save failed: {why}")),
+        Event::Warning(why) => warn(why.to_string()),
     };
-    let result = config.run(&options, &stop, &mut observer);
+    let result = config.run_on(shared.clone(), &options, &stop, &mut observer);
     bar.finish_and_clear();
     let outcome = match result {
         Ok(outcome) => outcome,
@@ -220,6 +319,14 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
         }
     };
     let elapsed = started.elapsed();
+    let code = match outcome.status {
+        Status::Completed => ExitCode::SUCCESS,
+        Status::Interrupted { signal } => ExitCode::from((128 + signal).clamp(0, 255) as u8),
+    };
+    if !lead {
+        // Every rank reached the same outcome; rank 0 reports it.
+        return Ok(code);
+    }
     let checkpoint = outcome.checkpoint.as_ref().map(ToString::to_string);
     if args.json {
         render::json(&json!({
@@ -280,8 +387,5 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
             let _ = writeln!(out, "loss plot:   {}", plot.display());
         }
     }
-    Ok(match outcome.status {
-        Status::Completed => ExitCode::SUCCESS,
-        Status::Interrupted { signal } => ExitCode::from((128 + signal).clamp(0, 255) as u8),
-    })
+    Ok(code)
 }
