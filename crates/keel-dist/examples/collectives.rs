@@ -80,6 +80,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let all_gathered = world.all_gather_bytes(&mine)?;
     // Every rank sends nothing.
     let gathered_empty = world.gather_bytes(0, &[])?;
+    // Rank 0 (the root) sends one byte, every other rank nothing.
+    let only_root: &[u8] = if world.rank() == 0 { &[7] } else { &[] };
+    let gathered_only_root = world.gather_bytes(0, only_root)?;
+    let all_gathered_only_root = world.all_gather_bytes(only_root)?;
     let all_gathered_empty = world.all_gather_bytes(&[])?;
     world.barrier()?;
 
@@ -101,6 +105,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "gathered": gathered,
         "all_gathered": all_gathered,
         "gathered_empty": gathered_empty,
+        "gathered_only_root": gathered_only_root,
+        "all_gathered_only_root": all_gathered_only_root,
         "all_gathered_empty": all_gathered_empty,
         "uniform": { "is_uniform": uniform.is_uniform(), "text": uniform.to_string(), "report": uniform },
         "skewed": { "is_uniform": skewed.is_uniform(), "text": skewed.to_string(), "report": skewed },

@@ -207,6 +207,8 @@ impl Collective for Mpi {
             // Rust's dangling address, which Open MPI takes for aliased buffers (MPI_ERR_ARG).
             return Ok((self.rank == root).then(|| vec![Vec::new(); self.size]));
         }
+        let anchor = [0u8; 1];
+        let bytes = anchored(bytes, &anchor);
         if self.rank == root {
             let mut buffer = vec![0u8; total];
             let mut receive = PartitionMut::new(&mut buffer[..], &counts[..], &displacements[..]);
@@ -225,10 +227,24 @@ impl Collective for Mpi {
             // As in `gather_bytes`: every rank knows the total, so all of them skip the call.
             return Ok(vec![Vec::new(); self.size]);
         }
+        let anchor = [0u8; 1];
+        let bytes = anchored(bytes, &anchor);
         let mut buffer = vec![0u8; total];
         let mut receive = PartitionMut::new(&mut buffer[..], &counts[..], &displacements[..]);
         self.world.all_gather_varcount_into(bytes, &mut receive);
         Ok(split(&buffer, &lengths))
+    }
+}
+
+/// `bytes`, or when it is empty an empty slice of `anchor`: an empty `&[u8]` points at Rust's
+/// dangling address 0x1, which is Open MPI's `MPI_IN_PLACE`, so a rank sending nothing made
+/// the collective fail with MPI_ERR_ARG. A zero-length slice of real memory sends the same
+/// nothing.
+fn anchored<'a>(bytes: &'a [u8], anchor: &'a [u8; 1]) -> &'a [u8] {
+    if bytes.is_empty() {
+        &anchor[..0]
+    } else {
+        bytes
     }
 }
 

@@ -184,6 +184,25 @@ fn gather_when_every_rank_sends_nothing_under_mpirun() {
     }
 }
 
+/// Multi-rank issue #12: a rank other than the root that sends nothing handed MPI an empty
+/// slice, whose dangling address (0x1) is Open MPI's `MPI_IN_PLACE`, and the gather failed
+/// with MPI_ERR_ARG; an empty send now points at real memory.
+#[test]
+fn gather_when_only_the_root_sends_under_mpirun() {
+    let Some(results) = results() else { return };
+    assert_eq!(
+        results[0]["gathered_only_root"],
+        serde_json::json!([[7], []])
+    );
+    assert_eq!(results[1]["gathered_only_root"], Value::Null);
+    for result in results {
+        assert_eq!(
+            result["all_gathered_only_root"],
+            serde_json::json!([[7], []])
+        );
+    }
+}
+
 /// Hardening issue #12: started without `mpirun`, MPI makes a world of one, where rank 0's
 /// empty contribution is the whole gather; that aborted the process (MPI_ERR_ARG).
 #[test]
