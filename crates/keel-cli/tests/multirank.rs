@@ -88,7 +88,7 @@ fn project() -> tempfile::TempDir {
     fs_err::write(
         root.join("rank.sh"),
         "#!/bin/bash\n\
-         rank=\"${OMPI_COMM_WORLD_RANK:-0}\"\n\
+         rank=\"${OMPI_COMM_WORLD_RANK:-${SLURM_PROCID:-0}}\"\n\
          var=\"PREFIX_$rank\"\n\
          prefix=\"${!var}\"\n\
          args=(\"${@//@PREFIX@/$prefix}\")\n\
@@ -228,11 +228,28 @@ mod mpirun {
 
     /// `mpirun -np 2 rank.sh keel ARGS`, rank r on prefix `prefixes[r]`.
     fn mpirun(dir: &Path, prefixes: [&str; 2], args: &[&str]) -> Ranks {
+        let mut launcher = std::process::Command::new("mpirun");
+        launcher.args(["--allow-run-as-root", "--oversubscribe", "-np", "2"]);
+        launch(launcher, dir, prefixes, args)
+    }
+
+    /// `srun -n 2 --mpi=pmix rank.sh keel ARGS` on the Slurm cluster `SLURM_CONF` names.
+    fn srun(dir: &Path, prefixes: [&str; 2], args: &[&str]) -> Ranks {
+        let mut launcher = std::process::Command::new("srun");
+        launcher.args(["-n", "2", "--mpi=pmix", "--time=5"]);
+        launch(launcher, dir, prefixes, args)
+    }
+
+    fn launch(
+        mut launcher: std::process::Command,
+        dir: &Path,
+        prefixes: [&str; 2],
+        args: &[&str],
+    ) -> Ranks {
         for rank in 0..2 {
             let _ = fs_err::remove_file(dir.join(format!("rc.{rank}")));
         }
-        let output = std::process::Command::new("mpirun")
-            .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+        let output = launcher
             .arg("bash")
             .arg(dir.join("rank.sh"))
             .args(args)
@@ -457,5 +474,60 @@ mod mpirun {
         assert_eq!(ranks.codes, [Some(2), Some(2)], "{}", ranks.stderr);
         assert!(ranks.stderr.contains("no-such-env"), "{}", ranks.stderr);
         assert!(!dir.join("runs").exists());
+    }
+
+    /// Whether a Slurm cluster is configured (`.ci/run` starts one: `.ci/slurm up`); without
+    /// one the srun tests are skipped with a note, unless KEEL_REQUIRE_SLURM is set.
+    #[allow(
+        clippy::print_stderr,
+        reason = "the note that says why a test is skipped"
+    )]
+    fn have_slurm() -> bool {
+        let found = std::process::Command::new("srun")
+            .arg("--version")
+            .output()
+            .is_ok()
+            && std::env::var_os("SLURM_CONF").is_some();
+        if !found {
+            assert!(
+                std::env::var_os("KEEL_REQUIRE_SLURM").is_none(),
+                "KEEL_REQUIRE_SLURM is set but srun or SLURM_CONF is missing"
+            );
+            eprintln!("note: no Slurm cluster (srun, SLURM_CONF); the srun test did not run");
+        }
+        found
+    }
+
+    /// The same gate and fleet report under Slurm's own launcher: `srun -n 2 --mpi=pmix`.
+    #[test]
+    fn srun_gate_refuses_drift_then_trains_and_fleet_reports() {
+        if !have_slurm() {
+            return;
+        }
+        let project = project();
+        let dir = project.path();
+        let ranks = srun(dir, ["env-1.0", "env-1.1"], TRAIN);
+        assert_eq!(ranks.codes, [Some(2), Some(2)], "{}", ranks.stderr);
+        assert!(
+            ranks
+                .stderr
+                .contains("package libdemo: 1.0 h0_0 -> 1.1 h0_0"),
+            "{}",
+            ranks.stderr
+        );
+        assert!(!dir.join("runs").exists(), "a refused job wrote a run");
+
+        let ranks = srun(dir, ["env-1.0", "env-1.1"], &["fleet", "hash", "@PREFIX@"]);
+        assert_eq!(ranks.codes, [Some(1), Some(1)], "{}", ranks.stderr);
+        assert!(
+            ranks
+                .stdout
+                .contains("package libdemo: 1.1 h0_0 (reference 1.0 h0_0)"),
+            "{}",
+            ranks.stdout
+        );
+
+        let ranks = srun(dir, ["env-1.0", "env-1.0"], TRAIN);
+        trained(dir, &ranks);
     }
 }
