@@ -126,3 +126,115 @@ fn s3_save_resume_skip_and_prune() {
 
     assert!(store.location().starts_with("s3://checkpoints/runs/exp1"));
 }
+
+/// Issue #12 on S3: a 2-rank save (ranks as threads, each with a client and store of its own)
+/// commits one checkpoint with both ranks' objects; a prune while rank 1 has not written yet
+/// leaves the pending prefix alone (its write marker, put at begin, is fresh) and deletes
+/// only old checkpoints; a commit that misses a rank's report puts no manifest and removes
+/// the pending objects.
+#[test]
+fn s3_shared_save_commits_every_rank_and_a_prune_leaves_it_in_flight() {
+    use keel_ckpt::{PendingCheckpoint, SharedPart, Snapshot, TensorGroup, rank_group};
+    use std::collections::BTreeMap;
+
+    let server = start();
+    let open = || {
+        CheckpointStore::object_store(
+            object_store(&server),
+            ObjectPath::from("runs/shared"),
+            "s3://checkpoints/runs/shared",
+        )
+        .unwrap()
+    };
+    let groups = |rank: usize| -> BTreeMap<String, TensorGroup> {
+        let state = snapshot_for(100 + rank as u64, 1024);
+        let mut groups = BTreeMap::new();
+        if rank == 0 {
+            groups.insert("model".to_string(), state.groups["model"].clone());
+        }
+        groups.insert(
+            rank_group("optimizer", rank),
+            state.groups["optimizer"].clone(),
+        );
+        groups
+    };
+    let store = open();
+    for step in 1..=2 {
+        store.save(Kind::Regular, &snapshot_for(step, 256)).unwrap();
+    }
+    let save = store.begin_shared(Kind::Regular, 3, 2).unwrap();
+    let broadcast = save.pending().to_bytes();
+    let part0 = store.write_part(save.pending(), 0, &groups(0)).unwrap();
+
+    // A prune from another client now: rank 1 is still to write.
+    let pruned = open()
+        .prune(&Retention {
+            keep_last: 1,
+            ..Retention::default()
+        })
+        .unwrap();
+    let pending_id = save.pending().id();
+    assert_eq!(pruned.deleted.len(), 1, "{pruned:?}");
+    assert_eq!(pruned.left.len(), 1, "{pruned:?}");
+    assert_eq!(pruned.left[0].0, pending_id);
+    assert!(pruned.left[0].1.contains("in flight"), "{pruned:?}");
+
+    let part1 = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let pending = PendingCheckpoint::from_bytes(&broadcast).unwrap();
+                open()
+                    .write_part(&pending, 1, &groups(1))
+                    .unwrap()
+                    .to_bytes()
+            })
+            .join()
+            .unwrap()
+    });
+    let part1 = SharedPart::from_bytes(&part1).unwrap();
+    let metadata = Snapshot {
+        groups: BTreeMap::new(),
+        ..snapshot_for(3, 8)
+    };
+    let id = save.commit(&metadata, &[part0, part1]).unwrap();
+    let resume = open().latest_valid().unwrap();
+    assert_eq!(resume.id, id);
+    assert_eq!(resume.manifest.world_size, Some(2));
+    let mut expected = groups(0);
+    expected.extend(groups(1));
+    assert!(resume.snapshot.groups == expected);
+    assert!(
+        resume.snapshot
+            == Snapshot {
+                groups: expected,
+                ..metadata.clone()
+            }
+    );
+
+    // Rank 1 never reports: no manifest, and the pending objects are gone.
+    let save = store.begin_shared(Kind::Regular, 4, 2).unwrap();
+    let pending = save.pending().clone();
+    let part0 = store.write_part(&pending, 0, &groups(0)).unwrap();
+    store.write_part(&pending, 1, &groups(1)).unwrap();
+    let error = save
+        .commit(
+            &Snapshot {
+                step: 4,
+                ..metadata
+            },
+            &[part0],
+        )
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("rank 1 of 2 did not report"),
+        "{error}"
+    );
+    let listed: Vec<String> = store
+        .list()
+        .unwrap()
+        .iter()
+        .map(|l| l.id.to_string())
+        .collect();
+    assert!(!listed.contains(&pending.id().to_string()), "{listed:?}");
+    assert_eq!(store.latest_valid().unwrap().id, id);
+}
