@@ -13,6 +13,31 @@
 //!
 //! It knows nothing of candle or of any model: keel-train builds on it.
 //!
+//! Several ranks, one checkpoint: keel-ckpt moves no bytes between ranks (it knows nothing of
+//! MPI); the trainer drives the protocol with its own collectives.
+//!
+//! 1. Rank 0 calls [`CheckpointStore::begin_shared`] (kind, step, world size): it picks the
+//!    name by the rule of [`CheckpointStore::save`], creates the pending location (local: the
+//!    temporary folder `KIND/.tmp-step-...`; objects: the `.keel-writing` marker) and holds
+//!    the store's lock shared until the commit or abort. It broadcasts
+//!    [`PendingCheckpoint::to_bytes`]; the others read it with [`PendingCheckpoint::from_bytes`].
+//! 2. Every rank, 0 too, calls [`CheckpointStore::write_part`] with its groups: shared ones
+//!    (`model`) from rank 0 only, a rank's own ones named `<group>-rank<N>` ([`group_rank`],
+//!    [`rank_group`]). Each file is fsynced, and the folder; the rank gets a [`SharedPart`]
+//!    (names, sizes, BLAKE3 hashed while writing) and gathers [`SharedPart::to_bytes`] to
+//!    rank 0.
+//! 3. The ranks agree that every write worked (an all-reduce); then rank 0 calls
+//!    [`SharedSave::commit`] with the metadata and every rank's part; otherwise
+//!    [`SharedSave::abort`]. The commit checks that each rank `0..world_size` reported once,
+//!    that every listed file is there with its reported size and every group is written by
+//!    its own rank, and writes the sealed manifest (`world_size`, each file's `rank`) last.
+//!
+//! A multi-rank checkpoint is valid exactly as a single-rank one is: its manifest is there
+//! and every file it lists verifies, so a rank's file that is missing or truncated makes it
+//! invalid, and [`CheckpointStore::latest_valid`] falls back. [`CheckpointStore::load`] gives
+//! every rank's groups (a job of another world size re-splits them);
+//! [`CheckpointStore::load_groups`] keeps only some of them in memory.
+//!
 //! What a store trusts, and what it deletes:
 //!
 //! - A manifest (at most 16 MiB, a regular file) carries its own digest (`manifest_blake3`,
@@ -23,8 +48,9 @@
 //! - Opening a store for reading ([`CheckpointStore::open_existing`], or listing a local store
 //!   that is not there) creates nothing; only a save does.
 //! - A prune deletes only checkpoints whose manifest reads (and that retention does not keep),
-//!   keel's own temporaries (`KIND/.tmp-step-...` folders), and on object storage writes whose
-//!   marker is older than 24 hours. Folders not named as keel names them, manifests it cannot
+//!   keel's own temporaries (`KIND/.tmp-step-...` folders, also those of a multi-rank save
+//!   whose job died before its commit), and on object storage writes whose marker is older
+//!   than 24 hours. Folders not named as keel names them, manifests it cannot
 //!   read (newer format, permissions, I/O errors, a bad digest) and writes that may be in
 //!   flight are left and reported in [`Pruned::left`].
 //! - Saves and prunes of a local or NFS store exclude each other through `.keel-lock` at its

@@ -414,6 +414,38 @@ impl CheckpointStore {
     /// a prune removes only when no save holds the store's lock; objects: the write marker,
     /// which keeps a prune away for 24 hours). Send [`SharedSave::pending`] to the other
     /// ranks; every rank (0 too) then calls [`CheckpointStore::write_part`].
+    ///
+    /// Two ranks, one after the other here (a trainer runs them as processes and sends the
+    /// bytes with its collectives):
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use keel_ckpt::{CheckpointStore, Kind, PendingCheckpoint, SharedPart, Snapshot, Tensor};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = CheckpointStore::local(dir.path())?;
+    /// let group = |value: f32| BTreeMap::from([("w".to_string(), Tensor::from_f32(vec![1], &[value]).unwrap())]);
+    ///
+    /// // Rank 0 begins and broadcasts the pending checkpoint.
+    /// let save = store.begin_shared(Kind::Regular, 10, 2)?;
+    /// let broadcast = save.pending().to_bytes();
+    /// // Every rank writes its own groups and sends what it wrote to rank 0.
+    /// let part0 = store.write_part(save.pending(), 0, &BTreeMap::from([
+    ///     ("model".to_string(), group(1.0)),
+    ///     ("optimizer-rank0".to_string(), group(2.0)),
+    /// ]))?;
+    /// let pending = PendingCheckpoint::from_bytes(&broadcast)?;
+    /// let part1 = store.write_part(&pending, 1, &BTreeMap::from([("optimizer-rank1".to_string(), group(3.0))]))?;
+    /// let gathered = [part0.to_bytes(), part1.to_bytes()];
+    /// // Rank 0 commits the one manifest.
+    /// let parts = gathered.iter().map(|b| SharedPart::from_bytes(b)).collect::<Result<Vec<_>, _>>()?;
+    /// let id = save.commit(&Snapshot { step: 10, ..Snapshot::default() }, &parts)?;
+    ///
+    /// let (manifest, snapshot) = store.load(&id)?;
+    /// assert_eq!(manifest.world_size, Some(2));
+    /// assert_eq!(snapshot.groups.keys().collect::<Vec<_>>(), ["model", "optimizer-rank0", "optimizer-rank1"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn begin_shared(
         &self,
         kind: Kind,
