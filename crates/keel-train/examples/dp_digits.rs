@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! mpirun -np 2 target/debug/examples/dp_digits STORE OUT_DIR [epochs=3] [batch=64]
-//!     [stop=RANK:STEP] [pause=RANK:STEP] [nan=RANK:STEP] [skew=RANK]
+//!     [stop=RANK:STEP] [pause=RANK:STEP] [nan=RANK:STEP] [skew=RANK] [zero=1]
 //! ```
 //!
 //! - `stop=R:S`: rank R asks to stop (as SIGTERM would) once step S is done.
@@ -15,6 +15,8 @@
 //! - `nan=R:S`: the loss of step S becomes NaN on rank R only.
 //! - `skew=R`: rank R starts from other weights (one weight moved by 1e-3): the replicas
 //!   then differ, which the first checkpoint's divergence check must catch.
+//! - `zero=1`: the optimizer state is sharded (ZeRO-1, `OptimizerSharding::Sharded`);
+//!   `zero=0` (the default) keeps it replicated.
 //!
 //! The exit status is 0 when training completed, 128 + the signal when it stopped on one
 //! (as `keel train`), 1 on an error (the error text is in the rank's JSON).
@@ -26,8 +28,8 @@ use std::time::Duration;
 use keel_ckpt::{CheckpointStore, EveryNEpochs};
 use keel_dist::{Collective, Launch, Mpi};
 use keel_train::{
-    AdamW, AdamWConfig, Dataset, Event, Mlp, Model, Status, StopSignal, TrainRng, TrainSettings,
-    Trainer,
+    AdamW, AdamWConfig, Dataset, Event, Mlp, Model, OptimizerSharding, Status, StopSignal,
+    TrainRng, TrainSettings, Trainer,
 };
 use serde_json::json;
 
@@ -52,6 +54,7 @@ struct Options {
     pause: Option<(usize, u64)>,
     nan: Option<(usize, u64)>,
     skew: Option<usize>,
+    zero: bool,
 }
 
 fn options(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -71,6 +74,13 @@ fn options(args: impl Iterator<Item = String>) -> Result<Options, String> {
             "pause" => options.pause = Some(rank_step(value)?),
             "nan" => options.nan = Some(rank_step(value)?),
             "skew" => options.skew = Some(value.parse().map_err(|e| format!("{arg}: {e}"))?),
+            "zero" => {
+                options.zero = match value {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err(format!("{arg}: expected zero=0 or zero=1")),
+                }
+            }
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -79,7 +89,8 @@ fn options(args: impl Iterator<Item = String>) -> Result<Options, String> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: dp_digits STORE OUT_DIR [epochs=N] [batch=B] [stop|pause|nan=RANK:STEP]";
+    let usage = "usage: dp_digits STORE OUT_DIR [epochs=N] [batch=B] [stop|pause|nan=RANK:STEP] \
+                 [skew=RANK] [zero=0|1]";
     let store_dir = PathBuf::from(args.next().ok_or(usage)?);
     let out = PathBuf::from(args.next().ok_or(usage)?);
     let options = options(args)?;
@@ -112,6 +123,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         policy: Box::new(EveryNEpochs(1)),
         trajectory: json!({"example": "dp_digits", "batch": options.batch}),
         nan_at_step: options.nan.filter(|(r, _)| *r == rank).map(|(_, s)| s),
+        optimizer_sharding: if options.zero {
+            OptimizerSharding::Sharded
+        } else {
+            OptimizerSharding::Replicated
+        },
         ..TrainSettings::new(SEED, 3e-3)
     };
     let store = CheckpointStore::local(&store_dir)?;

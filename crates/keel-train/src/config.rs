@@ -19,6 +19,7 @@ use crate::model::Mlp;
 use crate::optim::{AdamW, AdamWConfig, SgdConfig, SgdMomentum};
 use crate::rng::TrainRng;
 use crate::schedule::Schedule;
+use crate::shard::OptimizerSharding;
 use crate::trainer::{Event, Outcome, StopSignal, TrainSettings, Trainer};
 
 /// A training run as `keel train CONFIG.toml` reads it. Every field has a default: the empty
@@ -44,6 +45,11 @@ pub struct TrainConfig {
     pub model: ModelConfig,
     /// The optimizer.
     pub optimizer: OptimizerConfig,
+    /// `optimizer_sharding = "replicated"` (the default: every rank holds the whole optimizer
+    /// state) or `"sharded"` (ZeRO-1: each rank holds, updates and saves the state of its
+    /// share of the parameters; the weights are the same bit for bit). Not part of the
+    /// trajectory: a run resumes across the two.
+    pub optimizer_sharding: OptimizerSharding,
     /// The learning-rate schedule.
     pub schedule: Schedule,
     /// Checkpoints.
@@ -139,6 +145,7 @@ impl Default for TrainConfig {
             data: DataConfig::default(),
             model: ModelConfig::default(),
             optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
+            optimizer_sharding: OptimizerSharding::Replicated,
             schedule: Schedule::Constant,
             checkpoint: CheckpointConfig::default(),
             log: LogConfig::default(),
@@ -632,6 +639,7 @@ impl TrainConfig {
             environment: options.environment.clone(),
             device_probe: options.device_probe.clone(),
             nan_at_step: options.nan_at_step,
+            optimizer_sharding: self.optimizer_sharding,
         };
         let parameters = crate::model::Model::parameters(&model);
         match self.optimizer {
@@ -722,6 +730,33 @@ dir = "s3://bucket/runs/x"
         assert_eq!(
             err.to_string(),
             "t.toml:1:8: name `../x`: use letters, digits, `-`, `_` and `.` (it names a folder)"
+        );
+    }
+
+    /// `optimizer_sharding` reads `replicated` (the default) and `sharded`; anything else is
+    /// refused at its line and column; it stays out of the trajectory (a run resumes across
+    /// the two layouts).
+    #[test]
+    fn optimizer_sharding_parses_and_stays_out_of_the_trajectory() {
+        let sharded =
+            TrainConfig::from_toml("optimizer_sharding = \"sharded\"\n", Path::new("t.toml"))
+                .unwrap();
+        assert_eq!(sharded.optimizer_sharding, OptimizerSharding::Sharded);
+        assert_eq!(
+            TrainConfig::default().optimizer_sharding,
+            OptimizerSharding::Replicated
+        );
+        assert_eq!(sharded.trajectory(), TrainConfig::default().trajectory());
+        let err = TrainConfig::from_toml(
+            "epochs = 2\noptimizer_sharding = \"zero3\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "t.toml:2:22: unknown variant `zero3`, expected `replicated` or `sharded`"
+            ),
+            "{err}"
         );
     }
 

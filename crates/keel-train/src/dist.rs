@@ -189,6 +189,65 @@ pub(crate) fn rebuild_mean(
     Ok(loss[0] / rows)
 }
 
+/// After a sharded update: every rank's new values of its `ranges[rank]` (`mine` here)
+/// all-gathered as `f32` bytes, put together in global element order (the ranges are
+/// contiguous and in rank order) and assigned to the parameters, so that every rank holds
+/// the same weights again. A rank that sent another number of values than its range holds
+/// is named (the outer, fatal error: the ranks no longer follow one protocol).
+pub(crate) fn gather_parameters(
+    world: &World,
+    parameters: &[(String, Var)],
+    ranges: &[Range<usize>],
+    mine: &[f32],
+) -> Result<(), TrainError> {
+    let bytes: Vec<u8> = mine.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let all = world.0.all_gather_bytes(&bytes)?;
+    let wrong: Vec<String> = ranges
+        .iter()
+        .enumerate()
+        .filter(|(rank, range)| all.get(*rank).map(Vec::len) != Some(range.len() * 4))
+        .map(|(rank, range)| {
+            format!(
+                "rank {rank} sent {} bytes for elements {}..{} ({} bytes)",
+                all.get(rank).map_or(0, Vec::len),
+                range.start,
+                range.end,
+                range.len() * 4
+            )
+        })
+        .collect();
+    if !wrong.is_empty() || all.len() != ranges.len() {
+        return Err(TrainError::RanksDisagree {
+            what: "the updated parameter shares",
+            detail: format!(
+                "{} shares from {} ranks; {}",
+                all.len(),
+                ranges.len(),
+                wrong.join("; ")
+            ),
+        });
+    }
+    let flat: Vec<f32> = all
+        .iter()
+        .flat_map(|bytes| bytes.chunks_exact(4))
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let mut offset = 0;
+    for (_, var) in parameters {
+        let n = var.elem_count();
+        let values = flat
+            .get(offset..offset + n)
+            .ok_or_else(|| TrainError::RanksDisagree {
+                what: "the updated parameter shares",
+                detail: format!("{} values for more parameters", flat.len()),
+            })?;
+        offset += n;
+        let value = Tensor::from_slice(values, var.shape(), var.device())?;
+        var.set(&value)?;
+    }
+    Ok(())
+}
+
 /// BLAKE3 of a snapshot's replicated state, hex: every tensor of every group (name, dtype,
 /// shape, bytes, in name order), the position and the trainer state (RNG, optimizer steps,
 /// best). Ranks that hold the same state give the same digest.
@@ -200,7 +259,12 @@ pub(crate) fn state_digest(snapshot: &Snapshot) -> String {
     };
     field(&snapshot.step.to_le_bytes());
     field(&snapshot.epoch.to_le_bytes());
-    for (group, tensors) in &snapshot.groups {
+    // A rank's own share (a sharded optimizer's `optimizer-rank<R>`) is not replicated.
+    for (group, tensors) in snapshot
+        .groups
+        .iter()
+        .filter(|(group, _)| keel_ckpt::group_rank(group).is_none())
+    {
         field(group.as_bytes());
         for (name, tensor) in tensors {
             field(name.as_bytes());

@@ -57,6 +57,7 @@ mod model;
 mod optim;
 mod rng;
 mod schedule;
+mod shard;
 mod trainer;
 
 pub use config::{
@@ -73,4 +74,5 @@ pub use model::{
 pub use optim::{AdamW, AdamWConfig, OptimizerState, SgdConfig, SgdMomentum};
 pub use rng::{RngState, TrainRng};
 pub use schedule::Schedule;
+pub use shard::{OptimizerSharding, shard_range};
 pub use trainer::{Event, Outcome, Status, StopSignal, TrainSettings, Trainer};

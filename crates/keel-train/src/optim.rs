@@ -3,9 +3,10 @@
 //! moments private). Both implement [`candle_nn::Optimizer`].
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 /// An optimizer whose whole state can be read out and put back: for checkpoints.
@@ -25,6 +26,139 @@ pub trait OptimizerState {
     fn state_tensors(&self) -> candle_core::Result<BTreeMap<String, Tensor>>;
     /// Restores what [`OptimizerState::state_tensors`] and [`OptimizerState::steps`] gave.
     fn load_state(&mut self, steps: u64, tensors: &BTreeMap<String, Tensor>) -> Result<(), String>;
+
+    /// Optimizer-state sharding (ZeRO-1): from now on hold the state of the elements `owned`
+    /// of the flattened parameter vector only (the parameters in order, each row-major; see
+    /// [`shard_range`](crate::shard_range)), cut from the state held now. The state tensors
+    /// then are each parameter's 1-D piece of `owned` (none for a parameter it does not
+    /// reach), and updates go through [`OptimizerState::shard_update`]. Every parameter must
+    /// be `f32` (the trainer all-gathers them as such). The default refuses.
+    fn shard(&mut self, owned: Range<usize>) -> Result<(), String> {
+        let _ = owned;
+        Err(format!(
+            "the {} optimizer cannot shard its state",
+            self.kind()
+        ))
+    }
+
+    /// The elements owned once [`OptimizerState::shard`]ed; `None` while replicated.
+    fn owned(&self) -> Option<Range<usize>> {
+        None
+    }
+
+    /// Sharded: computes the update of the owned elements from `grads` (the whole, reduced
+    /// gradients) and returns their new values in element order, assigning nothing (neither
+    /// parameters nor state): [`OptimizerState::finish_shard_update`] assigns the state or
+    /// drops it, the trainer assigns the parameters once every rank's share is gathered.
+    fn shard_update(&mut self, grads: &GradStore) -> candle_core::Result<Vec<f32>> {
+        let _ = grads;
+        candle_core::bail!("the {} optimizer is not sharded", self.kind())
+    }
+
+    /// Assigns (`apply`, and counts the step) or drops the state the last
+    /// [`OptimizerState::shard_update`] computed: every rank applies only when every rank's
+    /// update succeeded.
+    fn finish_shard_update(&mut self, apply: bool) {
+        let _ = apply;
+    }
+}
+
+/// The parameters' element counts, after checking that each is `f32` and that `owned` lies
+/// within them: what [`OptimizerState::shard`] needs.
+fn shard_sizes<'a>(
+    vars: impl Iterator<Item = (&'a str, &'a Var)>,
+    owned: &Range<usize>,
+    already: bool,
+) -> Result<Vec<usize>, String> {
+    if already {
+        return Err("the optimizer state is sharded already".into());
+    }
+    let mut sizes = Vec::new();
+    for (name, var) in vars {
+        if var.dtype() != DType::F32 {
+            return Err(format!(
+                "parameter `{name}` is {:?}: a sharded optimizer needs f32 parameters",
+                var.dtype()
+            ));
+        }
+        sizes.push(var.elem_count());
+    }
+    let total: usize = sizes.iter().sum();
+    if owned.start > owned.end || owned.end > total {
+        return Err(format!(
+            "elements {}..{} are not within the {total} parameter elements",
+            owned.start, owned.end
+        ));
+    }
+    Ok(sizes)
+}
+
+/// Elements `piece` of `t` flattened (all of `t` when `None`).
+fn cut(t: &Tensor, piece: &Option<Range<usize>>) -> candle_core::Result<Tensor> {
+    match piece {
+        None => Ok(t.clone()),
+        Some(r) => t.flatten_all()?.narrow(0, r.start, r.len()),
+    }
+}
+
+/// The dims a state tensor of a parameter of `dims` has for `piece`.
+fn state_dims(dims: &[usize], piece: &Option<Range<usize>>) -> Vec<usize> {
+    match piece {
+        None => dims.to_vec(),
+        Some(r) => vec![r.len()],
+    }
+}
+
+/// Whether a parameter has no state here (its piece is empty).
+fn outside(piece: &Option<Range<usize>>) -> bool {
+    piece.as_ref().is_some_and(|r| r.is_empty())
+}
+
+/// A state tensor loaded for a parameter `var` and its `piece`, checked.
+fn load_one(
+    tensors: &BTreeMap<String, Tensor>,
+    key: String,
+    var: &Var,
+    piece: &Option<Range<usize>>,
+) -> Result<Option<Tensor>, String> {
+    let Some(t) = tensors.get(&key) else {
+        return Ok(None);
+    };
+    let dims = state_dims(var.dims(), piece);
+    if t.dims() != dims || t.dtype() != var.dtype() {
+        let what = if piece.is_some() {
+            "its shard of the parameter"
+        } else {
+            "the parameter"
+        };
+        return Err(format!(
+            "optimizer state `{key}` is {:?} {:?}, {what} {:?} {:?}",
+            t.dtype(),
+            t.dims(),
+            var.dtype(),
+            dims
+        ));
+    }
+    Ok(Some(t.to_device(var.device()).map_err(|e| e.to_string())?))
+}
+
+/// The new values of the owned elements in order: for each parameter its `piece`, from
+/// `updated` where the update computed it, else the parameter's current values.
+fn owned_values<'a>(
+    parts: impl Iterator<Item = (&'a Var, &'a Option<Range<usize>>, Option<&'a Tensor>)>,
+) -> candle_core::Result<Vec<f32>> {
+    let mut values = Vec::new();
+    for (var, piece, updated) in parts {
+        if outside(piece) {
+            continue;
+        }
+        let piece_values = match updated {
+            Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
+            None => cut(var.as_tensor(), piece)?.to_vec1::<f32>()?,
+        };
+        values.extend(piece_values);
+    }
+    Ok(values)
 }
 
 /// AdamW's hyper-parameters (PyTorch's defaults).
@@ -120,9 +254,16 @@ fn power(beta: f64, step: u64) -> f64 {
 struct AdamParam {
     name: String,
     var: Var,
+    /// Sharded: the elements of the flattened parameter whose moments are held here (the
+    /// moments then 1-D); `None` while replicated (the moments shaped as the parameter).
+    piece: Option<Range<usize>>,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
 }
+
+/// One computed AdamW update: the step it makes and, per parameter updated, its index, new
+/// value (of its piece, when sharded) and new moments.
+type AdamUpdate = (u64, Vec<(usize, Tensor, Tensor, Tensor)>);
 
 /// AdamW (Loshchilov & Hutter) exactly as `torch.optim.AdamW` (no amsgrad) computes it.
 #[derive(Debug)]
@@ -130,6 +271,10 @@ pub struct AdamW {
     params: Vec<AdamParam>,
     config: AdamWConfig,
     steps: u64,
+    /// The elements owned when sharded.
+    owned: Option<Range<usize>>,
+    /// A sharded update computed and not yet applied.
+    pending: Option<AdamUpdate>,
 }
 
 /// `candle_nn::Optimizer` for one of keel's optimizers (named `param0`, `param1`, ...).
@@ -170,6 +315,7 @@ impl AdamW {
                 Ok(AdamParam {
                     exp_avg: var.zeros_like()?,
                     exp_avg_sq: var.zeros_like()?,
+                    piece: None,
                     name,
                     var,
                 })
@@ -179,7 +325,50 @@ impl AdamW {
             params,
             config,
             steps: 0,
+            owned: None,
+            pending: None,
         })
+    }
+
+    /// Computes the update of every parameter (its piece, when sharded) that has a
+    /// gradient, and checks that every result is finite; assigns nothing.
+    fn compute(&self, grads: &GradStore) -> candle_core::Result<AdamUpdate> {
+        let AdamWConfig {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.config;
+        let step = self.steps + 1;
+        let bias_correction1 = 1.0 - power(beta1, step);
+        let bias_correction2_sqrt = (1.0 - power(beta2, step)).sqrt();
+        let step_size = lr / bias_correction1;
+        let mut updates = Vec::with_capacity(self.params.len());
+        for (i, p) in self.params.iter().enumerate() {
+            let Some(grad) = grads.get(&p.var) else {
+                continue;
+            };
+            if outside(&p.piece) {
+                continue;
+            }
+            // Elementwise: a piece's result is, bit for bit, that piece of the whole's.
+            let value = cut(p.var.as_tensor(), &p.piece)?;
+            let grad = cut(grad, &p.piece)?;
+            let param = value.affine(1.0 - lr * weight_decay, 0.0)?;
+            let exp_avg = (&p.exp_avg + ((&grad - &p.exp_avg)? * (1.0 - beta1))?)?;
+            let exp_avg_sq = ((&p.exp_avg_sq * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
+            let denom = (exp_avg_sq.sqrt()? / bias_correction2_sqrt)?.affine(1.0, eps)?;
+            let param = (param - ((&exp_avg / denom)? * step_size)?)?;
+            updates.push((i, param, exp_avg, exp_avg_sq));
+        }
+        // A non-finite result is refused before anything is assigned, so the state stays the
+        // last good one.
+        let computed: Vec<&Tensor> = updates.iter().flat_map(|(_, p, m, v)| [p, m, v]).collect();
+        if !all_finite(&computed)? {
+            return Err(non_finite_update("AdamW", step, lr));
+        }
+        Ok((step, updates))
     }
 
     /// The hyper-parameters.
@@ -205,37 +394,14 @@ impl OptimizerState for AdamW {
     }
 
     fn update(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        let AdamWConfig {
-            lr,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } = self.config;
-        let step = self.steps + 1;
-        let bias_correction1 = 1.0 - power(beta1, step);
-        let bias_correction2_sqrt = (1.0 - power(beta2, step)).sqrt();
-        let step_size = lr / bias_correction1;
+        if self.owned.is_some() {
+            candle_core::bail!(
+                "a sharded AdamW updates through shard_update (the trainer gathers the parameters)"
+            );
+        }
         // Everything is computed before anything is assigned: an error leaves the parameters
         // and moments as they were (the last good state the emergency checkpoint saves).
-        let mut updates = Vec::with_capacity(self.params.len());
-        for (i, p) in self.params.iter().enumerate() {
-            let Some(grad) = grads.get(&p.var) else {
-                continue;
-            };
-            let param = p.var.affine(1.0 - lr * weight_decay, 0.0)?;
-            let exp_avg = (&p.exp_avg + ((grad - &p.exp_avg)? * (1.0 - beta1))?)?;
-            let exp_avg_sq = ((&p.exp_avg_sq * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
-            let denom = (exp_avg_sq.sqrt()? / bias_correction2_sqrt)?.affine(1.0, eps)?;
-            let param = (param - ((&exp_avg / denom)? * step_size)?)?;
-            updates.push((i, param, exp_avg, exp_avg_sq));
-        }
-        // A non-finite result is refused before anything is assigned, so the state stays the
-        // last good one.
-        let computed: Vec<&Tensor> = updates.iter().flat_map(|(_, p, m, v)| [p, m, v]).collect();
-        if !all_finite(&computed)? {
-            return Err(non_finite_update("AdamW", step, lr));
-        }
+        let (step, updates) = self.compute(grads)?;
         for (i, param, exp_avg, exp_avg_sq) in updates {
             let p = &mut self.params[i];
             p.var.set(&param)?;
@@ -248,7 +414,7 @@ impl OptimizerState for AdamW {
 
     fn state_tensors(&self) -> candle_core::Result<BTreeMap<String, Tensor>> {
         let mut out = BTreeMap::new();
-        for p in &self.params {
+        for p in self.params.iter().filter(|p| !outside(&p.piece)) {
             out.insert(format!("exp_avg.{}", p.name), p.exp_avg.clone());
             out.insert(format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.clone());
         }
@@ -258,32 +424,83 @@ impl OptimizerState for AdamW {
     fn load_state(&mut self, steps: u64, tensors: &BTreeMap<String, Tensor>) -> Result<(), String> {
         let mut loaded = Vec::new();
         for p in &self.params {
+            if outside(&p.piece) {
+                loaded.push(None);
+                continue;
+            }
             let get = |key: String| {
-                let t = tensors
-                    .get(&key)
-                    .ok_or_else(|| format!("optimizer state `{key}` is missing"))?;
-                if t.dims() != p.var.dims() || t.dtype() != p.var.dtype() {
-                    return Err(format!(
-                        "optimizer state `{key}` is {:?} {:?}, the parameter {:?} {:?}",
-                        t.dtype(),
-                        t.dims(),
-                        p.var.dtype(),
-                        p.var.dims()
-                    ));
-                }
-                t.to_device(p.var.device()).map_err(|e| e.to_string())
+                load_one(tensors, key.clone(), &p.var, &p.piece)?
+                    .ok_or_else(|| format!("optimizer state `{key}` is missing"))
             };
-            loaded.push((
+            loaded.push(Some((
                 get(format!("exp_avg.{}", p.name))?,
                 get(format!("exp_avg_sq.{}", p.name))?,
-            ));
+            )));
         }
-        for (p, (m, v)) in self.params.iter_mut().zip(loaded) {
+        for (p, moments) in self.params.iter_mut().zip(loaded) {
+            if let Some((m, v)) = moments {
+                p.exp_avg = m;
+                p.exp_avg_sq = v;
+            }
+        }
+        self.steps = steps;
+        self.pending = None;
+        Ok(())
+    }
+
+    fn shard(&mut self, owned: Range<usize>) -> Result<(), String> {
+        let vars = self.params.iter().map(|p| (p.name.as_str(), &p.var));
+        let sizes = shard_sizes(vars, &owned, self.owned.is_some())?;
+        let pieces = crate::shard::pieces(&sizes, &owned);
+        let mut cut_moments = Vec::with_capacity(pieces.len());
+        for (p, piece) in self.params.iter().zip(&pieces) {
+            let piece = Some(piece.clone());
+            cut_moments.push(if outside(&piece) {
+                (p.exp_avg.clone(), p.exp_avg_sq.clone())
+            } else {
+                let cut = |t: &Tensor| cut(t, &piece).map_err(|e| e.to_string());
+                (cut(&p.exp_avg)?, cut(&p.exp_avg_sq)?)
+            });
+        }
+        for ((p, piece), (m, v)) in self.params.iter_mut().zip(pieces).zip(cut_moments) {
+            p.piece = Some(piece);
             p.exp_avg = m;
             p.exp_avg_sq = v;
         }
-        self.steps = steps;
+        self.owned = Some(owned);
         Ok(())
+    }
+
+    fn owned(&self) -> Option<Range<usize>> {
+        self.owned.clone()
+    }
+
+    fn shard_update(&mut self, grads: &GradStore) -> candle_core::Result<Vec<f32>> {
+        if self.owned.is_none() {
+            candle_core::bail!("the adamw optimizer is not sharded");
+        }
+        self.pending = None;
+        let (step, updates) = self.compute(grads)?;
+        let values = owned_values(self.params.iter().enumerate().map(|(i, p)| {
+            let updated = updates.iter().find(|u| u.0 == i).map(|u| &u.1);
+            (&p.var, &p.piece, updated)
+        }))?;
+        self.pending = Some((step, updates));
+        Ok(values)
+    }
+
+    fn finish_shard_update(&mut self, apply: bool) {
+        let Some((step, updates)) = self.pending.take() else {
+            return;
+        };
+        if apply {
+            for (i, _, exp_avg, exp_avg_sq) in updates {
+                let p = &mut self.params[i];
+                p.exp_avg = exp_avg;
+                p.exp_avg_sq = exp_avg_sq;
+            }
+            self.steps = step;
+        }
     }
 }
 
@@ -334,8 +551,14 @@ impl SgdConfig {
 struct SgdParam {
     name: String,
     var: Var,
+    /// Sharded: the elements of the flattened parameter whose buffer is held here.
+    piece: Option<Range<usize>>,
     buffer: Option<Tensor>,
 }
+
+/// One computed SGD update: per parameter updated, its index, new value (of its piece,
+/// when sharded) and new momentum buffer.
+type SgdUpdate = Vec<(usize, Tensor, Option<Tensor>)>;
 
 /// SGD with momentum as `torch.optim.SGD` computes it (dampening 0): the first step's buffer
 /// is the gradient itself.
@@ -344,6 +567,10 @@ pub struct SgdMomentum {
     params: Vec<SgdParam>,
     config: SgdConfig,
     steps: u64,
+    /// The elements owned when sharded.
+    owned: Option<Range<usize>>,
+    /// A sharded update computed and not yet applied.
+    pending: Option<SgdUpdate>,
 }
 
 impl SgdMomentum {
@@ -355,12 +582,66 @@ impl SgdMomentum {
                 .map(|(name, var)| SgdParam {
                     name,
                     var,
+                    piece: None,
                     buffer: None,
                 })
                 .collect(),
             config,
             steps: 0,
+            owned: None,
+            pending: None,
         })
+    }
+
+    /// Computes the update of every parameter (its piece, when sharded) that has a
+    /// gradient, and checks that every result is finite; assigns nothing.
+    fn compute(&self, grads: &GradStore) -> candle_core::Result<SgdUpdate> {
+        let SgdConfig {
+            lr,
+            momentum,
+            weight_decay,
+            nesterov,
+        } = self.config;
+        let mut updates = Vec::with_capacity(self.params.len());
+        for (i, p) in self.params.iter().enumerate() {
+            let Some(grad) = grads.get(&p.var) else {
+                continue;
+            };
+            if outside(&p.piece) {
+                continue;
+            }
+            // Elementwise: a piece's result is, bit for bit, that piece of the whole's.
+            let value = cut(p.var.as_tensor(), &p.piece)?;
+            let grad = cut(grad, &p.piece)?;
+            let mut d_p = if weight_decay != 0.0 {
+                (&grad + (&value * weight_decay)?)?
+            } else {
+                grad
+            };
+            let mut buffer = None;
+            if momentum != 0.0 {
+                let buf = match &p.buffer {
+                    None => d_p.clone(),
+                    Some(b) => ((b * momentum)? + &d_p)?,
+                };
+                d_p = if nesterov {
+                    (d_p + (&buf * momentum)?)?
+                } else {
+                    buf.clone()
+                };
+                buffer = Some(buf);
+            }
+            let param = (value - (d_p * lr)?)?;
+            updates.push((i, param, buffer));
+        }
+        let computed: Vec<&Tensor> = updates
+            .iter()
+            .flat_map(|(_, p, b)| std::iter::once(p).chain(b.as_ref()))
+            .collect();
+        if !all_finite(&computed)? {
+            return Err(non_finite_update("SGD", self.steps + 1, lr));
+        }
+        Ok(updates)
     }
 }
 
@@ -381,46 +662,12 @@ impl OptimizerState for SgdMomentum {
     }
 
     fn update(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        let SgdConfig {
-            lr,
-            momentum,
-            weight_decay,
-            nesterov,
-        } = self.config;
-        let mut updates = Vec::with_capacity(self.params.len());
-        for (i, p) in self.params.iter().enumerate() {
-            let Some(grad) = grads.get(&p.var) else {
-                continue;
-            };
-            let mut d_p = if weight_decay != 0.0 {
-                (grad + (p.var.as_tensor() * weight_decay)?)?
-            } else {
-                grad.clone()
-            };
-            let mut buffer = None;
-            if momentum != 0.0 {
-                let buf = match &p.buffer {
-                    None => d_p.clone(),
-                    Some(b) => ((b * momentum)? + &d_p)?,
-                };
-                d_p = if nesterov {
-                    (d_p + (&buf * momentum)?)?
-                } else {
-                    buf.clone()
-                };
-                buffer = Some(buf);
-            }
-            let param = (p.var.as_tensor() - (d_p * lr)?)?;
-            updates.push((i, param, buffer));
+        if self.owned.is_some() {
+            candle_core::bail!(
+                "a sharded SGD updates through shard_update (the trainer gathers the parameters)"
+            );
         }
-        let computed: Vec<&Tensor> = updates
-            .iter()
-            .flat_map(|(_, p, b)| std::iter::once(p).chain(b.as_ref()))
-            .collect();
-        if !all_finite(&computed)? {
-            return Err(non_finite_update("SGD", self.steps + 1, lr));
-        }
-        for (i, param, buffer) in updates {
+        for (i, param, buffer) in self.compute(grads)? {
             let p = &mut self.params[i];
             p.var.set(&param)?;
             if buffer.is_some() {
@@ -446,27 +693,72 @@ impl OptimizerState for SgdMomentum {
     fn load_state(&mut self, steps: u64, tensors: &BTreeMap<String, Tensor>) -> Result<(), String> {
         let mut loaded = Vec::new();
         for p in &self.params {
-            let key = format!("momentum_buffer.{}", p.name);
-            loaded.push(match tensors.get(&key) {
-                // No buffer yet (saved before the first step, or momentum 0).
-                None => None,
-                Some(t) if t.dims() != p.var.dims() || t.dtype() != p.var.dtype() => {
-                    return Err(format!(
-                        "optimizer state `{key}` is {:?} {:?}, the parameter {:?} {:?}",
-                        t.dtype(),
-                        t.dims(),
-                        p.var.dtype(),
-                        p.var.dims()
-                    ));
-                }
-                Some(t) => Some(t.to_device(p.var.device()).map_err(|e| e.to_string())?),
+            // No buffer yet (saved before the first step, or momentum 0): none.
+            loaded.push(if outside(&p.piece) {
+                None
+            } else {
+                let key = format!("momentum_buffer.{}", p.name);
+                load_one(tensors, key, &p.var, &p.piece)?
             });
         }
         for (p, buffer) in self.params.iter_mut().zip(loaded) {
             p.buffer = buffer;
         }
         self.steps = steps;
+        self.pending = None;
         Ok(())
+    }
+
+    fn shard(&mut self, owned: Range<usize>) -> Result<(), String> {
+        let vars = self.params.iter().map(|p| (p.name.as_str(), &p.var));
+        let sizes = shard_sizes(vars, &owned, self.owned.is_some())?;
+        let pieces = crate::shard::pieces(&sizes, &owned);
+        let mut buffers = Vec::with_capacity(pieces.len());
+        for (p, piece) in self.params.iter().zip(&pieces) {
+            let piece = Some(piece.clone());
+            buffers.push(match &p.buffer {
+                Some(b) if !outside(&piece) => Some(cut(b, &piece).map_err(|e| e.to_string())?),
+                _ => None,
+            });
+        }
+        for ((p, piece), buffer) in self.params.iter_mut().zip(pieces).zip(buffers) {
+            p.piece = Some(piece);
+            p.buffer = buffer;
+        }
+        self.owned = Some(owned);
+        Ok(())
+    }
+
+    fn owned(&self) -> Option<Range<usize>> {
+        self.owned.clone()
+    }
+
+    fn shard_update(&mut self, grads: &GradStore) -> candle_core::Result<Vec<f32>> {
+        if self.owned.is_none() {
+            candle_core::bail!("the sgd optimizer is not sharded");
+        }
+        self.pending = None;
+        let updates = self.compute(grads)?;
+        let values = owned_values(self.params.iter().enumerate().map(|(i, p)| {
+            let updated = updates.iter().find(|u| u.0 == i).map(|u| &u.1);
+            (&p.var, &p.piece, updated)
+        }))?;
+        self.pending = Some(updates);
+        Ok(values)
+    }
+
+    fn finish_shard_update(&mut self, apply: bool) {
+        let Some(updates) = self.pending.take() else {
+            return;
+        };
+        if apply {
+            for (i, _, buffer) in updates {
+                if buffer.is_some() {
+                    self.params[i].buffer = buffer;
+                }
+            }
+            self.steps += 1;
+        }
     }
 }
 

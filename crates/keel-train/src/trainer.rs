@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use keel_ckpt::{
-    AsyncSaver, CheckpointId, CheckpointStore, CkptError, Goal, Kind, Progress, Retention,
-    SavePolicy, Snapshot, environment_changes,
+    AsyncSaver, CheckpointId, CheckpointStore, CkptError, Goal, Kind, Manifest, PendingCheckpoint,
+    Progress, Resume, Retention, SavePolicy, SharedPart, Snapshot, environment_changes, group_rank,
+    rank_group,
 };
 use keel_dist::Collective;
 use serde_json::{Value, json};
@@ -18,12 +19,17 @@ use serde_json::{Value, json};
 use crate::TrainError;
 use crate::convert::{ckpt_dtype, first_non_finite, load_tensor, to_ckpt};
 use crate::data::Dataset;
-use crate::dist::{STEP_FAILED, World, flatten_weighted, rank_rows, rebuild_mean, state_digest};
+use crate::dist::{
+    STEP_FAILED, World, flatten_weighted, gather_parameters, rank_rows, rebuild_mean, state_digest,
+};
 use crate::metrics::{LogFormat, MetricsLog, Row, plot_loss};
 use crate::model::Model;
 use crate::optim::OptimizerState;
 use crate::rng::{RngState, TrainRng};
 use crate::schedule::Schedule;
+use crate::shard::{
+    OptimizerSharding, ParamInfo, assemble, partition, partition_record, saved_layout,
+};
 
 /// The version of the trainer state keel-train writes into a checkpoint's `user` field.
 const STATE_VERSION: u64 = 1;
@@ -116,6 +122,10 @@ pub struct TrainSettings {
     pub device_probe: Option<Value>,
     /// Fault injection for tests and drills: the loss of this step (1-based) becomes NaN.
     pub nan_at_step: Option<u64>,
+    /// Whether each rank holds all of the optimizer's state (the default) or its own share
+    /// of it (ZeRO-1, [`OptimizerSharding::Sharded`]: the same weights bit for bit, saved
+    /// synchronously as one multi-rank checkpoint, `save_async` notwithstanding).
+    pub optimizer_sharding: OptimizerSharding,
 }
 
 impl TrainSettings {
@@ -139,6 +149,7 @@ impl TrainSettings {
             environment: None,
             device_probe: None,
             nan_at_step: None,
+            optimizer_sharding: OptimizerSharding::Replicated,
         }
     }
 }
@@ -552,6 +563,15 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         self.data = json!({"train": data_record(train), "test": data_record(test)});
         let world = self.world.clone();
         let (rank, size) = (world.rank(), world.size());
+        let sharded = self.sharded();
+        if sharded {
+            let owned = crate::shard::shard_range(self.elements(), rank, size);
+            if self.optimizer.owned() != Some(owned.clone()) {
+                self.optimizer
+                    .shard(owned)
+                    .map_err(|e| TrainError::Setting(format!("optimizer sharding: {e}")))?;
+            }
+        }
         let resumed = self.resume(batches, observer);
         let (mut pos, resumed) = agree_on_start(&world, resumed)?;
         observer(&Event::Plan {
@@ -566,7 +586,8 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             }
             _ => None,
         };
-        let mut saver = if self.settings.save_async && world.lead() {
+        // A sharded save is one multi-rank commit: every rank writes, synchronously.
+        let mut saver = if self.settings.save_async && world.lead() && !sharded {
             Saver::Background(
                 AsyncSaver::new(self.store.clone(), self.settings.retention.clone())?,
                 None,
@@ -652,7 +673,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                         break 'epochs;
                     }
                 };
-                let update = self.global_update(local, rows.len(), lr)?;
+                let update = self.global_update(local, rows.len(), lr, pos.step + 1)?;
                 let updated_here = update.is_ok();
                 let loss = match world.agree(update, pos.step + 1)? {
                     Ok(loss) => loss,
@@ -819,7 +840,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 metrics.insert("test_accuracy".to_string(), a);
             }
             let started = Instant::now();
-            let id = if size == 1 {
+            let id = if size == 1 && !sharded {
                 let snapshot = self.snapshot(&pos, &self.rng, metrics)?;
                 save_and_prune(
                     &self.store,
@@ -941,6 +962,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         local: LocalStep,
         rows: usize,
         lr: f64,
+        step: u64,
     ) -> Result<Result<f32, TrainError>, TrainError> {
         let LocalStep {
             loss,
@@ -958,11 +980,45 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             }
         };
         self.optimizer.set_lr(lr);
-        Ok(self
+        if !self.sharded() {
+            return Ok(self
+                .optimizer
+                .update(&grads)
+                .map(|()| loss)
+                .map_err(TrainError::from));
+        }
+        // Sharded: each rank computes its share; only when every share is good does any rank
+        // assign its state, so a failure anywhere leaves every rank with the state before
+        // the step. Then every rank's updated share is all-gathered into the parameters.
+        let computed = self
             .optimizer
-            .update(&grads)
-            .map(|()| loss)
-            .map_err(TrainError::from))
+            .shard_update(&grads)
+            .map_err(TrainError::from);
+        let values = match self.world.agree(computed, step)? {
+            Ok(values) => values,
+            Err(cause) => {
+                self.optimizer.finish_shard_update(false);
+                return Ok(Err(cause));
+            }
+        };
+        self.optimizer.finish_shard_update(true);
+        let ranges = partition(self.elements(), self.world.size());
+        gather_parameters(&self.world, &self.model.parameters(), &ranges, &values)?;
+        Ok(Ok(loss))
+    }
+
+    /// Whether the optimizer state is sharded.
+    fn sharded(&self) -> bool {
+        self.settings.optimizer_sharding == OptimizerSharding::Sharded
+    }
+
+    /// The elements of the flattened parameter vector.
+    fn elements(&self) -> usize {
+        self.model
+            .parameters()
+            .iter()
+            .map(|(_, var)| var.elem_count())
+            .sum()
     }
 
     /// Held-out loss and accuracy over the `n` rows of all ranks: each rank its slice `x`,
@@ -1048,14 +1104,22 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             optimizer.insert(name, tensor);
         }
         let mut groups = BTreeMap::from([("model".to_string(), model)]);
+        // Sharded, each rank's share is its own group, and the partition is recorded so
+        // that a run of another world size can put the moments together again.
+        let sharding = self.sharded().then(|| {
+            partition_record(
+                self.elements(),
+                &partition(self.elements(), self.world.size()),
+            )
+        });
         if !optimizer.is_empty() {
-            groups.insert("optimizer".to_string(), optimizer);
+            let group = match &sharding {
+                Some(_) => rank_group("optimizer", self.world.rank()),
+                None => "optimizer".to_string(),
+            };
+            groups.insert(group, optimizer);
         }
-        Ok(Snapshot {
-            step: pos.step,
-            epoch: pos.epoch,
-            metrics,
-            user: json!({
+        let mut user = json!({
                 "keel_train": STATE_VERSION,
                 "world_size": self.world.size(),
                 "trajectory": self.settings.trajectory,
@@ -1071,7 +1135,15 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                     "metric": metric,
                     "value": pos.best,
                 })),
-            }),
+        });
+        if let Some(sharding) = sharding {
+            user["optimizer"]["sharding"] = sharding;
+        }
+        Ok(Snapshot {
+            step: pos.step,
+            epoch: pos.epoch,
+            metrics,
+            user,
             environment: self.settings.environment.clone(),
             device: self.settings.device_probe.clone(),
             groups,
@@ -1092,7 +1164,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         observer: &mut dyn FnMut(&Event<'_>),
     ) -> Result<Option<(Duration, Option<CheckpointId>)>, TrainError> {
         let started = Instant::now();
-        let result = if self.world.size() == 1 {
+        let result = if self.world.size() == 1 && !self.sharded() {
             self.snapshot(pos, rng, metrics.clone())
                 .and_then(|snapshot| self.save_here(kind, snapshot, saver, observer))
         } else {
@@ -1202,10 +1274,94 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                     .join(", "),
             });
         }
+        if self.sharded() {
+            let retention = match saver {
+                Saver::Sync(_, retention) => retention.clone(),
+                Saver::Background(..) => self.settings.retention.clone(),
+            };
+            return self.save_shared(kind, snapshot, retention.as_ref(), observer);
+        }
         let own = world
             .lead()
             .then(|| self.save_here(kind, snapshot, saver, observer));
         self.lead_outcome(kind, pos.step, own)
+    }
+
+    /// A sharded save, one commit across the ranks (keel-ckpt's multi-writer protocol): rank
+    /// 0 begins the checkpoint and broadcasts it; every rank writes and fsyncs its own
+    /// groups into it (rank 0 the model and its share `optimizer-rank0`, rank `R` its
+    /// `optimizer-rank<R>`); a failure on any rank is agreed, and rank 0 then aborts (the
+    /// checkpoints before it stay as they are); otherwise every rank's list of files goes to
+    /// rank 0, which writes the manifest last, prunes, and broadcasts the outcome.
+    fn save_shared(
+        &self,
+        kind: Kind,
+        mut snapshot: Snapshot,
+        retention: Option<&Retention>,
+        observer: &mut dyn FnMut(&Event<'_>),
+    ) -> Result<Result<Option<CheckpointId>, TrainError>, TrainError> {
+        let world = &self.world;
+        let (rank, step) = (world.rank(), snapshot.step);
+        let groups: BTreeMap<String, keel_ckpt::TensorGroup> = std::mem::take(&mut snapshot.groups)
+            .into_iter()
+            .filter(|(group, _)| world.lead() || group_rank(group) == Some(rank))
+            .collect();
+        let (save, begin_error) = if world.lead() {
+            match self.store.begin_shared(kind, step, world.size()) {
+                Ok(save) => (Some(save), None),
+                Err(error) => (None, Some(error)),
+            }
+        } else {
+            (None, None)
+        };
+        let mut pending = save
+            .as_ref()
+            .map(|save| save.pending().to_bytes())
+            .unwrap_or_default();
+        world.0.broadcast_bytes(0, &mut pending)?;
+        let part = if let Some(error) = begin_error {
+            Err(TrainError::from(error))
+        } else if pending.is_empty() {
+            // Rank 0 could not begin: its error comes through the agreement.
+            Ok(None)
+        } else {
+            PendingCheckpoint::from_bytes(&pending)
+                .and_then(|pending| self.store.write_part(&pending, rank, &groups))
+                .map(Some)
+                .map_err(TrainError::from)
+        };
+        // Dropping `save` on rank 0 (the early return) aborts the pending checkpoint.
+        let part = match world.agree(part, step)? {
+            Ok(part) => part,
+            Err(error) => return Ok(Err(error)),
+        };
+        let mine = part.map(|part| part.to_bytes()).unwrap_or_default();
+        let gathered = world.0.gather_bytes(0, &mine)?;
+        let own = world.lead().then(|| {
+            let (Some(save), Some(gathered)) = (save, gathered) else {
+                return Err(TrainError::LeadSaveFailed {
+                    kind,
+                    step,
+                    reason: "no pending checkpoint to commit".into(),
+                });
+            };
+            let parts = gathered
+                .iter()
+                .map(|bytes| SharedPart::from_bytes(bytes))
+                .collect::<Result<Vec<_>, _>>()?;
+            match save.commit_retaining(&snapshot, &parts, retention) {
+                Ok(id) => Ok(Some(id)),
+                Err(CkptError::Pruning { saved, source }) => {
+                    observer(&Event::Warning(format!(
+                        "checkpoint {saved} is saved, but pruning older checkpoints failed: {}",
+                        error_chain(&*source)
+                    )));
+                    Ok(Some(saved))
+                }
+                Err(error) => Err(error.into()),
+            }
+        });
+        self.lead_outcome(kind, step, own)
     }
 
     /// Rank 0's save outcome (`own` on rank 0, `None` elsewhere) broadcast: every rank
@@ -1269,7 +1425,27 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             self.snapshot(&pos, rng, BTreeMap::new())
                 .and_then(|snapshot| Ok(self.store.save(Kind::Emergency, &snapshot)?))
         };
-        let saved = if self.world.size() == 1 {
+        let saved = if self.sharded() {
+            // Every rank writes its share of the last good state (the same on every rank: a
+            // failed sharded update is undone everywhere).
+            let mut saver = Saver::Sync(self.store.clone(), None);
+            match self.save_agreed(
+                Kind::Emergency,
+                &pos,
+                rng,
+                BTreeMap::new(),
+                &mut saver,
+                observer,
+            ) {
+                Ok(Ok(Some(id))) => Ok(id),
+                Ok(Ok(None)) => Err(TrainError::LeadSaveFailed {
+                    kind: Kind::Emergency,
+                    step: pos.step,
+                    reason: "no checkpoint was named".into(),
+                }),
+                Ok(Err(error)) | Err(error) => Err(error),
+            }
+        } else if self.world.size() == 1 {
             here()
         } else {
             let own = self.world.lead().then(|| here().map(Some));
@@ -1289,6 +1465,73 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             source: Box::new(cause),
             emergency: saved.map_err(Box::new),
         }
+    }
+
+    /// Each parameter's name, shape and checkpoint dtype, in order.
+    fn parameter_info(&self) -> Vec<ParamInfo> {
+        self.model
+            .parameters()
+            .iter()
+            .filter_map(|(name, var)| {
+                Some(ParamInfo {
+                    name: name.clone(),
+                    shape: var.dims().to_vec(),
+                    dtype: ckpt_dtype(var.dtype())?,
+                })
+            })
+            .collect()
+    }
+
+    /// The groups this rank reads of a checkpoint: the model and the optimizer state its
+    /// elements need (all of it when replicated); `None` (all groups) when the manifest's
+    /// layout does not read, which the resume then reports.
+    fn wanted_groups(&self, manifest: &Manifest) -> Option<std::collections::BTreeSet<String>> {
+        let optimizer = manifest.user.get("optimizer")?;
+        let total = self.elements();
+        let layout = saved_layout(optimizer, manifest.world_size, total).ok()?;
+        let mut groups = layout.groups_for(total, self.optimizer.owned().as_ref());
+        groups.insert("model".to_string());
+        Some(groups)
+    }
+
+    /// The newest checkpoint that verifies, as [`CheckpointStore::latest_valid`] finds it,
+    /// keeping only the groups this rank needs ([`CheckpointStore::load_groups`]: every file
+    /// is still verified).
+    fn latest_valid(&self) -> Result<Resume, CkptError> {
+        let listed = self.store.list()?;
+        let mut skipped = Vec::new();
+        for listed in listed.iter().rev() {
+            match listed.status {
+                // Not keel's: not a checkpoint at all.
+                keel_ckpt::Status::Foreign => continue,
+                keel_ckpt::Status::Readable => {}
+                _ => {
+                    let problem = listed.problem.clone().unwrap_or_default();
+                    skipped.push((listed.id.clone(), problem));
+                    continue;
+                }
+            }
+            let wanted = listed.manifest.as_ref().and_then(|m| self.wanted_groups(m));
+            let loaded = match &wanted {
+                Some(wanted) => self.store.load_groups(&listed.id, |g| wanted.contains(g)),
+                None => self.store.load(&listed.id),
+            };
+            match loaded {
+                Ok((manifest, snapshot)) => {
+                    return Ok(Resume {
+                        id: listed.id.clone(),
+                        manifest,
+                        snapshot,
+                        skipped,
+                    });
+                }
+                Err(error) => skipped.push((listed.id.clone(), error.to_string())),
+            }
+        }
+        Err(CkptError::NoValidCheckpoint {
+            root: self.store.location(),
+            skipped,
+        })
     }
 
     /// The position to start from, and the checkpoint resumed (none for a fresh start).
@@ -1312,7 +1555,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             });
             return Ok((Position::default(), None));
         }
-        let resume = match self.store.latest_valid() {
+        let resume = match self.latest_valid() {
             Ok(resume) => resume,
             Err(CkptError::NoValidCheckpoint { skipped, .. }) => {
                 let listed = self.store.list()?;
@@ -1443,7 +1686,6 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             .and_then(Value::as_f64);
 
         // Load everything before changing anything.
-        let empty = BTreeMap::new();
         let model_group = resume
             .snapshot
             .groups
@@ -1466,8 +1708,20 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             let value = load_tensor(&name, saved, &self.device).map_err(&bad)?;
             values.push((var, value));
         }
+        // The moments of whatever layout was saved (replicated, or shards of any world
+        // size), put together for the elements this rank holds now.
+        let layout =
+            saved_layout(&optimizer, resume.manifest.world_size, self.elements()).map_err(&bad)?;
+        let owned = self.optimizer.owned();
+        let tensors = assemble(
+            &self.parameter_info(),
+            &layout,
+            &resume.snapshot.groups,
+            owned.as_ref(),
+        )
+        .map_err(&bad)?;
         let mut state = BTreeMap::new();
-        for (name, tensor) in resume.snapshot.groups.get("optimizer").unwrap_or(&empty) {
+        for (name, tensor) in &tensors {
             state.insert(
                 name.clone(),
                 load_tensor(name, tensor, &self.device).map_err(&bad)?,

@@ -198,7 +198,12 @@ type Run = (Vec<Value>, Snapshot);
 /// An uninterrupted run of 3 epochs (69 steps of 64 rows) on `np` ranks: its reports and
 /// final snapshot, made once for all tests.
 fn uninterrupted(np: usize) -> Option<&'static Run> {
-    static RUNS: [OnceLock<Option<Run>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static RUNS: [OnceLock<Option<Run>>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
     RUNS[np]
         .get_or_init(|| {
             let mpirun = mpirun_or_skip()?;
@@ -439,4 +444,248 @@ fn diverged_replicas_stop_every_rank_at_the_first_checkpoint_naming_the_rank() {
     assert_ne!(reports[0]["weights_blake3"], reports[1]["weights_blake3"]);
     let store = CheckpointStore::local(store.path()).expect("the store");
     assert!(store.list().expect("the listing").is_empty());
+}
+
+/// The newest valid checkpoint's files: name and the rank that wrote it.
+fn files_of(store: &Path) -> Files {
+    let store = CheckpointStore::local(store).expect("the store");
+    let id = store.latest_valid().expect("a valid checkpoint").id;
+    let manifest = store.manifest(&id).expect("its manifest");
+    manifest
+        .files
+        .iter()
+        .map(|f| (f.name.clone(), f.rank))
+        .collect()
+}
+
+/// The files a sharded checkpoint of `np` ranks holds: the model from rank 0, then one
+/// optimizer share per rank, each written by its rank.
+fn sharded_files(np: usize) -> Files {
+    let mut files = vec![("model.safetensors".to_string(), Some(0))];
+    files.extend((0..np).map(|r| (format!("optimizer-rank{r}.safetensors"), Some(r))));
+    files
+}
+
+/// A sharded checkpoint's moments put together per tensor: each `<moment>.<parameter>`'s
+/// pieces in rank order (the shares are contiguous element ranges in rank order, so the
+/// pieces of one parameter tile it).
+fn sharded_moments(snapshot: &Snapshot, np: usize) -> Vec<(String, Vec<u8>)> {
+    let mut moments: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    for rank in 0..np {
+        for (name, tensor) in &snapshot.groups[&format!("optimizer-rank{rank}")] {
+            assert_eq!(tensor.shape.len(), 1, "{name} of rank {rank} is 1-D");
+            moments
+                .entry(name.clone())
+                .or_default()
+                .extend_from_slice(&tensor.data);
+        }
+    }
+    moments.into_iter().collect()
+}
+
+/// An uninterrupted sharded (`zero=1`) run of 3 epochs on 2 ranks: its reports, final
+/// snapshot and files, made once for all tests.
+/// The files of a checkpoint: name and the rank that wrote it.
+type Files = Vec<(String, Option<usize>)>;
+
+/// A run's reports, final snapshot and the files of its final checkpoint.
+type ShardedRun = (Vec<Value>, Snapshot, Files);
+
+fn uninterrupted_sharded() -> Option<&'static ShardedRun> {
+    static RUN: OnceLock<Option<ShardedRun>> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let mpirun = mpirun_or_skip()?;
+        let store = tempfile::tempdir().expect("a temporary folder");
+        let reports = train(&mpirun, 2, store.path(), &["zero=1"]);
+        assert_ranks_agree(&reports);
+        assert_eq!(reports[0]["outcome"]["status"], "completed", "{reports:#?}");
+        assert_eq!(reports[0]["outcome"]["step"], 69);
+        Some((reports, latest(store.path()), files_of(store.path())))
+    })
+    .as_ref()
+}
+
+/// ZeRO-1 against replicated training, both on 2 ranks: AdamW is elementwise, so each
+/// rank's update of its share is, bit for bit, that share of the replicated update, and the
+/// all-gathered weights are the replicated weights. Compared as bytes: every weight, and
+/// every moment (the shares of `optimizer-rank0` and `-rank1` put together against the
+/// replicated `optimizer`), the same losses at every step and the same accuracy.
+#[test]
+fn sharded_optimizer_on_two_ranks_trains_the_replicated_weights_bit_for_bit() {
+    let (Some((replicated, r)), Some((sharded, s, _))) =
+        (uninterrupted(2), uninterrupted_sharded())
+    else {
+        return;
+    };
+    assert!(r.groups["model"] == s.groups["model"], "the weights differ");
+    let want: Vec<(String, Vec<u8>)> = r.groups["optimizer"]
+        .iter()
+        .map(|(name, t)| (name.clone(), t.data.clone()))
+        .collect();
+    assert!(sharded_moments(s, 2) == want, "the moments differ");
+    assert_eq!(
+        replicated[0]["weights_blake3"],
+        sharded[0]["weights_blake3"]
+    );
+    assert_eq!(replicated[0]["steps"], sharded[0]["steps"]);
+    assert_eq!(
+        replicated[0]["outcome"]["test_accuracy"],
+        sharded[0]["outcome"]["test_accuracy"]
+    );
+    assert_eq!(s.user["optimizer"]["steps"], 69);
+    assert_eq!(s.user["optimizer"]["sharding"]["world_size"], 2);
+}
+
+/// A sharded checkpoint is one multi-rank commit: the model written by rank 0 and one
+/// optimizer file per rank, each listed with the rank that wrote it, and it loads (every
+/// file verified).
+#[test]
+fn sharded_checkpoint_holds_one_optimizer_file_per_rank_and_loads() {
+    let Some((_, snapshot, files)) = uninterrupted_sharded() else {
+        return;
+    };
+    assert_eq!(*files, sharded_files(2));
+    assert_eq!(
+        snapshot.groups.keys().collect::<Vec<_>>(),
+        ["model", "optimizer-rank0", "optimizer-rank1"]
+    );
+    let ranges = &snapshot.user["optimizer"]["sharding"]["ranges"];
+    let elements = snapshot.user["optimizer"]["sharding"]["elements"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(ranges[0][0], 0);
+    assert_eq!(ranges[0][1], ranges[1][0]);
+    assert_eq!(ranges[1][1], elements);
+    // 64x32 + 32 + 32x10 + 10 = 2410 elements: 1205 each.
+    assert_eq!(elements, 2410);
+    assert_eq!(ranges[0][1], 1205);
+}
+
+/// Sharded (`zero=1`) on `from` ranks, stopped at step 30, resumed sharded on `to` ranks:
+/// the shares are re-split from the recorded partition, the resumed run takes steps 31 to
+/// 69 exactly, ends within 2 points of the uninterrupted run's accuracy, and its checkpoint
+/// has one optimizer file per rank of the new world.
+fn resume_sharded_across_world_sizes(from: usize, to: usize) -> Option<Snapshot> {
+    let (reference, _) = uninterrupted(to)?;
+    let mpirun = mpirun_or_skip()?;
+    let store = tempfile::tempdir().expect("a temporary folder");
+    let stopped = train(&mpirun, from, store.path(), &["stop=0:30", "zero=1"]);
+    assert_ranks_agree(&stopped);
+    assert_eq!(
+        stopped[0]["outcome"]["status"], "interrupted 15",
+        "{stopped:#?}"
+    );
+    assert_eq!(steps_of(store.path(), Kind::Interrupted), [30]);
+    assert_eq!(files_of(store.path()), sharded_files(from));
+
+    let resumed = train(&mpirun, to, store.path(), &["zero=1"]);
+    assert_ranks_agree(&resumed);
+    for report in &resumed {
+        assert_eq!(report["resumed"]["step"], 30, "{report:#}");
+        assert_eq!(steps_taken(report), (31..=69).collect::<Vec<_>>());
+        assert_eq!(report["outcome"]["status"], "completed");
+    }
+    assert!(
+        (accuracy(&resumed[0]) - accuracy(&reference[0])).abs() <= 0.02,
+        "resumed sharded {from} -> {to}: accuracy {}, uninterrupted on {to}: {}",
+        accuracy(&resumed[0]),
+        accuracy(&reference[0])
+    );
+    assert_eq!(files_of(store.path()), sharded_files(to));
+    Some(latest(store.path()))
+}
+
+#[test]
+fn sharded_resume_from_two_ranks_on_one_continues_to_the_same_accuracy() {
+    resume_sharded_across_world_sizes(2, 1);
+}
+
+#[test]
+fn sharded_resume_from_one_rank_on_two_continues_to_the_same_accuracy() {
+    resume_sharded_across_world_sizes(1, 2);
+}
+
+#[test]
+fn sharded_resume_from_two_ranks_on_three_continues_to_the_same_accuracy() {
+    resume_sharded_across_world_sizes(2, 3);
+}
+
+/// Sharded on 2 ranks, stopped at step 30 and resumed on 2 ranks: the same world size, so
+/// the same summation order, and the checkpoint ends byte for byte where the uninterrupted
+/// sharded run's does (weights, every rank's moments, trainer state).
+#[test]
+fn sharded_resume_on_the_same_two_ranks_is_bit_exact() {
+    let Some((_, want, _)) = uninterrupted_sharded() else {
+        return;
+    };
+    let Some(got) = resume_sharded_across_world_sizes(2, 2) else {
+        return;
+    };
+    assert_eq!(
+        got.groups.keys().collect::<Vec<_>>(),
+        want.groups.keys().collect::<Vec<_>>()
+    );
+    for (group, tensors) in &want.groups {
+        for (name, tensor) in tensors {
+            assert!(
+                got.groups[group][name].data == tensor.data,
+                "{group}/{name} differs from the uninterrupted sharded run"
+            );
+        }
+    }
+    assert_eq!(got.user, want.user);
+}
+
+/// A replicated 2-rank checkpoint (step 30) resumed with sharding on, on 2 ranks, and a
+/// sharded one resumed replicated: moments are moments, so both end with the uninterrupted
+/// run's weights, byte for byte.
+#[test]
+fn two_ranks_resume_across_replicated_and_sharded_bit_for_bit() {
+    let Some((_, want)) = uninterrupted(2) else {
+        return;
+    };
+    let Some(mpirun) = mpirun_or_skip() else {
+        return;
+    };
+    for (first, then) in [("zero=0", "zero=1"), ("zero=1", "zero=0")] {
+        let store = tempfile::tempdir().expect("a temporary folder");
+        let stopped = train(&mpirun, 2, store.path(), &["stop=0:30", first]);
+        assert_eq!(stopped[0]["outcome"]["step"], 30, "{stopped:#?}");
+        let resumed = train(&mpirun, 2, store.path(), &[then]);
+        assert_ranks_agree(&resumed);
+        assert_eq!(resumed[0]["resumed"]["step"], 30, "{resumed:#?}");
+        let got = latest(store.path());
+        assert!(
+            got.groups["model"] == want.groups["model"],
+            "{first} -> {then}: the weights differ from the uninterrupted run"
+        );
+    }
+}
+
+/// A NaN loss at step 10 on rank 1 of a sharded run: no rank applies its share of step 10
+/// (the shares are agreed before any is assigned), and the one emergency checkpoint holds
+/// the state after step 9 as a multi-rank commit (the model and both shares), which a
+/// sharded run on 2 ranks resumes to the end.
+#[test]
+fn sharded_nan_on_one_rank_leaves_one_emergency_checkpoint_of_every_share() {
+    let Some(mpirun) = mpirun_or_skip() else {
+        return;
+    };
+    let store = tempfile::tempdir().expect("a temporary folder");
+    let reports = train(&mpirun, 2, store.path(), &["nan=1:10", "zero=1"]);
+    for report in &reports {
+        let error = report["outcome"]["error"].as_str().expect("an error");
+        assert!(
+            error.contains("the last good state (step 9) is saved as emergency/"),
+            "{error}"
+        );
+        assert_eq!(steps_taken(report), (1..=9).collect::<Vec<_>>());
+    }
+    assert_eq!(reports[0]["weights_blake3"], reports[1]["weights_blake3"]);
+    assert_eq!(steps_of(store.path(), Kind::Emergency), [9]);
+    assert_eq!(files_of(store.path()), sharded_files(2));
+    let resumed = train(&mpirun, 2, store.path(), &["zero=1"]);
+    assert_ranks_agree(&resumed);
+    assert_eq!(resumed[0]["resumed"]["step"], 9, "{resumed:#?}");
+    assert_eq!(resumed[0]["outcome"]["step"], 69);
 }
