@@ -22,6 +22,17 @@
 //! replicated) after a BLAKE3 check that every rank holds the same state. In a world of one
 //! (the default) nothing changes, bit for bit.
 //!
+//! Optimizer-state sharding (ZeRO-1, [`OptimizerSharding::Sharded`], `optimizer_sharding =
+//! "sharded"` in the TOML): each rank owns the moments of one contiguous range of the
+//! flattened parameter vector ([`shard_range`]: the parameters in order, row-major, ranges
+//! within one element of each other), updates only that range after the gradient
+//! all-reduce, and the updated ranges are all-gathered, so every rank again holds the same
+//! weights: bit for bit those of replicated training at the same world size (AdamW and SGD
+//! are elementwise). Every rank writes its `optimizer-rank<R>` share into one multi-rank
+//! checkpoint (rank 0 the model too, and the partition in the trainer state); a resume on
+//! any world size, sharded or not, puts the saved moments together again and takes its own
+//! range.
+//!
 //! ```
 //! use keel_train::{AdamW, AdamWConfig, Dataset, Mlp, Model, StopSignal, TrainRng, TrainSettings, Trainer};
 //! use keel_ckpt::{CheckpointStore, EveryNEpochs};

@@ -216,3 +216,69 @@ fn a_failed_sharded_step_leaves_an_emergency_checkpoint_of_its_shares() {
     .unwrap();
     assert_eq!(done.step, 54);
 }
+
+/// A sharded checkpoint whose recorded partition or shares do not fit is refused naming the
+/// checkpoint, before anything is assigned: one saved without a world size (a single-rank
+/// save of sharded state), and one committed across "ranks" whose share of a parameter is
+/// one element short.
+#[test]
+fn sharded_checkpoint_that_does_not_fit_is_refused_naming_it() {
+    let (_d, store) = fresh();
+    run(
+        &store,
+        Opt::AdamW,
+        settings(OptimizerSharding::Sharded),
+        Some(17),
+    )
+    .unwrap();
+    let good = store.latest_valid().unwrap().snapshot;
+
+    // Re-saved by a single writer: the manifest records no world size.
+    let (_e, single) = fresh();
+    let id = single.save(Kind::Regular, &good).unwrap();
+    let error = run(
+        &single,
+        Opt::AdamW,
+        settings(OptimizerSharding::Sharded),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        error,
+        format!(
+            "checkpoint {id} cannot be resumed: its optimizer is sharded over 1 ranks, its \
+             manifest records no world size"
+        )
+    );
+
+    // Committed by the multi-rank protocol, one moment one element short.
+    let (_f, short) = fresh();
+    let mut groups = good.groups.clone();
+    let share = groups.get_mut("optimizer-rank0").unwrap();
+    let (name, tensor) = share.iter_mut().next().unwrap();
+    let name = name.clone();
+    let n = tensor.shape[0];
+    tensor.shape = vec![n - 1];
+    tensor.data.truncate((n - 1) * 4);
+    let meta = Snapshot {
+        groups: Default::default(),
+        ..good.clone()
+    };
+    let save = short.begin_shared(Kind::Regular, good.step, 1).unwrap();
+    let part = short.write_part(save.pending(), 0, &groups).unwrap();
+    let id = save.commit(&meta, &[part]).unwrap();
+    for sharding in [OptimizerSharding::Sharded, OptimizerSharding::Replicated] {
+        let error = run(&short, Opt::AdamW, settings(sharding), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(&format!(
+                "checkpoint {id} cannot be resumed: optimizer state `optimizer-rank0/{name}` is \
+                 F32 [{}]",
+                n - 1
+            )),
+            "{error}"
+        );
+    }
+}
