@@ -758,11 +758,58 @@ pub fn environment_changes(
             ));
         }
     }
+    if let (Some(before), Some(now)) = (&saved.environment, environment) {
+        changes.extend(rank_changes(before, now));
+    }
     if let (Some(before), Some(now)) = (&saved.device, device) {
         let mut paths = Vec::new();
         json_differences("", before, now, &mut paths);
         for path in paths {
             changes.push(format!("device probe differs at {path}"));
+        }
+    }
+    changes
+}
+
+/// What changed in a multi-rank job's `ranks` (each rank's host and environment root, as
+/// `keel train` records them beside rank 0's fingerprint): the world size, and every rank whose
+/// host or root is not what it was.
+fn rank_changes(before: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let ranks = |v: &serde_json::Value| -> Vec<(String, String)> {
+        v.get("ranks")
+            .and_then(serde_json::Value::as_array)
+            .map(|ranks| {
+                ranks
+                    .iter()
+                    .map(|rank| {
+                        let text = |key: &str| {
+                            rank.get(key)
+                                .and_then(serde_json::Value::as_str)
+                                .unwrap_or("unknown")
+                                .to_string()
+                        };
+                        (text("host"), text("root"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (then, today) = (ranks(before), ranks(now));
+    if then.is_empty() && today.is_empty() {
+        return Vec::new();
+    }
+    let mut changes = Vec::new();
+    let (was, is) = (then.len().max(1), today.len().max(1));
+    if was != is {
+        changes.push(format!("the job had {was} rank(s) when saved, {is} now"));
+    }
+    for rank in 0..then.len().max(today.len()) {
+        match (then.get(rank), today.get(rank)) {
+            (Some(a), Some(b)) if a != b => changes.push(format!(
+                "rank {rank}: {} with environment {} when saved, {} with {} now",
+                a.0, a.1, b.0, b.1
+            )),
+            _ => {}
         }
     }
     changes

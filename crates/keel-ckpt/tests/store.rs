@@ -375,3 +375,36 @@ fn best_is_saved_only_when_it_improves() {
         .unwrap_err();
     assert!(error.to_string().contains("val_loss"), "{error}");
 }
+
+/// Multi-rank issue #12: a job records every rank's host and environment root; a resume on
+/// another set of ranks, hosts or roots says what changed, rank by rank.
+#[test]
+fn resume_on_another_set_of_ranks_says_what_changed() {
+    let (_dir, store) = store();
+    let mut saved = snapshot_for(3, 16);
+    let ranks = |list: &[(&str, &str)]| {
+        let ranks: Vec<serde_json::Value> = list
+            .iter()
+            .enumerate()
+            .map(|(rank, (host, root))| serde_json::json!({"rank": rank, "host": host, "root": root}))
+            .collect();
+        serde_json::json!({"root": "aaa", "ranks": ranks})
+    };
+    saved.environment = Some(ranks(&[("node-a", "aaa"), ("node-b", "aaa")]));
+    let id = store.save(Kind::Regular, &saved).unwrap();
+    let (manifest, _) = store.load(&id).unwrap();
+
+    let same = ranks(&[("node-a", "aaa"), ("node-b", "aaa")]);
+    assert!(environment_changes(&manifest, Some(&same), None).is_empty());
+
+    let moved = ranks(&[("node-a", "aaa"), ("node-c", "bbb")]);
+    let changes = environment_changes(&manifest, Some(&moved), None);
+    assert_eq!(
+        changes,
+        ["rank 1: node-b with environment aaa when saved, node-c with bbb now"]
+    );
+
+    let fewer = serde_json::json!({"root": "aaa"});
+    let changes = environment_changes(&manifest, Some(&fewer), None);
+    assert_eq!(changes, ["the job had 2 rank(s) when saved, 1 now"]);
+}

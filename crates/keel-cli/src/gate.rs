@@ -22,8 +22,14 @@ pub(crate) struct Environment {
 
 impl Environment {
     fn of(fingerprint: &Fingerprint) -> miette::Result<Environment> {
+        // Checkpoints record the root and the packages, not the list of every file: a large
+        // environment's runs to megabytes, in every manifest (which holds at most 16 MiB).
+        let mut recorded = serde_json::to_value(fingerprint).into_diagnostic()?;
+        if let Some(object) = recorded.as_object_mut() {
+            object.remove("files");
+        }
         Ok(Environment {
-            fingerprint: Some(serde_json::to_value(fingerprint).into_diagnostic()?),
+            fingerprint: Some(recorded),
             root: Some(fingerprint.root.clone()),
             packages: fingerprint
                 .packages

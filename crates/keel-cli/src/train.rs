@@ -157,7 +157,7 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
     };
     // The environment gate, before any checkpoint is read: every rank learns every rank's
     // facts and reaches the same verdict.
-    let report = keel_dist::gate(world, &prepared.facts).into_diagnostic()?;
+    let (report, every_rank) = keel_dist::gate_facts(world, &prepared.facts).into_diagnostic()?;
     if !report.is_uniform() {
         if world.rank() == 0 {
             let _ = writeln!(
@@ -210,10 +210,30 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
             }
         }
     }
+    // Every rank's host and environment root go into each checkpoint beside rank 0's
+    // fingerprint, so a resume on another set of hosts or environments says what changed.
+    let recorded = environment.fingerprint.map(|mut fingerprint| {
+        if world.size() > 1 {
+            if let Some(object) = fingerprint.as_object_mut() {
+                let ranks: Vec<serde_json::Value> = every_rank
+                    .iter()
+                    .map(|facts| {
+                        serde_json::json!({
+                            "rank": facts.rank,
+                            "host": facts.host,
+                            "root": facts.fingerprint_root,
+                        })
+                    })
+                    .collect();
+                object.insert("ranks".into(), ranks.into());
+            }
+        }
+        fingerprint
+    });
     let options = RunOptions {
         fresh,
         nan_at_step: args.inject_nan_at,
-        environment: environment.fingerprint,
+        environment: recorded,
         device_probe,
     };
     let stop = StopSignal::install().into_diagnostic()?;

@@ -371,6 +371,26 @@ mod mpirun {
             ranks.stderr
         );
         trained(dir, &ranks);
+        // Every checkpoint records each rank's host and root beside rank 0's fingerprint
+        // (its packages and root, not its list of files).
+        let regular = dir.join("runs/mnist-mlp/checkpoints/regular");
+        let newest = fs_err::read_dir(&regular)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("step-")
+            })
+            .max()
+            .unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&fs_err::read(newest.join("manifest.json")).unwrap()).unwrap();
+        let environment = &manifest["environment"];
+        assert!(environment.get("files").is_none(), "{environment}");
+        assert_eq!(environment["ranks"].as_array().map(Vec::len), Some(2));
+        assert_eq!(environment["ranks"][1]["root"], environment["root"]);
     }
 
     #[test]

@@ -436,6 +436,15 @@ impl fmt::Display for GateReport {
 /// [`GateReport`] from the same gathered bytes. A rank whose facts do not parse, or name
 /// another rank, is an error on every rank alike: no rank leaves while the others wait.
 pub fn gate(communicator: &dyn Collective, facts: &RankFacts) -> Result<GateReport, DistError> {
+    gate_facts(communicator, facts).map(|(report, _)| report)
+}
+
+/// [`gate`], also returning every rank's facts in rank order (what a trainer records: which
+/// host ran which rank on which environment root).
+pub fn gate_facts(
+    communicator: &dyn Collective,
+    facts: &RankFacts,
+) -> Result<(GateReport, Vec<RankFacts>), DistError> {
     // Serialising these types cannot fail; if it ever did, the empty message would make every
     // rank report this rank's facts as unreadable instead of leaving the others waiting.
     let mine = serde_json::to_vec(facts).unwrap_or_default();
@@ -466,7 +475,7 @@ pub fn gate(communicator: &dyn Collective, facts: &RankFacts) -> Result<GateRepo
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(GateReport::from_facts(&all))
+    Ok((GateReport::from_facts(&all), all))
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ mod mpi_world;
 
 pub use collective::{Collective, Single};
 pub use error::DistError;
-pub use gate::{Fact, FactChange, GateReport, GroupDiff, RankFacts, RankGroup, gate};
+pub use gate::{Fact, FactChange, GateReport, GroupDiff, RankFacts, RankGroup, gate, gate_facts};
 pub use launch::{Launch, Launcher, refuse_without_mpi};
 #[cfg(feature = "mpi")]
 pub use mpi_world::Mpi;
