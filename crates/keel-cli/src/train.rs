@@ -213,20 +213,20 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
     // Every rank's host and environment root go into each checkpoint beside rank 0's
     // fingerprint, so a resume on another set of hosts or environments says what changed.
     let recorded = environment.fingerprint.map(|mut fingerprint| {
-        if world.size() > 1 {
-            if let Some(object) = fingerprint.as_object_mut() {
-                let ranks: Vec<serde_json::Value> = every_rank
-                    .iter()
-                    .map(|facts| {
-                        serde_json::json!({
-                            "rank": facts.rank,
-                            "host": facts.host,
-                            "root": facts.fingerprint_root,
-                        })
+        if world.size() > 1
+            && let Some(object) = fingerprint.as_object_mut()
+        {
+            let ranks: Vec<serde_json::Value> = every_rank
+                .iter()
+                .map(|facts| {
+                    serde_json::json!({
+                        "rank": facts.rank,
+                        "host": facts.host,
+                        "root": facts.fingerprint_root,
                     })
-                    .collect();
-                object.insert("ranks".into(), ranks.into());
-            }
+                })
+                .collect();
+            object.insert("ranks".into(), ranks.into());
         }
         fingerprint
     });
