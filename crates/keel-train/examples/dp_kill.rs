@@ -8,6 +8,7 @@
 //! ```text
 //! mpirun -np 2 target/debug/examples/dp_kill STORE OUT_DIR [epochs=3] [batch=64] [every=3]
 //!     [keep=2] [async=0|1] [data=digits|mnist10k] [hidden=32[,32...]] [progress=0|1]
+//!     [savebench=PARAMETERS] [repeats=10]
 //! ```
 //!
 //! - `every=N`: a regular checkpoint every N steps (0: at each epoch end); `keep=K` keeps
@@ -15,6 +16,11 @@
 //! - `data`: the embedded digits set (64 features) or the embedded 10k MNIST rows (784).
 //! - `hidden`: the hidden layers' widths.
 //! - `progress=1`: `OUT_DIR/step-R` holds the last step rank R finished (rewritten each step).
+//! - `savebench=P`: no training; times `repeats=N` (10) saves of a state of P f32 weights and
+//!   AdamW's two moments, as rank 0's one-writer `save` of all of it and as the multi-rank
+//!   commit (rank 0 `begin_shared`s and broadcasts the pending checkpoint, every rank writes
+//!   its part: `model` and its share of the moments on rank 0, `optimizer-rank<R>` on the
+//!   others; rank 0 gathers the parts and commits), and writes the times to the report.
 //!
 //! Before MPI starts, each rank writes its pid to `OUT_DIR/pid-R` (the rank from the
 //! launcher's variables). At the end it writes `OUT_DIR/rank-R.json`: the outcome, the steps
@@ -27,7 +33,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use keel_ckpt::{CheckpointStore, EveryNEpochs, EveryNSteps, Retention, SavePolicy};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use keel_ckpt::{
+    CheckpointStore, EveryNEpochs, EveryNSteps, Kind, PendingCheckpoint, Retention, SavePolicy,
+    SharedPart, Snapshot, Tensor, TensorGroup, rank_group,
+};
 use keel_dist::{Collective, Launch, Mpi};
 use keel_train::{
     AdamW, AdamWConfig, Dataset, Event, Mlp, Model, Status, StopSignal, TrainRng, TrainSettings,
@@ -47,6 +59,8 @@ struct Options {
     data: String,
     hidden: Vec<usize>,
     progress: bool,
+    savebench: Option<usize>,
+    repeats: usize,
 }
 
 fn flag(arg: &str, value: &str) -> Result<bool, String> {
@@ -67,6 +81,8 @@ fn options(args: impl Iterator<Item = String>) -> Result<Options, String> {
         data: "digits".into(),
         hidden: vec![32],
         progress: false,
+        savebench: None,
+        repeats: 10,
     };
     for arg in args {
         let (key, value) = arg
@@ -81,6 +97,8 @@ fn options(args: impl Iterator<Item = String>) -> Result<Options, String> {
             "async" => options.background = flag(&arg, value)?,
             "progress" => options.progress = flag(&arg, value)?,
             "data" => options.data = value.to_string(),
+            "savebench" => options.savebench = Some(number(value)? as usize),
+            "repeats" => options.repeats = number(value)? as usize,
             "hidden" => {
                 options.hidden = value
                     .split(',')
@@ -96,7 +114,8 @@ fn options(args: impl Iterator<Item = String>) -> Result<Options, String> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let usage = "usage: dp_kill STORE OUT_DIR [epochs=N] [batch=B] [every=N] [keep=K] \
-                 [async=0|1] [data=digits|mnist10k] [hidden=W,...] [progress=0|1]";
+                 [async=0|1] [data=digits|mnist10k] [hidden=W,...] [progress=0|1] \
+                 [savebench=P] [repeats=N]";
     let store_dir = PathBuf::from(args.next().ok_or(usage)?);
     let out = PathBuf::from(args.next().ok_or(usage)?);
     let options = options(args)?;
@@ -114,6 +133,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let world: Arc<dyn Collective> = Arc::new(Mpi::init()?);
     launch.verify_world(&*world)?;
     let rank = world.rank();
+    if let Some(parameters) = options.savebench {
+        let report = save_bench(&*world, &store_dir, parameters, options.repeats)?;
+        fs_err::write(
+            out.join(format!("rank-{rank}.json")),
+            serde_json::to_vec_pretty(&report)?,
+        )?;
+        world.barrier()?;
+        return Ok(());
+    }
 
     let data = match options.data.as_str() {
         "digits" => Dataset::digits()?,
@@ -251,4 +279,116 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(trainer);
     drop(world);
     std::process::exit(code);
+}
+
+/// `n` f32 values of a tensor named `name` (any values: the bytes are what is timed).
+fn values(n: usize, salt: f32) -> Result<Tensor, keel_ckpt::CkptError> {
+    let v: Vec<f32> = (0..n).map(|i| ((i as f32) * 1e-3 + salt).sin()).collect();
+    Tensor::from_f32(vec![n], &v)
+}
+
+/// This rank's groups of a state of `parameters` weights and two moments split as ZeRO-1
+/// saves them: `model` on rank 0, each rank its contiguous share of the moments.
+fn rank_groups(
+    parameters: usize,
+    rank: usize,
+    size: usize,
+) -> Result<BTreeMap<String, TensorGroup>, keel_ckpt::CkptError> {
+    let mut groups = BTreeMap::new();
+    if rank == 0 {
+        groups.insert(
+            "model".to_string(),
+            TensorGroup::from([("weights".to_string(), values(parameters, 0.0)?)]),
+        );
+    }
+    let share = keel_train::rank_rows(parameters, rank, size).len();
+    let salt = rank as f32;
+    let moments = TensorGroup::from([
+        ("m".to_string(), values(share, 1.0 + salt)?),
+        ("v".to_string(), values(share, 2.0 + salt)?),
+    ]);
+    let name = if size == 1 {
+        "optimizer".to_string()
+    } else {
+        rank_group("optimizer", rank)
+    };
+    groups.insert(name, moments);
+    Ok(groups)
+}
+
+/// The `savebench` mode: rank 0's one-writer save of the whole state against the multi-rank
+/// commit of the same bytes, `repeats` of each, in milliseconds (rank 0's clock, from the
+/// start to the commit's return; every rank starts together after a barrier).
+fn save_bench(
+    world: &dyn Collective,
+    store_dir: &Path,
+    parameters: usize,
+    repeats: usize,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let (rank, size) = (world.rank(), world.size());
+    let store = CheckpointStore::local(store_dir)?;
+    let mine = rank_groups(parameters, rank, size)?;
+    let mut whole = Snapshot::default();
+    if rank == 0 {
+        whole.groups = rank_groups(parameters, 0, 1)?;
+    }
+    let keep = Retention {
+        keep_last: 1,
+        ..Retention::default()
+    };
+    let (mut single_ms, mut shared_ms) = (Vec::new(), Vec::new());
+    for repeat in 0..repeats as u64 {
+        world.barrier()?;
+        if rank == 0 {
+            whole.step = 2 * repeat + 1;
+            let started = Instant::now();
+            store.save(Kind::Regular, &whole)?;
+            single_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        world.barrier()?;
+        let started = Instant::now();
+        let step = 2 * repeat + 2;
+        // Rank 0 names the checkpoint; an empty name tells the others that it could not.
+        let begun = match rank {
+            0 => Some(store.begin_shared(Kind::Regular, step, size)),
+            _ => None,
+        };
+        let mut pending = match &begun {
+            Some(Ok(save)) => save.pending().to_bytes(),
+            _ => Vec::new(),
+        };
+        world.broadcast_bytes(0, &mut pending)?;
+        let written = PendingCheckpoint::from_bytes(&pending)
+            .and_then(|pending| store.write_part(&pending, rank, &mine));
+        let part = written
+            .as_ref()
+            .map(SharedPart::to_bytes)
+            .unwrap_or_default();
+        let gathered = world.gather_bytes(0, &part)?;
+        if let (Some(begun), Some(gathered)) = (begun, gathered) {
+            let parts = gathered
+                .iter()
+                .map(|bytes| SharedPart::from_bytes(bytes))
+                .collect::<Result<Vec<_>, _>>()?;
+            let metadata = Snapshot {
+                step,
+                ..Snapshot::default()
+            };
+            begun?.commit(&metadata, &parts)?;
+            shared_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            // Not timed: keeps the disk's use flat.
+            store.prune(&keep)?;
+        }
+        written?;
+    }
+    Ok(json!({
+        "rank": rank,
+        "size": size,
+        "save_bench": {
+            "parameters": parameters,
+            "tensor_bytes": 12 * parameters,
+            "single_ms": single_ms,
+            "shared_ms": shared_ms,
+        },
+    }))
 }
