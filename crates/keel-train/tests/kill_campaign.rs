@@ -14,6 +14,9 @@
 //! `KEEL_REQUIRE_MPI` is set (as CI does).
 #![cfg(feature = "mpi")]
 
+#[path = "common/mpi.rs"]
+mod mpi;
+
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,46 +26,14 @@ use std::time::{Duration, Instant};
 use keel_ckpt::{CheckpointStore, Kind};
 use serde_json::Value;
 
-/// Found on `PATH`, as the shell would.
-fn mpirun() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("mpirun"))
-        .find(|candidate| candidate.is_file())
-}
-
 /// `mpirun`, or `None` (with a note) when the tests are skipped.
-#[allow(
-    clippy::print_stderr,
-    reason = "the note that says why a test is skipped"
-)]
 fn mpirun_or_skip() -> Option<PathBuf> {
-    let found = mpirun();
-    if found.is_none() {
-        if std::env::var_os("KEEL_REQUIRE_MPI").is_some() {
-            panic!("KEEL_REQUIRE_MPI is set but `mpirun` is not on PATH");
-        }
-        eprintln!("note: `mpirun` is not on PATH: keel-train's SIGKILL campaign is skipped");
-    }
-    found
+    mpi::mpirun_or_skip("keel-train's SIGKILL campaign is")
 }
 
-/// `target/<profile>/examples/dp_kill`, beside `target/<profile>/deps/<this test>`.
+/// The example these tests start under `mpirun`.
 fn example() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lies in target/<profile>/deps");
-    let example = profile_dir
-        .join("examples")
-        .join(format!("dp_kill{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        example.is_file(),
-        "{} is missing: run `cargo test -p keel-train --features mpi`, which builds it",
-        example.display()
-    );
-    example
+    mpi::example("dp_kill")
 }
 
 /// `mpirun -np N dp_kill STORE OUT ARGS...`, started, its output going to `OUT/mpirun.log`.

@@ -8,6 +8,9 @@
 //! (as CI does), when a missing `mpirun` fails them.
 #![cfg(feature = "mpi")]
 
+#[path = "common/mpi.rs"]
+mod mpi;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -16,46 +19,14 @@ use std::time::{Duration, Instant};
 use keel_ckpt::{CheckpointStore, Kind, Snapshot};
 use serde_json::Value;
 
-/// Found on `PATH`, as the shell would.
-fn mpirun() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("mpirun"))
-        .find(|candidate| candidate.is_file())
-}
-
 /// `mpirun`, or `None` (with a note) when the tests are skipped.
-#[allow(
-    clippy::print_stderr,
-    reason = "the note that says why a test is skipped"
-)]
 fn mpirun_or_skip() -> Option<PathBuf> {
-    let found = mpirun();
-    if found.is_none() {
-        if std::env::var_os("KEEL_REQUIRE_MPI").is_some() {
-            panic!("KEEL_REQUIRE_MPI is set but `mpirun` is not on PATH");
-        }
-        eprintln!("note: `mpirun` is not on PATH: the MPI tests of keel-train are skipped");
-    }
-    found
+    mpi::mpirun_or_skip("the MPI tests of keel-train are")
 }
 
-/// `target/<profile>/examples/dp_digits`, beside `target/<profile>/deps/<this test>`.
+/// The example these tests start under `mpirun`.
 fn example() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lies in target/<profile>/deps");
-    let example = profile_dir
-        .join("examples")
-        .join(format!("dp_digits{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        example.is_file(),
-        "{} is missing: run `cargo test -p keel-train --features mpi`, which builds it",
-        example.display()
-    );
-    example
+    mpi::example("dp_digits")
 }
 
 /// `mpirun -np N dp_digits STORE OUT ARGS...`, started.
