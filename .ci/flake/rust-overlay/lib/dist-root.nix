@@ -1,0 +1,1 @@
+"https://static.rust-lang.org/dist"
