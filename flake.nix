@@ -113,7 +113,10 @@
               "keel-cli"
             ];
             buildFeatures = features;
-            nativeBuildInputs = lib.optionals withMpi (mpiBuildInputs pkgs);
+            # aws-lc-sys (rustls' crypto, through object_store and reqwest) compiles its C
+            # sources with cc, falling back to CMake; CMake is here for that build script only.
+            nativeBuildInputs = [ pkgs.cmake ] ++ lib.optionals withMpi (mpiBuildInputs pkgs);
+            dontUseCmakeConfigure = true;
             buildInputs = lib.optionals withMpi [ pkgs.openmpi ];
             # The test suite reads the shared corpus beside the repository (see README).
             doCheck = false;
@@ -136,7 +139,7 @@
           };
           cargoLock.lockFile = ./.ci/flake/s3s-fs-0.14.1.Cargo.lock;
           buildFeatures = [ "binary" ];
-          # aws-lc-sys (rustls' crypto) builds its C sources with CMake.
+          # aws-lc-sys (rustls' crypto), as in keel's own build.
           nativeBuildInputs = [ pkgs.cmake ];
           dontUseCmakeConfigure = true;
           # Its tests talk to a live AWS endpoint.
