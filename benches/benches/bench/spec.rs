@@ -1,17 +1,14 @@
-//! Parsing environment files: the whole real corpus in `shared/data` (envs, envs-bad and the
+//! Parsing environment files: the whole real corpus in `test-data/` (envs, envs-bad and the
 //! peers' fixtures), reported as files per second.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group};
 use rattler_conda_types::EnvironmentYaml;
 
 fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
-    let data = std::env::var_os("KEEL_SHARED_DATA").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
-        PathBuf::from,
-    );
+    let data = keel_test_support::test_data();
     let mut files = Vec::new();
     let mut stack = vec![
         data.join("envs"),
@@ -19,7 +16,7 @@ fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
         data.join("peer-fixtures"),
     ];
     while let Some(dir) = stack.pop() {
-        for entry in fs_err::read_dir(&dir).expect("shared/data beside the repository") {
+        for entry in fs_err::read_dir(&dir).expect("test-data in the repository") {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             if path.is_dir() && !name.starts_with('_') {

@@ -3,8 +3,7 @@
 //! short (objects without a manifest) and a changed object are skipped on resume.
 
 mod common;
-#[path = "common/s3_server.rs"]
-mod s3_server;
+use keel_test_support::s3 as s3_server;
 
 use std::sync::Arc;
 

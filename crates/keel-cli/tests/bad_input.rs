@@ -9,9 +9,6 @@
 //! beside it, which hostile inputs aim at through `@VICTIM@` (replaced by its absolute path) and
 //! `../`, stays as it was.
 
-#[allow(dead_code)] // the channel helpers serve several test binaries
-#[path = "common/channel.rs"]
-mod channel;
 mod common;
 
 use std::io::Read as _;
@@ -20,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use keel_test_support::channel;
 use channel::{Content, Package, build_channel};
 use common::text;
 

@@ -1,8 +1,7 @@
 //! `keel ckpt list`, `verify` and `prune` on a store the test writes with keel-ckpt.
 
 mod common;
-#[path = "../../keel-ckpt/tests/common/s3_server.rs"]
-mod s3_server;
+use keel_test_support::s3 as s3_server;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,21 +1,13 @@
 //! `keel lock` end to end on the real conda-forge python 3.9 snapshot, offline.
 
 mod common;
-#[path = "common/http.rs"]
-mod http;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{keel_in, text};
 use http::{Credentials, Server};
-
-fn shared_data() -> PathBuf {
-    std::env::var_os("KEEL_SHARED_DATA").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
-        PathBuf::from,
-    )
-}
+use keel_test_support::http;
 
 fn keel(dir: &Path, args: &[&str]) -> Output {
     keel_in(dir)
@@ -27,7 +19,7 @@ fn keel(dir: &Path, args: &[&str]) -> Output {
 
 fn project(dependencies: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let channel = shared_data().join("repodata/conda-forge-py39");
+    let channel = keel_test_support::test_data().join("repodata/conda-forge-py39");
     assert!(channel.is_dir(), "{}", channel.display());
     fs_err::write(
         dir.path().join("environment.yml"),
@@ -200,7 +192,7 @@ fn served_channel(root: &Path) {
         let dir = root.join("chan").join(subdir);
         fs_err::create_dir_all(&dir).unwrap();
         fs_err::copy(
-            shared_data()
+            keel_test_support::test_data()
                 .join("repodata/conda-forge-py39")
                 .join(subdir)
                 .join("repodata.json"),

@@ -8,10 +8,9 @@
 //! its exit code to `rc.<rank>`, then exits 0: mpirun kills every rank when the first one
 //! exits non-zero, which would race with the others recording theirs.
 
-#[allow(dead_code)] // the channel helpers serve several test binaries
-#[path = "common/channel.rs"]
-mod channel;
 mod common;
+
+use keel_test_support::channel;
 
 use std::path::Path;
 use std::process::Output;
@@ -199,24 +198,9 @@ mod mpirun {
 
     use super::*;
 
-    /// Whether `mpirun` is here; without it the test is skipped with a note, unless
-    /// KEEL_REQUIRE_MPI is set (as CI does), when that is a failure.
+    /// Whether `mpirun` is here: a missing one fails the test, naming it.
     fn have_mpirun() -> bool {
-        let found = std::process::Command::new("mpirun")
-            .arg("--version")
-            .output()
-            .is_ok();
-        if !found {
-            assert!(
-                std::env::var_os("KEEL_REQUIRE_MPI").is_none(),
-                "KEEL_REQUIRE_MPI is set but mpirun is not on PATH"
-            );
-            let _ = writeln!(
-                std::io::stderr(),
-                "note: mpirun not found; the multi-rank test did not run"
-            );
-        }
-        found
+        keel_test_support::mpirun().is_file()
     }
 
     /// What `mpirun -np 2` printed (both ranks) and each rank's exit code.
@@ -496,26 +480,10 @@ mod mpirun {
         assert!(!dir.join("runs").exists());
     }
 
-    /// Whether a Slurm cluster is configured (`.ci/run` starts one: `.ci/slurm up`); without
-    /// one the srun tests are skipped with a note, unless KEEL_REQUIRE_SLURM is set.
-    #[allow(
-        clippy::print_stderr,
-        reason = "the note that says why a test is skipped"
-    )]
+    /// Whether a Slurm cluster is configured: a missing one fails the test, saying how to
+    /// start one (`.ci/run` does).
     fn have_slurm() -> bool {
-        let found = std::process::Command::new("srun")
-            .arg("--version")
-            .output()
-            .is_ok()
-            && std::env::var_os("SLURM_CONF").is_some();
-        if !found {
-            assert!(
-                std::env::var_os("KEEL_REQUIRE_SLURM").is_none(),
-                "KEEL_REQUIRE_SLURM is set but srun or SLURM_CONF is missing"
-            );
-            eprintln!("note: no Slurm cluster (srun, SLURM_CONF); the srun test did not run");
-        }
-        found
+        keel_test_support::slurm().is_file()
     }
 
     /// The same gate and fleet report under Slurm's own launcher: `srun -n 2 --mpi=pmix`.

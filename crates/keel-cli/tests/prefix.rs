@@ -2,11 +2,9 @@
 //! by the test, indexed into a local channel, locked, installed, fingerprinted, verified, then
 //! changed by hand.
 
-#[path = "common/channel.rs"]
-mod channel;
 mod common;
-#[path = "../../keel-solve/tests/common/wheel.rs"]
-mod wheel;
+
+use keel_test_support::{channel, wheel};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -467,8 +465,7 @@ fn install_with_cache(dir: &Path, lock: &str, prefix: &str, cache: &str) -> Valu
 /// the lock's, not as pip drift.
 #[test]
 fn pip_section_installs_into_the_prefix_python() {
-    let uv =
-        wheel::which_uv().expect("uv is needed for this test: `pip install uv` (.ci/run does)");
+    let uv = keel_test_support::tool("uv");
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let mut all = packages();

@@ -4,62 +4,29 @@
 //! `cargo test -p keel-dist --features mpi`: with `--test mpirun` alone cargo does not rebuild
 //! the example, and the tests run an old one.
 //!
-//! Without `mpirun` on `PATH` they are skipped with a note, unless `KEEL_REQUIRE_MPI` is set
-//! (as CI does), when a missing `mpirun` fails them.
+//! Without `mpirun` they fail, naming it (`.ci/test-tools` installs Open MPI).
 #![cfg(feature = "mpi")]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Found on `PATH`, as the shell would.
-fn mpirun() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("mpirun"))
-        .find(|candidate| candidate.is_file())
-}
-
-/// `target/<profile>/examples/collectives`, beside `target/<profile>/deps/<this test>`.
+/// The example these tests start under `mpirun`.
 fn example() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lies in target/<profile>/deps");
-    let example = profile_dir
-        .join("examples")
-        .join(format!("collectives{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        example.is_file(),
-        "{} is missing: run `cargo test -p keel-dist --features mpi`, which builds it",
-        example.display()
-    );
-    example
+    keel_test_support::example("collectives", "cargo test -p keel-dist --features mpi")
 }
 
-/// One `mpirun -np 2` for all tests: the results of rank 0 and rank 1, or `None` when the
-/// tests are skipped.
-fn results() -> Option<&'static [Value]> {
-    static RESULTS: OnceLock<Option<Vec<Value>>> = OnceLock::new();
-    RESULTS.get_or_init(run_mpirun).as_deref()
+/// One `mpirun -np 2` for all tests: the results of rank 0 and rank 1.
+fn results() -> &'static [Value] {
+    static RESULTS: OnceLock<Vec<Value>> = OnceLock::new();
+    RESULTS.get_or_init(run_mpirun)
 }
 
-#[allow(
-    clippy::print_stderr,
-    reason = "the note that says why a test is skipped"
-)]
-fn run_mpirun() -> Option<Vec<Value>> {
-    let Some(mpirun) = mpirun() else {
-        if std::env::var_os("KEEL_REQUIRE_MPI").is_some() {
-            panic!("KEEL_REQUIRE_MPI is set but `mpirun` is not on PATH");
-        }
-        eprintln!("note: `mpirun` is not on PATH: the MPI tests of keel-dist are skipped");
-        return None;
-    };
+fn run_mpirun() -> Vec<Value> {
+    let mpirun = keel_test_support::mpirun();
     let out = tempfile::tempdir().expect("a temporary folder");
     let version = Command::new(&mpirun)
         .arg("--version")
@@ -106,20 +73,18 @@ fn run_mpirun() -> Option<Vec<Value>> {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    Some(
-        (0..2)
-            .map(|rank| {
-                let text = fs_err::read_to_string(out.path().join(format!("rank-{rank}.json")))
-                    .expect("every rank writes its results");
-                serde_json::from_str(&text).expect("the results are JSON")
-            })
-            .collect(),
-    )
+    (0..2)
+        .map(|rank| {
+            let text = fs_err::read_to_string(out.path().join(format!("rank-{rank}.json")))
+                .expect("every rank writes its results");
+            serde_json::from_str(&text).expect("the results are JSON")
+        })
+        .collect()
 }
 
 #[test]
 fn launch_detect_under_mpirun_sees_two_distinct_ranks() {
-    let Some(results) = results() else { return };
+    let results = results();
     for (rank, result) in results.iter().enumerate() {
         assert_eq!(result["rank"], rank);
         assert_eq!(result["size"], 2);
@@ -130,7 +95,7 @@ fn launch_detect_under_mpirun_sees_two_distinct_ranks() {
 
 #[test]
 fn all_reduce_sums_under_mpirun() {
-    let Some(results) = results() else { return };
+    let results = results();
     for result in results {
         // Rank r gave [r + 1, 2(r + 1), 0.5], [r, 10], [r + 0.25, -1].
         assert_eq!(result["sum_f32"], serde_json::json!([3.0, 6.0, 1.0]));
@@ -142,7 +107,7 @@ fn all_reduce_sums_under_mpirun() {
 
 #[test]
 fn stop_flag_of_one_rank_reaches_every_rank_under_mpirun() {
-    let Some(results) = results() else { return };
+    let results = results();
     for result in results {
         assert_eq!(result["stop_last"], true);
         assert_eq!(result["stop_none"], false);
@@ -151,7 +116,7 @@ fn stop_flag_of_one_rank_reaches_every_rank_under_mpirun() {
 
 #[test]
 fn broadcast_replaces_buffers_of_any_length_under_mpirun() {
-    let Some(results) = results() else { return };
+    let results = results();
     let expected: Vec<u64> = (0..3000u64).map(|i| i % 251).collect();
     for result in results {
         assert_eq!(result["broadcast"], serde_json::json!(expected));
@@ -161,7 +126,7 @@ fn broadcast_replaces_buffers_of_any_length_under_mpirun() {
 
 #[test]
 fn gather_of_variable_length_bytes_under_mpirun() {
-    let Some(results) = results() else { return };
+    let results = results();
     // Rank 0 sent nothing, rank 1 three bytes of 1.
     let all = serde_json::json!([[], [1, 1, 1]]);
     assert_eq!(results[0]["gathered"], all);
@@ -176,7 +141,7 @@ fn gather_of_variable_length_bytes_under_mpirun() {
 /// MPI_ERR_ARG (aliased buffers).
 #[test]
 fn gather_when_every_rank_sends_nothing_under_mpirun() {
-    let Some(results) = results() else { return };
+    let results = results();
     assert_eq!(results[0]["gathered_empty"], serde_json::json!([[], []]));
     assert_eq!(results[1]["gathered_empty"], Value::Null);
     for result in results {
@@ -189,7 +154,7 @@ fn gather_when_every_rank_sends_nothing_under_mpirun() {
 /// with MPI_ERR_ARG; an empty send now points at real memory.
 #[test]
 fn gather_when_only_the_root_sends_under_mpirun() {
-    let Some(results) = results() else { return };
+    let results = results();
     assert_eq!(
         results[0]["gathered_only_root"],
         serde_json::json!([[7], []])
@@ -207,11 +172,8 @@ fn gather_when_only_the_root_sends_under_mpirun() {
 /// empty contribution is the whole gather; that aborted the process (MPI_ERR_ARG).
 #[test]
 fn singleton_world_without_mpirun_runs_every_collective() {
-    if mpirun().is_none() {
-        // Without mpirun there is no MPI runtime either; `results()` says so (or fails).
-        let _ = results();
-        return;
-    }
+    // Without mpirun there is no MPI runtime either: that fails here, naming it.
+    keel_test_support::mpirun();
     let out = tempfile::tempdir().expect("a temporary folder");
     let output = Command::new(example())
         .arg(out.path())
@@ -242,7 +204,7 @@ fn singleton_world_without_mpirun_runs_every_collective() {
 
 #[test]
 fn gate_with_identical_facts_is_uniform_under_mpirun() {
-    let Some(results) = results() else { return };
+    let results = results();
     for result in results {
         let gate = &result["uniform"];
         assert_eq!(gate["is_uniform"], true, "{}", gate["text"]);
@@ -255,7 +217,7 @@ fn gate_with_identical_facts_is_uniform_under_mpirun() {
 
 #[test]
 fn gate_names_the_skewed_package_and_rank_on_every_rank_under_mpirun() {
-    let Some(results) = results() else { return };
+    let results = results();
     for result in results {
         let gate = &result["skewed"];
         assert_eq!(gate["is_uniform"], false, "{}", gate["text"]);

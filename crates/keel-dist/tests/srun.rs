@@ -2,47 +2,22 @@
 //! one `mpirun.rs` runs) as a two-task job step; both tasks see the world Slurm made, the
 //! collectives work over PMIx, and the gate names the package rank 1 has in another version.
 //!
-//! `.ci/run` brings up a single-host Slurm (`.ci/slurm up`) and sets `SLURM_CONF` and
-//! `KEEL_REQUIRE_SLURM`; without `srun` and a configured cluster the test is skipped with a
-//! note, unless `KEEL_REQUIRE_SLURM` is set, when that fails it.
+//! `.ci/run` brings up a single-host Slurm (`.ci/slurm up`) and sets `SLURM_CONF`; without
+//! `srun` and a configured cluster the test fails, saying how to start one.
 #![cfg(feature = "mpi")]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
 fn example() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lies in target/<profile>/deps");
-    profile_dir.join("examples").join("collectives")
+    keel_test_support::example("collectives", "cargo test -p keel-dist --features mpi")
 }
 
-#[allow(
-    clippy::print_stderr,
-    reason = "the note that says why the test is skipped"
-)]
 #[test]
 fn srun_two_tasks_run_the_collectives_and_the_gate() {
-    let required = std::env::var_os("KEEL_REQUIRE_SLURM").is_some();
-    let (Some(srun), Some(_)) = (on_path("srun"), std::env::var_os("SLURM_CONF")) else {
-        assert!(
-            !required,
-            "KEEL_REQUIRE_SLURM is set but srun or SLURM_CONF is missing"
-        );
-        eprintln!("note: no Slurm cluster configured (srun, SLURM_CONF): the srun test is skipped");
-        return;
-    };
+    let srun = keel_test_support::slurm();
     let out = tempfile::tempdir().expect("a temporary folder");
     let output = Command::new(&srun)
         .args(["-n", "2", "--mpi=pmix", "--time=5"])

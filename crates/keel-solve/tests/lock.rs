@@ -1,4 +1,4 @@
-//! `keel_solve::lock` on the real repodata snapshots in `shared/data/repodata`, offline.
+//! `keel_solve::lock` on the real repodata snapshots in `test-data/repodata`, offline.
 
 use std::path::{Path, PathBuf};
 
@@ -7,17 +7,7 @@ use rattler_conda_types::Subdir;
 use rattler_lock::LockFile;
 
 fn repodata() -> PathBuf {
-    let data = std::env::var_os("KEEL_SHARED_DATA").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
-        PathBuf::from,
-    );
-    let path = data.join("repodata");
-    assert!(
-        path.is_dir(),
-        "shared repodata missing at {}",
-        path.display()
-    );
-    path
+    keel_test_support::test_data().join("repodata")
 }
 
 /// A local channel in `dir` holding `linux-64/repodata.json` from `source` (with the

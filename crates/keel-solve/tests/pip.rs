@@ -3,19 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-#[path = "common/wheel.rs"]
-mod wheel;
+use keel_test_support::wheel;
 
 use keel_solve::{LockOptions, SolveError, Uv, lock};
 use rattler_conda_types::Subdir;
-use wheel::{build_wheel, which_uv};
+use wheel::build_wheel;
 
 fn py39_channel() -> PathBuf {
-    let data = std::env::var_os("KEEL_SHARED_DATA").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
-        PathBuf::from,
-    );
-    data.join("repodata/conda-forge-py39")
+    keel_test_support::test_data().join("repodata/conda-forge-py39")
 }
 
 fn project(pip_lines: &str) -> (tempfile::TempDir, PathBuf) {
@@ -59,7 +54,7 @@ fn pypi(locked: &keel_solve::Locked) -> Vec<(String, String, bool)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn uv_resolves_the_pip_section_against_the_solved_python() {
-    let uv = which_uv().expect("uv is needed for this test: `pip install uv` (.ci/run does)");
+    let uv = keel_test_support::tool("uv");
     let (dir, env) =
         project("      - --find-links ./wheels\n      - --no-index\n      - alpha>=1\n");
     let spec = keel_spec::read_path(&env).unwrap().spec;
@@ -92,7 +87,7 @@ async fn uv_resolves_the_pip_section_against_the_solved_python() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn uv_failure_is_reported_with_what_uv_said() {
-    let uv = which_uv().expect("uv is needed for this test: `pip install uv` (.ci/run does)");
+    let uv = keel_test_support::tool("uv");
     let (dir, env) =
         project("      - --find-links ./wheels\n      - --no-index\n      - alpha>=5\n");
     let spec = keel_spec::read_path(&env).unwrap().spec;

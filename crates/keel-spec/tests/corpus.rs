@@ -1,4 +1,4 @@
-//! The real environment files in `shared/data/envs` (all must parse) and `shared/data/envs-bad`
+//! The real environment files in `test-data/envs` (all must parse) and `test-data/envs-bad`
 //! (each must give the error or warning its SOURCES.md names).
 
 mod common;
@@ -15,8 +15,13 @@ struct Snapshot<'a> {
 /// Every file in `envs/` parses without errors; the typed result is snapshotted.
 #[test]
 fn every_real_environment_parses() {
-    let dir = common::shared_data().join("envs");
-    insta::glob!("../../../../shared/data/envs", "*.y*ml", |path| {
+    let dir = common::test_data().join("envs");
+    let files = common::yaml_files(&dir);
+    for path in &files {
+        // One snapshot per file, named after it (`corpus__every_real_environment_parses@FILE`).
+        let mut settings = insta::Settings::clone_current();
+        settings.set_snapshot_suffix(path.file_name().unwrap().to_string_lossy());
+        let _bound = settings.bind_to_scope();
         let checked = check_path(path).unwrap();
         assert!(
             !checked.report.has_errors(),
@@ -30,16 +35,16 @@ fn every_real_environment_parses() {
             .warnings()
             .map(|w| format!("{}: {}", w.location.map_or(0, |l| l.line), w.message()))
             .collect();
-        insta::assert_yaml_snapshot!(Snapshot { spec, warnings });
-    });
-    assert_eq!(common::yaml_files(&dir).len(), 54);
+        insta::assert_yaml_snapshot!("every_real_environment_parses", Snapshot { spec, warnings });
+    }
+    assert_eq!(files.len(), 54);
 }
 
 /// What `envs-bad/SOURCES.md` expects of each file: the severity, the line and a piece of the
 /// message.
 #[test]
 fn every_known_bad_file_gives_its_expected_problem() {
-    let dir = common::shared_data().join("envs-bad");
+    let dir = common::test_data().join("envs-bad");
     let expected: &[(&str, Severity, usize, &str)] = &[
         // A TAB at line 39, column 1: YAML cannot scan it.
         (

@@ -1,5 +1,5 @@
 //! The environment-file fixtures of conda, rattler, pixi, mamba and conda-lock (in
-//! `shared/data/peer-fixtures`), each giving the verdict its own project's tests expect.
+//! `test-data/peer-fixtures`), each giving the verdict its own project's tests expect.
 //! Differences keel makes on purpose are listed in the README.
 
 mod common;
@@ -12,7 +12,7 @@ use keel_spec::{
 use rattler_conda_types::{EnvironmentYaml, Subdir};
 
 fn peers() -> PathBuf {
-    common::shared_data().join("peer-fixtures")
+    common::test_data().join("peer-fixtures")
 }
 
 /// Every environment file under `dir` (recursively), sorted.
@@ -207,7 +207,7 @@ fn rattler_reads_every_fixture_as_keel_does() {
     let mut compared = 0;
     for path in all_yaml(&peers())
         .into_iter()
-        .chain(all_yaml(&common::shared_data().join("envs")))
+        .chain(all_yaml(&common::test_data().join("envs")))
     {
         let text = fs_err::read_to_string(&path).unwrap();
         let Ok(theirs) = EnvironmentYaml::from_yaml_str(&text) else {

@@ -244,7 +244,7 @@ proptest! {
 /// Every real file reads back the same after being written out.
 #[test]
 fn every_real_file_round_trips() {
-    let data = common::shared_data();
+    let data = common::test_data();
     let mut count = 0;
     for dir in ["envs", "envs-bad"] {
         for path in common::yaml_files(&data.join(dir)) {

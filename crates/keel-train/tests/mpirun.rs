@@ -19,11 +19,6 @@ use std::time::{Duration, Instant};
 use keel_ckpt::{CheckpointStore, Kind, Snapshot};
 use serde_json::Value;
 
-/// `mpirun`, or `None` (with a note) when the tests are skipped.
-fn mpirun_or_skip() -> Option<PathBuf> {
-    mpi::mpirun_or_skip("the MPI tests of keel-train are")
-}
-
 /// The example these tests start under `mpirun`.
 fn example() -> PathBuf {
     mpi::example("dp_digits")
@@ -177,7 +172,7 @@ fn uninterrupted(np: usize) -> Option<&'static Run> {
     ];
     RUNS[np]
         .get_or_init(|| {
-            let mpirun = mpirun_or_skip()?;
+            let mpirun = mpi::mpirun();
             let store = tempfile::tempdir().expect("a temporary folder");
             let reports = train(&mpirun, np, store.path(), &[]);
             assert_ranks_agree(&reports);
@@ -230,9 +225,7 @@ fn two_rank_runs_are_bit_identical() {
     let Some((_, first)) = uninterrupted(2) else {
         return;
     };
-    let Some(mpirun) = mpirun_or_skip() else {
-        return;
-    };
+    let mpirun = mpi::mpirun();
     let store = tempfile::tempdir().expect("a temporary folder");
     let again = train(&mpirun, 2, store.path(), &[]);
     assert_ranks_agree(&again);
@@ -260,9 +253,7 @@ fn resume_across_world_sizes(from: usize, to: usize) {
     let Some((reference, _)) = uninterrupted(to) else {
         return;
     };
-    let Some(mpirun) = mpirun_or_skip() else {
-        return;
-    };
+    let mpirun = mpi::mpirun();
     let store = tempfile::tempdir().expect("a temporary folder");
     let stopped = train(&mpirun, from, store.path(), &["stop=0:30"]);
     assert_ranks_agree(&stopped);
@@ -306,9 +297,7 @@ fn resume_from_one_rank_on_two_continues_to_the_same_accuracy() {
 /// of step 20.
 #[test]
 fn sigterm_to_rank_one_stops_both_ranks_after_the_same_step() {
-    let Some(mpirun) = mpirun_or_skip() else {
-        return;
-    };
+    let mpirun = mpi::mpirun();
     let store = tempfile::tempdir().expect("a temporary folder");
     let out = tempfile::tempdir().expect("a temporary folder");
     let child = start(&mpirun, 2, store.path(), out.path(), &["pause=1:20"]);
@@ -355,9 +344,7 @@ fn sigterm_to_rank_one_stops_both_ranks_after_the_same_step() {
 /// state after step 9 (the last good one, identical on both ranks).
 #[test]
 fn nan_on_one_rank_stops_every_rank_with_one_emergency_checkpoint() {
-    let Some(mpirun) = mpirun_or_skip() else {
-        return;
-    };
+    let mpirun = mpi::mpirun();
     let store = tempfile::tempdir().expect("a temporary folder");
     let reports = train(&mpirun, 2, store.path(), &["nan=1:10"]);
     let errors: Vec<String> = reports
@@ -397,9 +384,7 @@ fn nan_on_one_rank_stops_every_rank_with_one_emergency_checkpoint() {
 /// 1, step 23) stops both ranks naming rank 1, and nothing is saved.
 #[test]
 fn diverged_replicas_stop_every_rank_at_the_first_checkpoint_naming_the_rank() {
-    let Some(mpirun) = mpirun_or_skip() else {
-        return;
-    };
+    let mpirun = mpi::mpirun();
     let store = tempfile::tempdir().expect("a temporary folder");
     let reports = train(&mpirun, 2, store.path(), &["skew=1"]);
     for report in &reports {
@@ -465,7 +450,7 @@ type ShardedRun = (Vec<Value>, Snapshot, Files);
 fn uninterrupted_sharded() -> Option<&'static ShardedRun> {
     static RUN: OnceLock<Option<ShardedRun>> = OnceLock::new();
     RUN.get_or_init(|| {
-        let mpirun = mpirun_or_skip()?;
+        let mpirun = mpi::mpirun();
         let store = tempfile::tempdir().expect("a temporary folder");
         let reports = train(&mpirun, 2, store.path(), &["zero=1"]);
         assert_ranks_agree(&reports);
@@ -538,7 +523,7 @@ fn sharded_checkpoint_holds_one_optimizer_file_per_rank_and_loads() {
 /// has one optimizer file per rank of the new world.
 fn resume_sharded_across_world_sizes(from: usize, to: usize) -> Option<Snapshot> {
     let (reference, _) = uninterrupted(to)?;
-    let mpirun = mpirun_or_skip()?;
+    let mpirun = mpi::mpirun();
     let store = tempfile::tempdir().expect("a temporary folder");
     let stopped = train(&mpirun, from, store.path(), &["stop=0:30", "zero=1"]);
     assert_ranks_agree(&stopped);
@@ -615,9 +600,7 @@ fn two_ranks_resume_across_replicated_and_sharded_bit_for_bit() {
     let Some((_, want)) = uninterrupted(2) else {
         return;
     };
-    let Some(mpirun) = mpirun_or_skip() else {
-        return;
-    };
+    let mpirun = mpi::mpirun();
     for (first, then) in [("zero=0", "zero=1"), ("zero=1", "zero=0")] {
         let store = tempfile::tempdir().expect("a temporary folder");
         let stopped = train(&mpirun, 2, store.path(), &["stop=0:30", first]);
@@ -639,9 +622,7 @@ fn two_ranks_resume_across_replicated_and_sharded_bit_for_bit() {
 /// sharded run on 2 ranks resumes to the end.
 #[test]
 fn sharded_nan_on_one_rank_leaves_one_emergency_checkpoint_of_every_share() {
-    let Some(mpirun) = mpirun_or_skip() else {
-        return;
-    };
+    let mpirun = mpi::mpirun();
     let store = tempfile::tempdir().expect("a temporary folder");
     let reports = train(&mpirun, 2, store.path(), &["nan=1:10", "zero=1"]);
     for report in &reports {
