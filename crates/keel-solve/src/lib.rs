@@ -34,6 +34,7 @@ mod channels;
 mod error;
 mod export;
 mod lockfile;
+mod options;
 mod pypi;
 mod redact;
 mod solve;
@@ -46,8 +47,9 @@ pub use lockfile::{
     Locked, MAX_LOCK_BYTES, PlatformSummary, check_locked_location, inputs_hash, read_lock,
     recorded_hash,
 };
+pub use options::LockOptions;
 pub use pypi::Uv;
 pub use rattler_solve::ChannelPriority;
 pub use redact::{REDACTED, Secrets, redact_template, redact_text, redact_url};
-pub use solve::{LockOptions, lock, target_platforms};
+pub use solve::{lock, target_platforms};
 pub use virtual_packages::{VirtualPackageOverridesByPlatform, virtual_packages_for};

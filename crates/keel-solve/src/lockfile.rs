@@ -1,11 +1,11 @@
 //! The lock on disk: rattler_lock's pixi format with keel's header, its inputs hash, and the
-//! freshness check.
+//! one reader every lock goes through.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use keel_spec::EnvironmentSpec;
-use rattler_conda_types::{RepoDataRecord, Subdir};
+use rattler_conda_types::{GenericVirtualPackage, RepoDataRecord, Subdir};
 use rattler_digest::{Sha256, compute_bytes_digest};
 use rattler_lock::{
     CondaPackageData, DEFAULT_ENVIRONMENT_NAME, LockFile, PlatformData, PlatformName, SolveOptions,
@@ -16,8 +16,17 @@ use serde::Serialize;
 use crate::SolveError;
 use crate::channels::ResolvedChannel;
 use crate::error::Redacted;
+use crate::options::LockOptions;
 use crate::redact::{redact_pypi, redact_record, redact_template, redact_text};
-use crate::solve::{LockOptions, PlatformSolve};
+
+/// What one platform's solve used and found.
+#[derive(Debug, Clone)]
+pub(crate) struct PlatformSolve {
+    pub(crate) platform: Subdir,
+    pub(crate) virtual_packages: Vec<GenericVirtualPackage>,
+    pub(crate) records: Vec<RepoDataRecord>,
+    pub(crate) pypi: Vec<rattler_lock::PypiDistributionData>,
+}
 
 /// The header line that carries the inputs hash.
 const HASH_PREFIX: &str = "# keel-inputs-sha256: ";

@@ -3,63 +3,20 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use indicatif::MultiProgress;
 use keel_spec::EnvironmentSpec;
 use rattler_conda_types::{GenericVirtualPackage, MatchSpec, RepoDataRecord, Subdir};
 use rattler_lock::LockFile;
 use rattler_repodata_gateway::{DownloadReporter, Gateway, IndicatifReporter, Reporter};
-use rattler_solve::{ChannelPriority, ChannelRepoData, SolverImpl, SolverTask};
+use rattler_solve::{ChannelRepoData, SolverImpl, SolverTask};
 
 use crate::SolveError;
 use crate::channels::{ResolvedChannel, resolve_channels};
 use crate::error::{Redacted, SpecLine};
-use crate::lockfile::{self, Locked};
-use crate::pypi::{self, Uv};
+use crate::lockfile::{self, Locked, PlatformSolve};
+use crate::options::LockOptions;
+use crate::pypi;
 use crate::redact::{Secrets, redact_url};
-use crate::virtual_packages::{VirtualPackageOverridesByPlatform, virtual_packages_for};
-
-/// How to lock.
-#[derive(Debug, Clone)]
-pub struct LockOptions {
-    /// Platforms to lock for. Empty: the file's `platforms:`, or else this machine's platform.
-    pub platforms: Vec<Subdir>,
-    /// Virtual packages given on the command line.
-    pub virtual_packages: VirtualPackageOverridesByPlatform,
-    /// Where the gateway caches remote repodata.
-    pub cache_dir: PathBuf,
-    /// Packages to move to their newest allowed version; every other package keeps its pin
-    /// from the previous lock where the specs still allow it.
-    pub update: Vec<String>,
-    /// `strict` (conda's `channel_priority: strict`, the default) or `disabled`.
-    pub channel_priority: ChannelPriority,
-    /// Draw progress bars here while repodata loads.
-    pub progress: Option<MultiProgress>,
-    /// Which uv resolves pip sections.
-    pub uv: Uv,
-}
-
-impl Default for LockOptions {
-    fn default() -> Self {
-        Self {
-            platforms: Vec::new(),
-            virtual_packages: VirtualPackageOverridesByPlatform::default(),
-            cache_dir: std::env::temp_dir().join("keel-repodata-cache"),
-            update: Vec::new(),
-            channel_priority: ChannelPriority::Strict,
-            progress: None,
-            uv: Uv::Auto,
-        }
-    }
-}
-
-/// What one platform's solve used and found.
-#[derive(Debug, Clone)]
-pub(crate) struct PlatformSolve {
-    pub(crate) platform: Subdir,
-    pub(crate) virtual_packages: Vec<GenericVirtualPackage>,
-    pub(crate) records: Vec<RepoDataRecord>,
-    pub(crate) pypi: Vec<rattler_lock::PypiDistributionData>,
-}
+use crate::virtual_packages::virtual_packages_for;
 
 /// The platforms a lock is for: the options', else the file's, else this machine's.
 pub fn target_platforms(
