@@ -2,7 +2,7 @@
 """`keel lock` end to end against py-rattler solving the same specs on the same files.
 
 Both lock `python=3.9` + `pip` from the conda-forge python 3.9 snapshot in
-`shared/data/repodata/conda-forge-py39` for linux-64, osx-arm64 and win-64, offline, in the
+`test-data/repodata/conda-forge-py39` for linux-64, osx-arm64 and win-64, offline, in the
 same run, alternating, each in a fresh process (so both pay their start-up and repodata
 loading). py-rattler's in-process solve time is reported too. Prints medians and the ratio.
 
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from benchlib import ROOT, release_keel, timed
-DATA = Path(os.environ.get("KEEL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATA = Path(os.environ.get("KEEL_TEST_DATA", ROOT / "test-data"))
 CHANNEL = DATA / "repodata" / "conda-forge-py39"
 PLATFORMS = ["linux-64", "osx-arm64", "win-64"]
 

@@ -1,7 +1,7 @@
 //! Multi-rank `keel train` and `keel fleet` (issue #12) on real prefixes (packages built by the
 //! test, locked, installed): the environment gate at job start and the grouped fleet reports,
-//! under a real `mpirun --oversubscribe -np 2` (the `mpi` feature; skipped with a note when
-//! `mpirun` is not on PATH, unless KEEL_REQUIRE_MPI=1) and as a world of one.
+//! under a real `mpirun --oversubscribe -np 2` (the `mpi` feature; a missing `mpirun` fails
+//! the test, naming it) and as a world of one.
 //!
 //! Each rank gets its own prefix through a wrapper script that picks it by
 //! `$OMPI_COMM_WORLD_RANK`, as two nodes without a shared file system would have, and writes

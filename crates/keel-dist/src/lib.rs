@@ -50,8 +50,7 @@
 //!
 //! With the `mpi` feature (which needs `mpicc` and libclang to build), the same code runs on
 //! `keel_dist::Mpi::init()?` under `mpirun`. Its tests start `mpirun -np 2` on an example
-//! program: `cargo test -p keel-dist --features mpi` (they fail without `mpirun` on `PATH`
-//! when `KEEL_REQUIRE_MPI=1` is set, and are skipped with a note otherwise).
+//! program: `cargo test -p keel-dist --features mpi` (they fail, naming it, without `mpirun`).
 
 #![deny(missing_docs)]
 

@@ -10,8 +10,7 @@
 //! `cargo build -p keel-train --features mpi --example dp_kill` (or plain
 //! `cargo test -p keel-train --features mpi`, which builds the example); the 50-kill
 //! campaign with `-- --ignored`. `KEEL_KILL_SEED=N` replays a campaign whose failure message
-//! named base seed N; `KEEL_KILL_LOG=FILE` writes what each round did there. Without `mpirun` on `PATH` they are skipped with a note, unless
-//! `KEEL_REQUIRE_MPI` is set (as CI does).
+//! named base seed N; `KEEL_KILL_LOG=FILE` writes what each round did there. Without `mpirun` they fail, naming it.
 #![cfg(feature = "mpi")]
 
 #[path = "common/mpi.rs"]

@@ -4,8 +4,7 @@
 //! the store. Run them as `cargo test -p keel-train --features mpi` (with `--test mpirun`
 //! alone cargo does not rebuild the example, and the tests run an old one).
 //!
-//! Without `mpirun` on `PATH` they are skipped with a note, unless `KEEL_REQUIRE_MPI` is set
-//! (as CI does), when a missing `mpirun` fails them.
+//! Without `mpirun` they fail, naming it (`.ci/test-tools` installs Open MPI).
 #![cfg(feature = "mpi")]
 
 #[path = "common/mpi.rs"]
