@@ -83,6 +83,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod location;
 mod model;
 mod policy;
 mod shared;
@@ -91,6 +92,7 @@ mod store;
 mod writer;
 
 pub use error::CkptError;
+pub use location::Location;
 pub use model::{
     Dtype, FORMAT_VERSION, FileEntry, Kind, MANIFEST, MAX_MANIFEST_BYTES, MAX_STEP, Manifest,
     Snapshot, Tensor, TensorGroup, check_file_name, parse_folder_name, seal_manifest,

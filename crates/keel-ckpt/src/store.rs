@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::CkptError;
+use crate::location::{Location, Where};
 use crate::model::{
     FORMAT_VERSION, FileEntry, Kind, MANIFEST, MAX_MANIFEST_BYTES, MAX_STEP, MAX_UNIX_MS, Manifest,
     Snapshot, TensorGroup, check_file_name, check_seal, folder_name, group_file, parse_folder_name,
@@ -144,33 +145,31 @@ impl CheckpointStore {
         })
     }
 
-    /// A store at `location`: a path, a `file://` URL, or an object-store URL (`s3://bucket/
-    /// prefix`, with credentials, region and endpoint from the usual `AWS_*` variables:
-    /// `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
-    /// `AWS_ALLOW_HTTP`).
+    /// A store at `location` (a path, a `file://` URL or `s3://bucket/prefix`), parsed as a
+    /// [`Location`], then opened by [`CheckpointStore::at`].
     pub fn open(location: &str) -> Result<Self, CkptError> {
-        let url = match url::Url::parse(location) {
-            Ok(url) if url.scheme().len() > 1 => url,
-            // A path (also `C:\...`, whose drive letter parses as a scheme).
-            _ => return CheckpointStore::local(Path::new(location)),
+        CheckpointStore::at(&location.parse()?)
+    }
+
+    /// A store at `location`: a local folder ([`CheckpointStore::local`]), or object storage
+    /// with credentials, region and endpoint from the usual `AWS_*` variables:
+    /// `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ALLOW_HTTP`. Messages name it as [`Location`]'s `Display` does (no credentials).
+    pub fn at(location: &Location) -> Result<Self, CkptError> {
+        let url = match &location.0 {
+            Where::Local(path) => return CheckpointStore::local(path),
+            Where::Object { url, .. } => url,
         };
-        if url.scheme() == "file" {
-            let path = url.to_file_path().map_err(|()| CkptError::Location {
-                location: location.to_string(),
-                reason: "not a local path".to_string(),
-            })?;
-            return CheckpointStore::local(&path);
-        }
         let options: Vec<(String, String)> = std::env::vars()
             .filter(|(key, _)| key.starts_with("AWS_"))
             .map(|(key, value)| (key.to_ascii_lowercase(), value))
             .collect();
         let (store, prefix) =
-            object_store::parse_url_opts(&url, options).map_err(|e| CkptError::Location {
+            object_store::parse_url_opts(url, options).map_err(|e| CkptError::Location {
                 location: location.to_string(),
                 reason: e.to_string(),
             })?;
-        CheckpointStore::object_store(Arc::from(store), prefix, location)
+        CheckpointStore::object_store(Arc::from(store), prefix, &location.to_string())
     }
 
     /// A store in any `object_store` backend, under `prefix`. The store runs the client's
@@ -189,7 +188,13 @@ impl CheckpointStore {
     /// [`CheckpointStore::open`] for commands that only read: a local store that is not there
     /// is [`CkptError::NoStore`] (nothing is created). An object-store prefix always exists.
     pub fn open_existing(location: &str) -> Result<Self, CkptError> {
-        let store = CheckpointStore::open(location)?;
+        CheckpointStore::at_existing(&location.parse()?)
+    }
+
+    /// [`CheckpointStore::at`] for commands that only read, as
+    /// [`CheckpointStore::open_existing`].
+    pub fn at_existing(location: &Location) -> Result<Self, CkptError> {
+        let store = CheckpointStore::at(location)?;
         if !store.backend.exists()? {
             return Err(CkptError::NoStore {
                 location: location.to_string(),

@@ -3,7 +3,9 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use keel_ckpt::{CheckpointId, CheckpointStore, Goal, Listed, Manifest, Retention, Status};
+use keel_ckpt::{
+    CheckpointId, CheckpointStore, Goal, Listed, Location, Manifest, Retention, Status,
+};
 use miette::IntoDiagnostic as _;
 use serde::Serialize;
 
@@ -13,7 +15,8 @@ use crate::render;
 /// Every `keel ckpt` command needs a store that is there: a mistyped path is an error (exit 2),
 /// and nothing is created.
 fn open(store: &str) -> miette::Result<CheckpointStore> {
-    CheckpointStore::open_existing(store).into_diagnostic()
+    let location: Location = store.parse().into_diagnostic()?;
+    CheckpointStore::at_existing(&location).into_diagnostic()
 }
 
 /// One warning line on stderr per problem, naming the checkpoint's folder in the store (the

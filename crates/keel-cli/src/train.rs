@@ -1,14 +1,14 @@
 //! `keel train`: the configured run with a progress bar, and where everything went.
 
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_cuda::{DriverProbe, ProbeReport, probe_with_timeout};
 use keel_dist::Collective;
-use keel_train::{Event, RunOptions, Status, StopSignal, TrainConfig, TrainError};
+use keel_train::{Event, RunOptions, RunPaths, Status, StopSignal, TrainConfig, TrainError};
 use miette::{IntoDiagnostic as _, WrapErr as _};
 use serde_json::json;
 
@@ -24,21 +24,74 @@ fn signal_name(signal: i32) -> String {
     }
 }
 
-/// Moves an existing run folder aside for `--fresh`; returns where it went.
-fn move_aside(run_dir: &std::path::Path) -> miette::Result<Option<std::path::PathBuf>> {
-    if !run_dir.exists() {
-        return Ok(None);
-    }
-    let name = run_dir.file_name().unwrap_or_default().to_string_lossy();
+/// Moves `dir` aside to `dir.<time>` (`-2`, `-3`, ... when taken); returns where it went.
+fn move_aside(dir: &Path) -> miette::Result<PathBuf> {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let stamp = format!("{name}.{}", jiff::Zoned::now().strftime("%Y%m%d-%H%M%S"));
-    let mut target = run_dir.with_file_name(&stamp);
+    let mut target = dir.with_file_name(&stamp);
     let mut n = 1;
     while target.exists() {
         n += 1;
-        target = run_dir.with_file_name(format!("{stamp}-{n}"));
+        target = dir.with_file_name(format!("{stamp}-{n}"));
     }
-    fs_err::rename(run_dir, &target).into_diagnostic()?;
-    Ok(Some(target))
+    fs_err::rename(dir, &target).into_diagnostic()?;
+    Ok(target)
+}
+
+/// Whether `dir` is there and holds anything.
+fn holds_anything(dir: &Path) -> miette::Result<bool> {
+    match fs_err::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error).into_diagnostic(),
+    }
+}
+
+/// `--fresh`: nothing of an earlier run is resumed, and nothing is deleted. The run folder is
+/// moved aside, and so is a local checkpoint folder outside it (`[checkpoint] dir`); a
+/// checkpoint folder that holds the run folder (and maybe other runs) is refused, and object
+/// storage, which cannot be moved, must be empty (the trainer checks). Returns what was moved
+/// where, for the log.
+fn start_fresh(paths: &RunPaths) -> miette::Result<Vec<String>> {
+    let mut said = Vec::new();
+    if let Some(checkpoints) = paths.checkpoints.local_path()
+        && holds_anything(checkpoints)?
+        && paths.run_dir.exists()
+    {
+        let store = fs_err::canonicalize(checkpoints).into_diagnostic()?;
+        let run = fs_err::canonicalize(&paths.run_dir).into_diagnostic()?;
+        if run != store && run.starts_with(&store) {
+            miette::bail!(
+                help = "give the run a checkpoint folder of its own ([checkpoint] dir), or move                         its checkpoints away yourself",
+                "--fresh: the checkpoint folder {} holds the run folder {}; moving it aside                  would move more than this run",
+                checkpoints.display(),
+                paths.run_dir.display()
+            );
+        }
+    }
+    if paths.run_dir.exists() {
+        let moved = move_aside(&paths.run_dir)?;
+        said.push(format!(
+            "--fresh: moved the previous run to {}",
+            moved.display()
+        ));
+    }
+    // A checkpoint folder inside the run folder went with it.
+    if let Some(checkpoints) = paths.checkpoints.local_path()
+        && holds_anything(checkpoints)?
+    {
+        let moved = move_aside(checkpoints).wrap_err_with(|| {
+            format!(
+                "--fresh: cannot move the checkpoints in {} aside",
+                checkpoints.display()
+            )
+        })?;
+        said.push(format!(
+            "--fresh: moved the previous checkpoints to {}",
+            moved.display()
+        ));
+    }
+    Ok(said)
 }
 
 /// The device probe to record in checkpoints, and (in a build with CUDA) a check that a CUDA
@@ -179,35 +232,21 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
     } = prepared;
     let lead = world.rank() == 0;
     let paths = config.paths();
-    let mut fresh = false;
     if args.fresh {
-        if config
-            .checkpoint
-            .dir
-            .as_deref()
-            .is_some_and(|d| d.contains("://"))
-        {
-            // Object storage cannot be moved aside: the library refuses a non-empty store.
-            fresh = true;
+        // Rank 0 writes the run (a shared folder for several ranks): it alone moves it aside,
+        // and every rank learns whether that worked before any of them reads it.
+        let moved = if lead {
+            start_fresh(&paths)
         } else {
-            // Rank 0 writes the run (a shared folder for several ranks): it alone moves it
-            // aside, and every rank learns whether that worked before any of them reads it.
-            let moved = if lead {
-                move_aside(&paths.run_dir)
-            } else {
-                Ok(None)
-            };
-            match world::agree(world, moved, &host)? {
-                Agreed::Go(Some(moved)) => {
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "--fresh: moved the previous run to {}",
-                        moved.display()
-                    );
+            Ok(Vec::new())
+        };
+        match world::agree(world, moved, &host)? {
+            Agreed::Go(lines) => {
+                for line in lines {
+                    let _ = writeln!(std::io::stderr(), "{line}");
                 }
-                Agreed::Go(None) => {}
-                Agreed::Stop => return Ok(ExitCode::from(2)),
             }
+            Agreed::Stop => return Ok(ExitCode::from(2)),
         }
     }
     // Every rank's host and environment root go into each checkpoint beside rank 0's
@@ -231,7 +270,9 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
         fingerprint
     });
     let options = RunOptions {
-        fresh,
+        // The store must now be empty: the trainer refuses one that is not (object storage,
+        // or checkpoints written in between) rather than resume from it.
+        fresh: args.fresh,
         nan_at_step: args.inject_nan_at,
         environment: recorded,
         device_probe,
@@ -327,6 +368,21 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
         Err(error @ TrainError::StepFailed { .. }) => {
             render::error(&miette::Report::msg(error.to_string()));
             return Ok(ExitCode::from(1));
+        }
+        Err(error @ TrainError::FreshNotEmpty { .. }) => {
+            let help = if paths.checkpoints.is_local() {
+                format!(
+                    "move the checkpoints in {} away, or train under another run name",
+                    paths.checkpoints
+                )
+            } else {
+                format!(
+                    "--fresh cannot move objects aside: delete or move the checkpoints under \
+                     {}, or set [checkpoint] dir to another prefix",
+                    paths.checkpoints
+                )
+            };
+            return Err(miette::miette!(help = help, "{error}"));
         }
         // The configuration file is named: a data file's error alone does not say which
         // configuration pointed at it.

@@ -452,3 +452,92 @@ fn replaced_dataset_at_the_same_path_is_refused() {
         );
     }
 }
+
+/// The steps of the regular checkpoints in a store, sorted.
+fn regular_steps(checkpoints: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = fs_err::read_dir(checkpoints.join("regular"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_prefix("step-")?.split('-').next()?.parse().ok()
+        })
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
+/// Issue #16: with `[checkpoint] dir` outside `runs/NAME`, `keel train --fresh` moved the run
+/// folder aside and then resumed from the old checkpoints anyway. A fresh run starts at step 0
+/// and moves that checkpoint folder aside too (nothing resumed, nothing deleted); a checkpoint
+/// folder that holds the run folder is refused, naming both.
+#[test]
+fn fresh_with_a_checkpoint_dir_of_its_own_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("nfs/ckpt");
+    fs_err::write(dir.path().join("data.csv"), small_csv(40, 0)).unwrap();
+    let config = |name: &str, store: &str| {
+        format!(
+            "name = \"{name}\"\nepochs = 2\nbatch_size = 4\n[data]\ndataset = \"csv\"\n\
+             csv = \"data.csv\"\n[checkpoint]\ndir = {store:?}\n"
+        )
+    };
+    fs_err::write(
+        dir.path().join("train.toml"),
+        config("own", &store.display().to_string()),
+    )
+    .unwrap();
+    // 32 training rows in batches of 4: 8 steps an epoch.
+    let out = keel(dir.path(), &["train", "train.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(regular_steps(&store), [8, 16]);
+
+    let out = keel(
+        dir.path(),
+        &["train", "train.toml", "--fresh", "--epochs", "1"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("resuming from"), "{stderr}");
+    assert!(stderr.contains("starting fresh: "), "{stderr}");
+    assert!(
+        stderr.contains("--fresh: moved the previous run to runs/own."),
+        "{stderr}"
+    );
+    let moved = format!(
+        "--fresh: moved the previous checkpoints to {}.",
+        store.display()
+    );
+    assert!(stderr.contains(&moved), "{stderr}");
+    assert!(
+        text(&out.stdout).starts_with("trained 1 epochs (8 steps)"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(regular_steps(&store), [8]);
+    // The old checkpoints are kept beside it, untouched.
+    let aside: Vec<PathBuf> = fs_err::read_dir(store.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p != &store)
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(regular_steps(&aside[0]), [8, 16]);
+
+    // A checkpoint folder that holds the run folder (and maybe others) is not moved.
+    fs_err::write(dir.path().join("wide.toml"), config("wide", "runs")).unwrap();
+    let out = keel(dir.path(), &["train", "wide.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = keel(dir.path(), &["train", "wide.toml", "--fresh"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let words = stderr
+        .split_whitespace()
+        .filter(|w| *w != "│")
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        words.contains("the checkpoint folder runs holds the run folder runs/wide"),
+        "{stderr}"
+    );
+    assert_eq!(regular_steps(&dir.path().join("runs")), [8, 16]);
+}

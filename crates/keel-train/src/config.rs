@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use candle_core::Device;
 use keel_ckpt::{
-    AnyOf, CheckpointStore, EveryNEpochs, EveryNSteps, Exponential, Goal, Retention, SavePolicy,
-    WallClock, YoungDaly,
+    AnyOf, CheckpointStore, EveryNEpochs, EveryNSteps, Exponential, Goal, Location, Retention,
+    SavePolicy, WallClock, YoungDaly,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -100,8 +100,9 @@ pub enum OptimizerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
-    /// The store: a folder (NFS too) or `s3://bucket/prefix`; default `RUN/checkpoints`.
-    pub dir: Option<String>,
+    /// The store: a folder (NFS too), a `file://` URL or `s3://bucket/prefix`; default
+    /// `RUN/checkpoints`.
+    pub dir: Option<Location>,
     /// Save every N steps (0: off).
     pub every_steps: u64,
     /// Save at the end of every N-th epoch (0: off).
@@ -215,7 +216,7 @@ pub struct RunPaths {
     /// `runs_dir/name`.
     pub run_dir: PathBuf,
     /// The checkpoint store's location.
-    pub checkpoints: String,
+    pub checkpoints: Location,
     /// The metrics log.
     pub metrics: PathBuf,
     /// The loss plot, when drawn.
@@ -464,7 +465,7 @@ impl TrainConfig {
                 .checkpoint
                 .dir
                 .clone()
-                .unwrap_or_else(|| run_dir.join("checkpoints").display().to_string()),
+                .unwrap_or_else(|| Location::local(run_dir.join("checkpoints"))),
             plot: self.log.plot.then(|| run_dir.join("loss.svg")),
             metrics,
             run_dir,
@@ -601,7 +602,7 @@ impl TrainConfig {
         let device = parse_device(&self.device)?;
         let (train, test) = self.datasets()?;
         let paths = self.paths();
-        let store = CheckpointStore::open(&paths.checkpoints)?;
+        let store = CheckpointStore::at(&paths.checkpoints)?;
         let mut sizes = vec![train.features];
         sizes.extend(&self.model.hidden);
         sizes.push(train.classes.max(test.classes));
@@ -667,7 +668,10 @@ mod tests {
     fn empty_file_is_the_default_run() {
         let config = TrainConfig::from_toml("", Path::new("train.toml")).unwrap();
         assert_eq!(config, TrainConfig::default());
-        assert_eq!(config.paths().checkpoints, "runs/mnist-mlp/checkpoints");
+        assert_eq!(
+            config.paths().checkpoints,
+            Location::local("runs/mnist-mlp/checkpoints")
+        );
     }
 
     #[test]
@@ -699,7 +703,8 @@ dir = "s3://bucket/runs/x"
                 ..SgdConfig::default()
             })
         );
-        assert_eq!(config.paths().checkpoints, "s3://bucket/runs/x");
+        assert_eq!(config.paths().checkpoints.to_string(), "s3://bucket/runs/x");
+        assert!(!config.paths().checkpoints.is_local());
         assert_eq!(config.trajectory()["epochs"], 3);
     }
 

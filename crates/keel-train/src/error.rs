@@ -47,6 +47,18 @@ pub enum TrainError {
     /// The checkpoint store failed.
     #[error(transparent)]
     Checkpoint(#[from] CkptError),
+    /// A fresh start was asked for, but the checkpoint store already holds checkpoints: a
+    /// fresh run would be mixed with them (and would resume from them after a crash).
+    #[error(
+        "a fresh start was asked for, but {location} already holds {checkpoints} checkpoint(s); \
+         a fresh run would be mixed with them"
+    )]
+    FreshNotEmpty {
+        /// The store.
+        location: String,
+        /// How many checkpoints (any folder under a kind) it holds.
+        checkpoints: usize,
+    },
     /// The checkpoint to resume from was written with settings that change the trajectory.
     #[error(
         "checkpoint {checkpoint} was written by a run with other settings ({differences}); \

@@ -1543,15 +1543,13 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         if self.settings.fresh {
             let listed = self.store.list()?;
             if !listed.is_empty() {
-                return Err(TrainError::Setting(format!(
-                    "--fresh: {} already holds {} checkpoint(s); a fresh run would be mixed with them \
-                     (move them away or train under another run name)",
-                    self.store.location(),
-                    listed.len()
-                )));
+                return Err(TrainError::FreshNotEmpty {
+                    location: self.store.location(),
+                    checkpoints: listed.len(),
+                });
             }
             observer(&Event::Fresh {
-                why: "--fresh".into(),
+                why: "a fresh start was asked for".into(),
             });
             return Ok((Position::default(), None));
         }
