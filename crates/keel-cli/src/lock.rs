@@ -272,7 +272,8 @@ fn report(settings: &LockSettings, locked: &Locked, written: Vec<String>) -> mie
     Ok(())
 }
 
-/// `--check`: the lock exists, reads, and was made from the same inputs.
+/// `--check`: the lock exists, reads, and was made from the same inputs
+/// ([`keel_solve::check_fresh`]).
 fn check(settings: &LockSettings, spec: &keel_spec::EnvironmentSpec) -> miette::Result<ExitCode> {
     let Some((lock, recorded)) = keel_solve::read_lock(&settings.output).into_diagnostic()? else {
         miette::bail!(
@@ -281,54 +282,16 @@ fn check(settings: &LockSettings, spec: &keel_spec::EnvironmentSpec) -> miette::
             settings.file.display()
         );
     };
-    let platforms: Vec<Subdir> = if settings.options.platforms.is_empty() {
-        lock.platforms().map(|p| p.subdir()).collect()
-    } else {
-        settings.options.platforms.clone()
-    };
-    let expected = keel_solve::inputs_hash(spec, &platforms, &settings.options);
-    let mut reasons = Vec::new();
-    match &recorded {
-        None => {
-            reasons.push("the lock has no keel inputs hash (not written by keel lock)".to_owned())
-        }
-        Some(hash) if *hash != expected => reasons.push(
-            "the environment file, its channels, the platforms or the channel priority changed"
-                .to_owned(),
-        ),
-        Some(_) => {}
-    }
-    // Virtual packages given now must be the ones the lock was solved with.
-    for platform in lock.platforms() {
-        let recorded: Vec<&String> = platform.virtual_packages().iter().collect();
-        let given = settings.options.virtual_packages.all.iter().chain(
-            settings
-                .options
-                .virtual_packages
-                .per_platform
-                .get(&platform.subdir())
-                .into_iter()
-                .flatten(),
-        );
-        for package in given {
-            let text = package.to_string();
-            if !recorded.iter().any(|r| **r == text) {
-                reasons.push(format!(
-                    "{} was solved without {text} (it has {})",
-                    platform.subdir(),
-                    platform.virtual_packages().join(" ")
-                ));
-            }
-        }
-    }
-    let fresh = reasons.is_empty();
+    let freshness = keel_solve::check_fresh(spec, &lock, recorded.as_deref(), &settings.options);
+    let fresh = freshness.is_fresh();
+    let reasons: Vec<String> = freshness.reasons.iter().map(ToString::to_string).collect();
     let mut stdout = std::io::stdout().lock();
     if settings.json {
         let json = CheckJson {
             lock: settings.output.display().to_string(),
             fresh,
-            recorded_hash: recorded,
-            inputs_hash: expected,
+            recorded_hash: freshness.recorded_hash,
+            inputs_hash: freshness.inputs_hash,
             reasons,
         };
         render::json(&json)?;

@@ -33,6 +33,7 @@
 mod channels;
 mod error;
 mod export;
+mod fresh;
 mod lockfile;
 mod options;
 mod pypi;
@@ -43,6 +44,7 @@ mod virtual_packages;
 pub use channels::{ResolvedChannel, resolve_channels};
 pub use error::{Redacted, SolveError, SpecLine};
 pub use export::{conda_lock_yml, explicit};
+pub use fresh::{Freshness, Stale, check_fresh};
 pub use lockfile::{
     Locked, MAX_LOCK_BYTES, PlatformSummary, check_locked_location, inputs_hash, read_lock,
     recorded_hash,
