@@ -102,7 +102,18 @@
           {
             pname = if withMpi then "keel-mpi" else "keel";
             version = (lib.importTOML ./Cargo.toml).workspace.package.version;
-            src = lib.cleanSource ./.;
+            # The sources cargo builds from: the test data, CI scripts and docs stay out, so that
+            # changing them does not rebuild keel.
+            src = lib.cleanSourceWith {
+              src = lib.cleanSource ./.;
+              filter =
+                path: _type:
+                !builtins.elem (lib.removePrefix "${toString ./.}/" (toString path)) [
+                  ".ci"
+                  "docs"
+                  "test-data"
+                ];
+            };
             # Cargo.lock has no git dependencies: every crate comes from crates.io and is checked
             # against the checksum the lock records, so no `outputHashes` are needed. A git
             # dependency added later fails this build until its hash is given in
