@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
 
-use indicatif::{MultiProgress, ProgressDrawTarget};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keel_solve::{
     ChannelPriority, LockOptions, Locked, SolveError, Uv, VirtualPackageOverridesByPlatform,
 };
@@ -126,6 +126,92 @@ fn add_probed_cuda(virtual_packages: &mut VirtualPackageOverridesByPlatform) -> 
     Ok(())
 }
 
+/// `keel lock`'s progress: a spinner per repodata download on stderr, a bar once its size is
+/// known, cleared when done; nothing is drawn when stderr is not a terminal.
+#[derive(Debug)]
+struct DownloadBars {
+    multi: MultiProgress,
+    bars: std::sync::Mutex<(usize, std::collections::HashMap<usize, ProgressBar>)>,
+}
+
+impl Default for DownloadBars {
+    fn default() -> Self {
+        Self {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            bars: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl DownloadBars {
+    fn bars(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (usize, std::collections::HashMap<usize, ProgressBar>)> {
+        // A panic while a bar was drawn leaves nothing a later call cannot use.
+        self.bars
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl keel_solve::LockProgress for DownloadBars {
+    fn download_started(&self, url: &str) -> usize {
+        let bar = self.multi.add(ProgressBar::new(0));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner:.green} {msg:.dim}")
+                .expect("a valid progress template"),
+        );
+        bar.set_message(format!("fetching {}", shown_url(url)));
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        let mut bars = self.bars();
+        let index = bars.0;
+        bars.0 += 1;
+        bars.1.insert(index, bar);
+        index
+    }
+
+    fn download_progress(&self, index: usize, bytes: u64, total: Option<u64>) {
+        let bars = self.bars();
+        let Some(bar) = bars.1.get(&index) else {
+            return;
+        };
+        if let Some(total) = total
+            && bar.length() != Some(total)
+        {
+            bar.set_length(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner:.green} [{bar:20.cyan/blue}] {bytes}/{total_bytes} {msg:.dim}",
+                )
+                .expect("a valid progress template")
+                .progress_chars("━━╾─"),
+            );
+        }
+        bar.set_position(bytes);
+    }
+
+    fn download_done(&self, index: usize) {
+        if let Some(bar) = self.bars().1.remove(&index) {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A repodata URL as a progress bar shows it: without the scheme, and a long path cut to its
+/// last piece.
+fn shown_url(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let Some((host, path)) = rest.split_once('/') else {
+        return crate::prefix::shown(rest).into_owned();
+    };
+    let text = if path.len() > 50 {
+        format!("{host}/.../{}", path.rsplit('/').next().unwrap_or_default())
+    } else {
+        format!("{host}/{path}")
+    };
+    crate::prefix::shown(&text).into_owned()
+}
+
 #[derive(Serialize)]
 struct LockJson<'a> {
     lock: String,
@@ -155,8 +241,7 @@ pub(crate) fn run(args: LockArgs) -> miette::Result<ExitCode> {
     }
 
     let previous = keel_solve::read_lock(&settings.output).into_diagnostic()?;
-    let progress = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    settings.options.progress = Some(progress);
+    settings.options.progress = Some(std::sync::Arc::new(DownloadBars::default()));
     // Only a solve needs this node's GPUs; `--check` compares what the command line gives.
     add_probed_cuda(&mut settings.options.virtual_packages)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

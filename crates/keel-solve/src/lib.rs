@@ -49,7 +49,7 @@ pub use lockfile::{
     Locked, MAX_LOCK_BYTES, PlatformSummary, check_locked_location, inputs_hash, read_lock,
     recorded_hash,
 };
-pub use options::LockOptions;
+pub use options::{LockOptions, LockProgress};
 pub use pypi::Uv;
 pub use rattler_solve::ChannelPriority;
 pub use redact::{REDACTED, Secrets, redact_template, redact_text, redact_url};

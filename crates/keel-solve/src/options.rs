@@ -2,13 +2,26 @@
 //! its freshness check), kept below all of them.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use indicatif::MultiProgress;
 use rattler_conda_types::Subdir;
 use rattler_solve::ChannelPriority;
 
 use crate::pypi::Uv;
 use crate::virtual_packages::VirtualPackageOverridesByPlatform;
+
+/// Progress of a lock's repodata downloads, for progress bars. Called from the gateway's
+/// tasks, several downloads at a time. Every URL is redacted ([`crate::redact_url`]) before
+/// it is passed: no token, user name, password or query string reaches a reporter.
+pub trait LockProgress: Send + Sync + std::fmt::Debug {
+    /// A download of `url` (redacted, as text) starts; the number returned names it in the
+    /// calls that follow.
+    fn download_started(&self, url: &str) -> usize;
+    /// Download `index` has `bytes` of `total` (`None`: the size is not known).
+    fn download_progress(&self, index: usize, bytes: u64, total: Option<u64>);
+    /// Download `index` is over (finished, failed or cancelled).
+    fn download_done(&self, index: usize);
+}
 
 /// How to lock.
 #[derive(Debug, Clone)]
@@ -24,8 +37,8 @@ pub struct LockOptions {
     pub update: Vec<String>,
     /// `strict` (conda's `channel_priority: strict`, the default) or `disabled`.
     pub channel_priority: ChannelPriority,
-    /// Draw progress bars here while repodata loads.
-    pub progress: Option<MultiProgress>,
+    /// Told of every repodata download while repodata loads (the CLI draws progress bars).
+    pub progress: Option<Arc<dyn LockProgress>>,
     /// Which uv resolves pip sections.
     pub uv: Uv,
 }

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use keel_spec::EnvironmentSpec;
 use rattler_conda_types::{GenericVirtualPackage, MatchSpec, RepoDataRecord, Subdir};
 use rattler_lock::LockFile;
-use rattler_repodata_gateway::{DownloadReporter, Gateway, IndicatifReporter, Reporter};
+use rattler_repodata_gateway::{DownloadReporter, Gateway, Reporter};
 use rattler_solve::{ChannelRepoData, SolverImpl, SolverTask};
 
 use crate::SolveError;
 use crate::channels::{ResolvedChannel, resolve_channels};
 use crate::error::{Redacted, SpecLine};
 use crate::lockfile::{self, Locked, PlatformSolve};
-use crate::options::LockOptions;
+use crate::options::{LockOptions, LockProgress};
 use crate::pypi;
 use crate::redact::{Secrets, redact_url};
 use crate::virtual_packages::virtual_packages_for;
@@ -158,12 +158,7 @@ async fn solve_platform(
         )
         .recursive(true);
     if let Some(progress) = &options.progress {
-        query = query.with_reporter(RedactingReporter(
-            IndicatifReporter::builder()
-                .with_multi_progress(progress.clone())
-                .clear_when_done(true)
-                .finish(),
-        ));
+        query = query.with_reporter(RedactingReporter(std::sync::Arc::clone(progress)));
     }
     let output = query
         .execute()
@@ -227,10 +222,10 @@ fn spec_lines_named_in(spec: &EnvironmentSpec, explanation: &str) -> Vec<SpecLin
     lines.into_values().collect()
 }
 
-/// Shows rattler's download progress with each URL redacted: rattler's progress bar prints a
-/// URL's host and path (a `/t/<token>/` with it), or the whole URL, password included, for a
-/// host that is an IP address.
-struct RedactingReporter(IndicatifReporter);
+/// Passes rattler's download progress on to the options' [`LockProgress`] with each URL
+/// redacted: rattler's own progress bar prints a URL's host and path (a `/t/<token>/` with it),
+/// or the whole URL, password included, for a host that is an IP address.
+struct RedactingReporter(std::sync::Arc<dyn LockProgress>);
 
 impl Reporter for RedactingReporter {
     fn download_reporter(&self) -> Option<&dyn DownloadReporter> {
@@ -240,22 +235,25 @@ impl Reporter for RedactingReporter {
 
 impl DownloadReporter for RedactingReporter {
     fn on_download_start(&self, url: &url::Url) -> usize {
-        self.0.on_download_start(&redact_url(url))
+        self.0.download_started(redact_url(url).as_str())
     }
 
     fn on_download_progress(
         &self,
-        url: &url::Url,
+        _url: &url::Url,
         index: usize,
         bytes_downloaded: usize,
         total_bytes: Option<usize>,
     ) {
-        self.0
-            .on_download_progress(&redact_url(url), index, bytes_downloaded, total_bytes);
+        self.0.download_progress(
+            index,
+            bytes_downloaded as u64,
+            total_bytes.map(|total| total as u64),
+        );
     }
 
-    fn on_download_complete(&self, url: &url::Url, index: usize) {
-        self.0.on_download_complete(&redact_url(url), index);
+    fn on_download_complete(&self, _url: &url::Url, index: usize) {
+        self.0.download_done(index);
     }
 }
 
