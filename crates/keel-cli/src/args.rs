@@ -4,8 +4,14 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// keel makes GPU training environments reproducible: it reads conda environment files
-/// exactly as conda does and says what is wrong with them, line and column.
+/// keel makes GPU training reproducible and crash-proof across a cluster.
+///
+/// Environments: it reads conda environment files as conda does (`spec check`), solves them
+/// into an exact multi-platform lock (`lock`), installs the lock (`install`), fingerprints,
+/// verifies and compares installed prefixes (`hash`, `verify`, `diff`, `fleet`) and checks
+/// each node's GPUs and driver against the lock (`probe`, `doctor`). Training: `train` runs
+/// candle with crash-safe checkpoints it resumes from bit for bit, on one rank or many under
+/// mpirun/srun; `ckpt` lists, verifies and prunes checkpoint stores (local, NFS, S3).
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, propagate_version = true)]
 pub(crate) struct Cli {
