@@ -104,8 +104,5 @@ pub use policy::{
 pub use shared::{
     MAX_WORLD_SIZE, PendingCheckpoint, SharedPart, SharedSave, group_rank, rank_group,
 };
-pub use store::{
-    CheckpointId, CheckpointStore, Goal, Listed, Pruned, Resume, Retention, Status,
-    environment_changes,
-};
+pub use store::{CheckpointId, CheckpointStore, Goal, Listed, Pruned, Resume, Retention, Status};
 pub use writer::AsyncSaver;

@@ -326,9 +326,10 @@ pub struct Snapshot {
     pub metrics: BTreeMap<String, f64>,
     /// Anything else the trainer needs to resume (RNG state, data position, schedule).
     pub user: serde_json::Value,
-    /// The environment fingerprint of the run (`keel hash --json`), when given.
+    /// What the run records of its environment (keel train: the fingerprint), when given;
+    /// opaque JSON, stored and returned as it is.
     pub environment: Option<serde_json::Value>,
-    /// The device probe of the run (`keel probe --json`), when given.
+    /// What the run records of its device (keel train: the probe), when given; opaque JSON.
     pub device: Option<serde_json::Value>,
     /// Tensors by group; each group is one safetensors file.
     pub groups: BTreeMap<String, TensorGroup>,

@@ -329,6 +329,12 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
             for change in *environment_changes {
                 say(format!("warning: {change}"));
             }
+            if environment_changes
+                .iter()
+                .any(|change| change.starts_with("environment fingerprint changed"))
+            {
+                say("note: `keel diff` on the two fingerprints says what changed".into());
+            }
             say(format!(
                 "resuming from {id} (step {step}, epoch {epoch}, batch {batch})"
             ));

@@ -58,6 +58,7 @@
 
 #![deny(missing_docs)]
 
+mod compare;
 mod config;
 mod convert;
 mod data;

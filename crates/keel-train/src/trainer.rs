@@ -10,13 +10,13 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use keel_ckpt::{
     AsyncSaver, CheckpointId, CheckpointStore, CkptError, Goal, Kind, Manifest, PendingCheckpoint,
-    Progress, Resume, Retention, SavePolicy, SharedPart, Snapshot, environment_changes, group_rank,
-    rank_group,
+    Progress, Resume, Retention, SavePolicy, SharedPart, Snapshot, group_rank, rank_group,
 };
 use keel_dist::Collective;
 use serde_json::{Value, json};
 
 use crate::TrainError;
+use crate::compare::{environment_changes, json_differences};
 use crate::convert::{ckpt_dtype, first_non_finite, load_tensor, to_ckpt};
 use crate::data::Dataset;
 use crate::dist::{
@@ -346,26 +346,6 @@ impl std::fmt::Debug for Saver {
             Saver::Background(..) => "Saver::Background",
         })
     }
-}
-
-fn differences(saved: &Value, now: &Value) -> Vec<String> {
-    let (Some(a), Some(b)) = (saved.as_object(), now.as_object()) else {
-        return if saved == now {
-            vec![]
-        } else {
-            vec![format!("{saved} -> {now}")]
-        };
-    };
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| {
-            let show = |v: Option<&Value>| v.map_or("unset".to_string(), Value::to_string);
-            format!("{k}: {} -> {}", show(a.get(k)), show(b.get(k)))
-        })
-        .collect()
 }
 
 /// Saves, then prunes by `retention`. A prune that fails after the save committed is a
@@ -1591,11 +1571,16 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             )));
         }
         let saved_trajectory = user.get("trajectory").cloned().unwrap_or(Value::Null);
-        let differences = differences(&saved_trajectory, &self.settings.trajectory);
+        let differences =
+            json_differences(&saved_trajectory, &self.settings.trajectory, &|_| false);
         if !differences.is_empty() {
             return Err(TrainError::Incompatible {
                 checkpoint: id,
-                differences: differences.join(", "),
+                differences: differences
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
         match user.get("data") {
@@ -1731,7 +1716,8 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         }
         self.rng = rng;
         let changes = environment_changes(
-            &resume.manifest,
+            resume.manifest.environment.as_ref(),
+            resume.manifest.device.as_ref(),
             self.settings.environment.as_ref(),
             self.settings.device_probe.as_ref(),
         );
