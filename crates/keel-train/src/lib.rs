@@ -70,6 +70,7 @@ mod optim;
 mod rng;
 mod schedule;
 mod shard;
+mod state;
 mod trainer;
 
 pub use config::{

@@ -116,16 +116,17 @@ fn overlap(a: &Range<usize>, b: &Range<usize>) -> Option<Range<usize>> {
     (start < end).then_some(start..end)
 }
 
-/// The layout a checkpoint's trainer state (`optimizer`) records, checked against the model
-/// (`total` elements) and the manifest's world size: no `sharding` is the replicated layout;
+/// The layout a checkpoint's trainer state records (its optimizer's `sharding`), checked
+/// against the model (`total` elements) and the manifest's world size: none is the replicated
+/// layout;
 /// a sharded one must have one range per rank of the manifest's world, in rank order,
 /// covering `0..total` exactly once.
 pub(crate) fn saved_layout(
-    optimizer: &Value,
+    sharding: Option<&Value>,
     manifest_world: Option<usize>,
     total: usize,
 ) -> Result<Layout, String> {
-    let Some(sharding) = optimizer.get("sharding").filter(|v| !v.is_null()) else {
+    let Some(sharding) = sharding.filter(|v| !v.is_null()) else {
         return Ok(Layout::Replicated);
     };
     let field = |key: &str| {
@@ -466,13 +467,10 @@ mod tests {
         let record = |world: usize, elements: usize, ranges: Value| json!({"sharding": {"world_size": world, "elements": elements, "ranges": ranges}});
         let ok = record(2, 10, json!([[0, 5], [5, 10]]));
         assert_eq!(
-            saved_layout(&ok, Some(2), 10).unwrap(),
+            saved_layout(ok.get("sharding"), Some(2), 10).unwrap(),
             Layout::Sharded(vec![0..5, 5..10])
         );
-        assert_eq!(
-            saved_layout(&json!({}), None, 10).unwrap(),
-            Layout::Replicated
-        );
+        assert_eq!(saved_layout(None, None, 10).unwrap(), Layout::Replicated);
         for (value, world, total, says) in [
             (ok.clone(), Some(3), 10, "its manifest records 3 ranks"),
             (
@@ -513,7 +511,7 @@ mod tests {
             ),
             (record(2, 10, json!("x")), Some(2), 10, "shard ranges"),
         ] {
-            let error = saved_layout(&value, world, total).unwrap_err();
+            let error = saved_layout(value.get("sharding"), world, total).unwrap_err();
             assert!(error.contains(says), "{error} (wanted {says})");
         }
 

@@ -25,14 +25,12 @@ use crate::dist::{
 use crate::metrics::{LogFormat, MetricsLog, Row, plot_loss};
 use crate::model::Model;
 use crate::optim::OptimizerState;
-use crate::rng::{RngState, TrainRng};
+use crate::rng::TrainRng;
 use crate::schedule::Schedule;
 use crate::shard::{
     OptimizerSharding, ParamInfo, assemble, partition, partition_record, saved_layout,
 };
-
-/// The version of the trainer state keel-train writes into a checkpoint's `user` field.
-const STATE_VERSION: u64 = 1;
+use crate::state::{BestRecord, OptimizerRecord, STATE_VERSION, TrainerState};
 
 /// A request to stop after the current step: set by SIGINT/SIGTERM when installed, or by hand.
 #[derive(Debug, Clone, Default)]
@@ -1099,26 +1097,29 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             };
             groups.insert(group, optimizer);
         }
-        let mut user = json!({
-                "keel_train": STATE_VERSION,
-                "world_size": self.world.size(),
-                "trajectory": self.settings.trajectory,
-                "data": self.data,
-                "batch": pos.batch,
-                "rng": rng.state(),
-                "optimizer": {
-                    "kind": self.optimizer.kind(),
-                    "steps": self.optimizer.steps(),
-                    "lr": self.optimizer.lr(),
-                },
-                "best": self.settings.best_metric.as_ref().map(|(metric, _)| json!({
-                    "metric": metric,
-                    "value": pos.best,
-                })),
-        });
-        if let Some(sharding) = sharding {
-            user["optimizer"]["sharding"] = sharding;
+        let user = TrainerState {
+            keel_train: STATE_VERSION,
+            world_size: self.world.size() as u64,
+            trajectory: self.settings.trajectory.clone(),
+            data: Some(self.data.clone()),
+            batch: pos.batch,
+            rng: rng.state(),
+            optimizer: OptimizerRecord {
+                kind: self.optimizer.kind().to_string(),
+                steps: self.optimizer.steps(),
+                lr: self.optimizer.lr(),
+                sharding,
+            },
+            best: self
+                .settings
+                .best_metric
+                .as_ref()
+                .map(|(metric, _)| BestRecord {
+                    metric: metric.clone(),
+                    value: pos.best,
+                }),
         }
+        .to_user()?;
         Ok(Snapshot {
             step: pos.step,
             epoch: pos.epoch,
@@ -1466,9 +1467,14 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
     /// elements need (all of it when replicated); `None` (all groups) when the manifest's
     /// layout does not read, which the resume then reports.
     fn wanted_groups(&self, manifest: &Manifest) -> Option<std::collections::BTreeSet<String>> {
-        let optimizer = manifest.user.get("optimizer")?;
+        let state = TrainerState::from_user(&manifest.user).ok()?;
         let total = self.elements();
-        let layout = saved_layout(optimizer, manifest.world_size, total).ok()?;
+        let layout = saved_layout(
+            state.optimizer.sharding.as_ref(),
+            manifest.world_size,
+            total,
+        )
+        .ok()?;
         let mut groups = layout.groups_for(total, self.optimizer.owned().as_ref());
         groups.insert("model".to_string());
         Some(groups)
@@ -1564,15 +1570,9 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             checkpoint: id.clone(),
             reason,
         };
-        let user = &resume.snapshot.user;
-        if user.get("keel_train").and_then(Value::as_u64) != Some(STATE_VERSION) {
-            return Err(bad(format!(
-                "it holds no keel-train state of version {STATE_VERSION}"
-            )));
-        }
-        let saved_trajectory = user.get("trajectory").cloned().unwrap_or(Value::Null);
+        let state = TrainerState::from_user(&resume.snapshot.user).map_err(&bad)?;
         let differences =
-            json_differences(&saved_trajectory, &self.settings.trajectory, &|_| false);
+            json_differences(&state.trajectory, &self.settings.trajectory, &|_| false);
         if !differences.is_empty() {
             return Err(TrainError::Incompatible {
                 checkpoint: id,
@@ -1583,7 +1583,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                     .join(", "),
             });
         }
-        match user.get("data") {
+        match &state.data {
             Some(saved) => {
                 let changes = data_changes(saved, &self.data);
                 if !changes.is_empty() {
@@ -1598,20 +1598,15 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                  resuming without checking that the data is the same"
             ))),
         }
-        let rng_state: RngState =
-            serde_json::from_value(user.get("rng").cloned().unwrap_or_default())
-                .map_err(|e| bad(format!("RNG state: {e}")))?;
-        let rng = TrainRng::from_state(&rng_state).map_err(bad)?;
+        let rng_state = &state.rng;
+        let rng = TrainRng::from_state(rng_state).map_err(bad)?;
         let ours = self.rng.state();
         if (&rng_state.seed, rng_state.stream) != (&ours.seed, ours.stream) {
             return Err(bad(
                 "its random generator was seeded differently from this run's".into(),
             ));
         }
-        let batch = user
-            .get("batch")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| bad("no data position (`batch`)".into()))?;
+        let batch = state.batch;
         let (step, epoch) = (resume.manifest.step, resume.manifest.epoch);
         if resume.snapshot.step != step || resume.snapshot.epoch != epoch {
             return Err(bad(format!(
@@ -1635,24 +1630,21 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 "its step {step} is not epoch {epoch} x {batches} batches + batch {batch}"
             )));
         }
-        let optimizer = user.get("optimizer").cloned().unwrap_or_default();
-        if optimizer.get("kind").and_then(Value::as_str) != Some(self.optimizer.kind()) {
+        let optimizer = &state.optimizer;
+        if optimizer.kind != self.optimizer.kind() {
             return Err(bad(format!(
-                "its optimizer is {}, this run's {}",
-                optimizer.get("kind").unwrap_or(&Value::Null),
+                "its optimizer is \"{}\", this run's {}",
+                optimizer.kind,
                 self.optimizer.kind()
             )));
         }
-        let steps = optimizer
-            .get("steps")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| bad("no optimizer step count".into()))?;
+        let steps = optimizer.steps;
         if steps != step {
             return Err(bad(format!(
                 "its optimizer took {steps} steps, its manifest says step {step}"
             )));
         }
-        let saved_world = user.get("world_size").and_then(Value::as_u64).unwrap_or(1);
+        let saved_world = state.world_size;
         if saved_world != self.world.size() as u64 {
             // The data position is global and the state replicated: training goes on where it
             // stopped, with no sample skipped or repeated (not bit for bit: the gradients
@@ -1663,10 +1655,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 self.world.size()
             )));
         }
-        let best = user
-            .get("best")
-            .and_then(|b| b.get("value"))
-            .and_then(Value::as_f64);
+        let best = state.best.as_ref().and_then(|b| b.value);
 
         // Load everything before changing anything.
         let model_group = resume
@@ -1693,8 +1682,12 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         }
         // The moments of whatever layout was saved (replicated, or shards of any world
         // size), put together for the elements this rank holds now.
-        let layout =
-            saved_layout(&optimizer, resume.manifest.world_size, self.elements()).map_err(&bad)?;
+        let layout = saved_layout(
+            optimizer.sharding.as_ref(),
+            resume.manifest.world_size,
+            self.elements(),
+        )
+        .map_err(&bad)?;
         let owned = self.optimizer.owned();
         let tensors = assemble(
             &self.parameter_info(),
