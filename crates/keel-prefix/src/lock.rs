@@ -43,25 +43,21 @@ fn is_distribution(path: &str) -> bool {
         .any(|extension| path.ends_with(extension))
 }
 
-fn locked_pypi(package: &PypiPackageData, lock_dir: &Path) -> LockedPypi {
+/// What `lock` pins of one PyPI package; its file or source tree is placed by keel-solve's
+/// reader ([`keel_solve::pypi_location`]), which checks a path before joining it.
+fn locked_pypi(package: &PypiPackageData, lock: &Path) -> Result<LockedPypi, PrefixError> {
     let name = package.name().to_string();
     let version = package.version().map(ToString::to_string);
-    let file_url = |path: &str| {
-        let path = Path::new(path);
-        let absolute = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            lock_dir.join(path)
-        };
-        url::Url::from_file_path(&absolute)
-            .map_or_else(|()| absolute.display().to_string(), String::from)
+    let location = || {
+        keel_solve::pypi_location(lock, package)
+            .map_err(|source| PrefixError::Lock(Box::new(source)))
     };
     let (target, hash, index) = match package {
         PypiPackageData::Distribution(data) => {
             let target = match &*data.location {
                 UrlOrPath::Url(url) if is_distribution(url.path()) => Some(url.to_string()),
                 UrlOrPath::Url(_) => None,
-                UrlOrPath::Path(path) => Some(file_url(path.as_ref())),
+                UrlOrPath::Path(_) => Some(location()?.to_string()),
             };
             (
                 target,
@@ -69,9 +65,7 @@ fn locked_pypi(package: &PypiPackageData, lock_dir: &Path) -> LockedPypi {
                 data.index_url.as_ref().map(ToString::to_string),
             )
         }
-        PypiPackageData::Source(source) => {
-            (Some(file_url(&source.location.to_string())), None, None)
-        }
+        PypiPackageData::Source(_) => (Some(location()?.to_string()), None, None),
     };
     let mut requirement = match (&target, &version) {
         (Some(url), _) => format!("{name} @ {url}"),
@@ -81,13 +75,13 @@ fn locked_pypi(package: &PypiPackageData, lock_dir: &Path) -> LockedPypi {
     if let Some(hash) = &hash {
         requirement.push_str(&format!(" --hash=sha256:{hash}"));
     }
-    LockedPypi {
+    Ok(LockedPypi {
         name,
         version,
         requirement,
         hashed: hash.is_some(),
         index: index.filter(|_| target.is_none()),
-    }
+    })
 }
 
 /// Reads the packages `lock` pins for `environment` (pixi's name for the default one is
@@ -144,8 +138,8 @@ pub fn locked_packages(
         .pypi_packages(locked_platform)
         .into_iter()
         .flatten()
-        .map(|package| locked_pypi(package, lock.parent().unwrap_or(Path::new("."))))
-        .collect();
+        .map(|package| locked_pypi(package, lock))
+        .collect::<Result<_, _>>()?;
     pypi.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(LockedPlatform { conda, pypi })
 }

@@ -395,6 +395,39 @@ pub fn check_locked_location(location: &UrlOrPath, binary: bool) -> Result<(), &
     Ok(())
 }
 
+/// Where the lock at `lock_path` says a PyPI package lies, as a URL: a URL as the lock records
+/// it, or a local path as a `file://` URL (an absolute path as it is, a relative one joined
+/// onto the lock's folder). A path passes [`check_locked_location`] first (no `..`, not
+/// empty), so a relative one stays inside the lock's folder; an error names the lock, the
+/// package and the location. The one way a reader of a lock (keel-prefix's installer) turns
+/// a PyPI location into something to fetch.
+pub fn pypi_location(
+    lock_path: &Path,
+    package: &rattler_lock::PypiPackageData,
+) -> Result<url::Url, SolveError> {
+    let location: &UrlOrPath = package.location();
+    let refuse = |reason| SolveError::LockedLocation {
+        path: lock_path.to_path_buf(),
+        package: package.name().to_string(),
+        location: redact_template(&location.to_string()),
+        reason,
+    };
+    let path = match location {
+        UrlOrPath::Url(url) => return Ok(url.clone()),
+        UrlOrPath::Path(path) => path,
+    };
+    check_locked_location(location, false).map_err(refuse)?;
+    let path = Path::new(path.as_str());
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        let folder = lock_path.parent().unwrap_or(Path::new(""));
+        std::path::absolute(folder.join(path))
+            .map_err(|_| refuse("keel cannot make this path absolute"))?
+    };
+    url::Url::from_file_path(&absolute).map_err(|()| refuse("not a path a file:// URL can name"))
+}
+
 /// The inputs hash recorded in a lock's header, if it has one.
 pub fn recorded_hash(text: &str) -> Option<String> {
     text.lines()
