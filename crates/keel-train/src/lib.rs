@@ -70,7 +70,6 @@ mod optim;
 mod rng;
 mod schedule;
 mod shard;
-mod state;
 mod trainer;
 
 pub use config::{
