@@ -80,24 +80,27 @@ impl LockSettings {
 }
 
 /// This node's `__cuda` and `__cuda_arch` from keel's own driver probe (with
-/// `CONDA_OVERRIDE_CUDA` / `CONDA_OVERRIDE_CUDA_ARCH` first), for this node's platform, unless
-/// the command line gives them itself.
+/// `CONDA_OVERRIDE_CUDA` / `CONDA_OVERRIDE_CUDA_ARCH` first), for this node's platform, each
+/// unless the command line gives it itself. The probe runs only when one of them is missing.
 fn add_probed_cuda(virtual_packages: &mut VirtualPackageOverridesByPlatform) -> miette::Result<()> {
     let Some(host) = Subdir::current() else {
         return Ok(());
     };
-    let given = virtual_packages
-        .all
-        .iter()
-        .chain(
-            virtual_packages
-                .per_platform
-                .get(&host)
-                .into_iter()
-                .flatten(),
-        )
-        .any(|p| p.name.as_normalized() == "__cuda");
-    if given {
+    let given = |name: &str| {
+        virtual_packages
+            .all
+            .iter()
+            .chain(
+                virtual_packages
+                    .per_platform
+                    .get(&host)
+                    .into_iter()
+                    .flatten(),
+            )
+            .any(|p| p.name.as_normalized() == name)
+    };
+    let (cuda_given, arch_given) = (given("__cuda"), given("__cuda_arch"));
+    if cuda_given && arch_given {
         return Ok(());
     }
     let report = match keel_cuda::probe_with_timeout(
@@ -108,21 +111,30 @@ fn add_probed_cuda(virtual_packages: &mut VirtualPackageOverridesByPlatform) -> 
         Err(error) => {
             render::error(&miette::miette!(
                 severity = miette::Severity::Warning,
-                "{error}; solving without a probed __cuda"
+                "{error}; solving without a probed __cuda or __cuda_arch"
             ));
             return Ok(());
         }
     };
-    let override_cuda = std::env::var("CONDA_OVERRIDE_CUDA").ok();
-    if let Some(cuda) =
-        keel_cuda::cuda_virtual_package(&report, override_cuda.as_deref()).into_diagnostic()?
-    {
-        virtual_packages
-            .per_platform
-            .entry(host)
-            .or_default()
-            .push(cuda);
+    let mut probed = Vec::new();
+    if !cuda_given {
+        let override_cuda = std::env::var("CONDA_OVERRIDE_CUDA").ok();
+        probed.extend(
+            keel_cuda::cuda_virtual_package(&report, override_cuda.as_deref()).into_diagnostic()?,
+        );
     }
+    if !arch_given {
+        let override_arch = std::env::var("CONDA_OVERRIDE_CUDA_ARCH").ok();
+        probed.extend(
+            keel_cuda::cuda_arch_virtual_package(&report, override_arch.as_deref())
+                .into_diagnostic()?,
+        );
+    }
+    virtual_packages
+        .per_platform
+        .entry(host)
+        .or_default()
+        .extend(probed);
     Ok(())
 }
 

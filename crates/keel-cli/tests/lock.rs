@@ -129,6 +129,101 @@ fn conda_override_cuda_reaches_the_lock() {
     );
 }
 
+/// `keel lock`'s doc promises `__cuda_arch`: the solve sees it (rattler_solve matches a
+/// dependency on `__cuda_arch` like any other), from `CONDA_OVERRIDE_CUDA_ARCH` (or the
+/// probe's oldest GPU) beside a `__cuda`, from `--virtual-package` above both, and the lock
+/// records it per platform.
+#[test]
+fn cuda_arch_reaches_the_solve_and_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = keel_test_support::channel::Package {
+        name: "sm80-kernels",
+        version: "1.0",
+        depends: vec!["__cuda_arch >=8.0"],
+        files: vec![(
+            "share/sm80-kernels/README",
+            keel_test_support::channel::Content::Text("built for sm_80 and newer\n".into()),
+        )],
+        tar_bz2: false,
+    };
+    let channel = keel_test_support::channel::build_channel(&dir.path().join("chan"), &[kernel]);
+    let platform = rattler_conda_types::Subdir::current().unwrap();
+    fs_err::write(
+        dir.path().join("environment.yml"),
+        format!(
+            "channels:\n  - {}\n  - nodefaults\ndependencies:\n  - sm80-kernels\nplatforms: [{platform}]\n",
+            channel.display()
+        ),
+    )
+    .unwrap();
+    let lock = |env: &[(&str, &str)], args: &[&str]| {
+        let mut command = keel_in(dir.path());
+        command
+            .args(["lock", "--json"])
+            .args(args)
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .env("CONDA_OVERRIDE_CUDA", "12.4")
+            .env_remove("CONDA_OVERRIDE_CUDA_ARCH");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command.output().unwrap()
+    };
+    let recorded = |output: &Output| -> Vec<String> {
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        json["platforms"][0]["virtual_packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let ampere = lock(&[("CONDA_OVERRIDE_CUDA_ARCH", "8.6")], &[]);
+    let packages = recorded(&ampere);
+    assert!(
+        packages.contains(&"__cuda_arch=8.6=0".to_owned()),
+        "{packages:?}"
+    );
+    let written = fs_err::read_to_string(dir.path().join("keel.lock")).unwrap();
+    assert!(written.contains("__cuda_arch=8.6=0"), "{written}");
+
+    // An older GPU: the package cannot be installed, and the solver says so.
+    let turing = lock(&[("CONDA_OVERRIDE_CUDA_ARCH", "7.5")], &[]);
+    assert_eq!(turing.status.code(), Some(2), "{}", text(&turing.stderr));
+    assert!(
+        text(&turing.stderr).contains("__cuda_arch"),
+        "{}",
+        text(&turing.stderr)
+    );
+
+    // The command line beats the environment.
+    let hopper = lock(
+        &[("CONDA_OVERRIDE_CUDA_ARCH", "7.5")],
+        &["--virtual-package", "__cuda_arch=9.0"],
+    );
+    let packages = recorded(&hopper);
+    assert!(
+        packages.contains(&"__cuda_arch=9.0=0".to_owned()),
+        "{packages:?}"
+    );
+    assert!(
+        !packages.iter().any(|p| p.starts_with("__cuda_arch=7.5")),
+        "{packages:?}"
+    );
+
+    // No __cuda, no __cuda_arch (conda's CEP), so the package cannot be installed.
+    let no_cuda = lock(
+        &[
+            ("CONDA_OVERRIDE_CUDA", ""),
+            ("CONDA_OVERRIDE_CUDA_ARCH", "8.6"),
+        ],
+        &[],
+    );
+    assert_eq!(no_cuda.status.code(), Some(2), "{}", text(&no_cuda.stderr));
+}
+
 #[test]
 fn unsolvable_points_at_the_spec_line() {
     let project = project("  - python=3.9\n  - numpy\n");

@@ -71,8 +71,9 @@ fn parse_virtual_package(text: &str) -> Result<GenericVirtualPackage, String> {
 
 /// The virtual packages of `platform`: detected on this machine when it is this machine's
 /// platform (honouring `CONDA_OVERRIDE_CUDA`, `CONDA_OVERRIDE_GLIBC`, ...), the platform's
-/// baseline otherwise; then the command line's values replace those of the same name.
-/// Sorted by name, so that the lock and its hash do not depend on detection order.
+/// baseline otherwise; then the command line's values replace those of the same name. As
+/// conda's CEP for `__cuda_arch` asks, there is no `__cuda_arch` without a `__cuda`. Sorted by
+/// name, so that the lock and its hash do not depend on detection order.
 pub fn virtual_packages_for(
     platform: Subdir,
     overrides: &VirtualPackageOverridesByPlatform,
@@ -90,6 +91,9 @@ pub fn virtual_packages_for(
         .chain(overrides.per_platform.get(&platform).into_iter().flatten());
     for package in given {
         by_name.insert(package.name.as_normalized().to_owned(), package.clone());
+    }
+    if !by_name.contains_key("__cuda") {
+        by_name.remove("__cuda_arch");
     }
     Ok(by_name.into_values().collect())
 }
@@ -109,6 +113,30 @@ mod tests {
         assert!(text.contains(&"__glibc=2.28=0".to_owned()), "{text:?}");
         let osx = virtual_packages_for(Subdir::OsxArm64, &overrides).unwrap();
         assert!(osx.iter().all(|p| p.name.as_normalized() != "__glibc"));
+    }
+
+    /// `__cuda_arch` (the oldest GPU's compute capability) reaches the solve beside a `__cuda`,
+    /// and never without one.
+    #[test]
+    fn cuda_arch_goes_with_cuda_only() {
+        let mut overrides = VirtualPackageOverridesByPlatform::default();
+        overrides.add("linux-64:__cuda=12.4").unwrap();
+        overrides.add("linux-64:__cuda_arch=8.6").unwrap();
+        let text: Vec<String> = virtual_packages_for(Subdir::Linux64, &overrides)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(text.contains(&"__cuda_arch=8.6=0".to_owned()), "{text:?}");
+
+        let mut overrides = VirtualPackageOverridesByPlatform::default();
+        overrides.add("osx-arm64:__cuda_arch=8.6").unwrap();
+        let osx = virtual_packages_for(Subdir::OsxArm64, &overrides).unwrap();
+        assert!(
+            osx.iter()
+                .all(|p| !p.name.as_normalized().starts_with("__cuda")),
+            "{osx:?}"
+        );
     }
 
     #[test]
