@@ -13,6 +13,16 @@ use serde::Serialize;
 use crate::args::DoctorArgs;
 use crate::render;
 
+/// Each fix that re-locking would be part of, with the `keel lock` command line that does it.
+fn with_lock_commands(mut findings: Vec<keel_cuda::Finding>) -> Vec<keel_cuda::Finding> {
+    for finding in &mut findings {
+        if let (Some(fix), Some(package)) = (&mut finding.fix, &finding.lock_with) {
+            fix.push_str(&format!(" (`keel lock --virtual-package {package}`)"));
+        }
+    }
+    findings
+}
+
 #[derive(Serialize)]
 struct DoctorJson<'a> {
     checked: String,
@@ -34,7 +44,7 @@ pub(crate) fn run(args: &DoctorArgs) -> miette::Result<ExitCode> {
             .into_diagnostic()?,
     };
     let (checked, packages) = packages(args)?;
-    let findings = keel_cuda::diagnose(&report, &packages, &host_facts());
+    let findings = with_lock_commands(keel_cuda::diagnose(&report, &packages, &host_facts()));
     let failed = findings.iter().any(|f| f.level == Level::Error);
 
     let mut stdout = std::io::stdout().lock();

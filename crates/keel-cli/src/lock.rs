@@ -291,6 +291,13 @@ pub(crate) fn run(args: LockArgs) -> miette::Result<ExitCode> {
             render::error(&report);
             return Ok(ExitCode::from(2));
         }
+        Err(error @ SolveError::NoPlatform) => {
+            return Err(miette::miette!(
+                help = "pass --platform, or list `platforms:` in the environment file",
+                "{error}"
+            ))
+            .wrap_err_with(|| format!("keel lock {}", settings.file.display()));
+        }
         Err(error) => {
             return Err(error)
                 .into_diagnostic()

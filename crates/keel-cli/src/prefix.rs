@@ -97,7 +97,14 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
     let started = Instant::now();
     let report = runtime
         .block_on(keel_prefix::install(&prefix, &locked, &options, reporter))
-        .into_diagnostic()
+        .map_err(|error| match error {
+            // The library says what is wrong; the command that fixes it is the CLI's to name.
+            keel_prefix::PrefixError::MissingSha256 { .. } => miette::miette!(
+                help = "re-lock with `keel lock`, which records every package's sha256",
+                "{error}"
+            ),
+            error => miette::Report::from_err(error),
+        })
         .map_err(|error| {
             // Checks that fail before anything is changed leave no marker; say "unfinished"
             // only when the prefix is marked so.

@@ -977,3 +977,25 @@ fn package_paths_json_with_dotdot_is_refused() {
     assert_eq!(names(&again["installed"]), ["libdemo-1.1-h0_0"]);
     expect(dir, &["verify", "env", "-l", "lock-1.1.lock"], 0);
 }
+
+/// A lock that pins a package without a sha256 is refused before anything is installed; the
+/// library says what is wrong, and the CLI names the command that fixes it.
+#[test]
+fn a_package_without_a_sha256_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let platform = rattler_conda_types::Subdir::current().unwrap();
+    fs_err::write(
+        dir.join("keel.lock"),
+        format!(
+            "version: 7\nplatforms:\n- name: {platform}\nenvironments:\n  default:\n    channels:\n    - url: https://conda.anaconda.org/conda-forge/\n    packages:\n      {platform}:\n      - conda: https://conda.anaconda.org/conda-forge/{platform}/zlib-1.3-h0_0.conda\npackages:\n- conda: https://conda.anaconda.org/conda-forge/{platform}/zlib-1.3-h0_0.conda\n  subdir: {platform}\n  md5: f36c115f1ee199da648e0597ec2047ad\n  size: 61588\n"
+        ),
+    )
+    .unwrap();
+    let output = keel(dir, &["install", "-l", "keel.lock", "-p", "env"]);
+    let stderr = text(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("without a sha256"), "{stderr}");
+    assert!(stderr.contains("re-lock with `keel lock`"), "{stderr}");
+    assert!(!dir.join("env/conda-meta").exists(), "{stderr}");
+}

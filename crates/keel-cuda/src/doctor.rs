@@ -52,6 +52,11 @@ pub struct Finding {
     pub message: String,
     /// What to do about it.
     pub fix: Option<String>,
+    /// A virtual package (`__cuda=12.2`, `__glibc=2.17`) that a lock solved with it would
+    /// fit this node with, when re-locking is one of the fixes. How to pass it is the
+    /// caller's (`keel doctor` adds its `keel lock` command line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_with: Option<String>,
 }
 
 /// NVIDIA's minimum Linux x86_64 driver for each CUDA toolkit release (CUDA Toolkit release
@@ -188,6 +193,7 @@ fn driver_rule(
                 "run on a GPU node, or install an NVIDIA driver >= {}",
                 full.unwrap_or("the one for this CUDA release")
             )),
+            lock_with: None,
         });
         return;
     };
@@ -204,6 +210,7 @@ fn driver_rule(
                     .unwrap_or_default()
             ),
             fix: Some("check CUDA_VISIBLE_DEVICES and the job's GPU allocation".to_owned()),
+            lock_with: None,
         });
     }
     let driver_name = driver
@@ -219,6 +226,7 @@ fn driver_rule(
                 driver.cuda_version
             ),
             fix: None,
+            lock_with: None,
         });
         return;
     }
@@ -242,6 +250,7 @@ fn driver_rule(
                 driver.cuda_version
             ),
             fix: full.map(|d| format!("upgrade the driver to >= {d} for full CUDA {cuda} support")),
+            lock_with: None,
         });
     } else {
         findings.push(Finding {
@@ -252,9 +261,13 @@ fn driver_rule(
                 driver.cuda_version
             ),
             fix: Some(match full {
-                Some(d) => format!("upgrade the driver to >= {d}, or lock for CUDA <= {} (`keel lock --virtual-package __cuda={}`)", driver.cuda_version, driver.cuda_version),
-                None => format!("lock for CUDA <= {} (`keel lock --virtual-package __cuda={}`)", driver.cuda_version, driver.cuda_version),
+                Some(d) => format!(
+                    "upgrade the driver to >= {d}, or lock for CUDA <= {}",
+                    driver.cuda_version
+                ),
+                None => format!("lock for CUDA <= {}", driver.cuda_version),
             }),
+            lock_with: Some(format!("__cuda={}", driver.cuda_version)),
         });
     }
 }
@@ -305,6 +318,7 @@ fn architecture_rule(
             rule: "compute-capability",
             message,
             fix,
+            lock_with: None,
         });
     }
 }
@@ -332,6 +346,7 @@ fn memory_rule(report: &ProbeReport, findings: &mut Vec<Finding>) {
                 gib(total)
             ),
             fix,
+            lock_with: None,
         });
     }
 }
@@ -374,20 +389,23 @@ fn system_rule(
                 "{package} needs {virtual_package} >= {need}, and this node has no {rule}"
             ),
             fix: Some(format!("run on a Linux node with {rule} >= {need}")),
+            lock_with: None,
         },
         Some(have) if version_at_least(have, &need) => Finding {
             level: Level::Ok,
             rule,
             message: format!("{rule} {have} >= {need} (needed by {package})"),
             fix: None,
+            lock_with: None,
         },
         Some(have) => Finding {
             level: Level::Error,
             rule,
             message: format!("{package} needs {rule} >= {need}; this node has {have}"),
             fix: Some(format!(
-                "run on a node with {rule} >= {need}, or lock with `--virtual-package {virtual_package}={have}` so the solve picks builds this node runs"
+                "run on a node with {rule} >= {need}, or lock with {virtual_package}={have} so the solve picks builds this node runs"
             )),
+            lock_with: Some(format!("{virtual_package}={have}")),
         },
     };
     findings.push(finding);

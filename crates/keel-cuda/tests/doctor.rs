@@ -102,8 +102,11 @@ fn a_too_old_driver_cannot_run_cuda_11_8_or_12() {
             .fix
             .as_deref()
             .unwrap()
-            .contains("--virtual-package __cuda=11.0")
+            .contains("lock for CUDA <= 11.0")
     );
+    // Which virtual package to lock with is data; the command line is the CLI's.
+    assert_eq!(driver.lock_with.as_deref(), Some("__cuda=11.0"));
+    assert!(!driver.fix.as_deref().unwrap().contains("--"), "{driver:?}");
     // The lock also needs a newer glibc (2.28) than this node has (2.17).
     let glibc = rule(&findings, "glibc")[0];
     assert_eq!(glibc.level, Level::Error);

@@ -120,9 +120,7 @@ pub enum PrefixError {
         locked: String,
     },
     /// A locked package has no sha256, so what gets installed could not be checked.
-    #[error(
-        "the lock pins {name} without a sha256; keel installs only packages it can check (re-lock with `keel lock`)"
-    )]
+    #[error("the lock pins {name} without a sha256; keel installs only packages it can check")]
     MissingSha256 {
         /// The package file name.
         name: String,

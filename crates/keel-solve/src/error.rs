@@ -24,7 +24,7 @@ pub struct SpecLine {
 pub enum SolveError {
     /// The spec names no platform and this machine's platform is not a conda platform.
     #[error(
-        "no platform to lock for: pass --platform, or list `platforms:` in the environment file"
+        "no platform to lock for: none was given, the environment file lists no `platforms:`, and this machine's platform is not a conda platform"
     )]
     NoPlatform,
     /// The file lists no channel to solve from.
@@ -182,13 +182,22 @@ pub struct Redacted {
 }
 
 impl Redacted {
-    /// `error` and its causes, redacted with the secrets keel knows of.
+    /// `error` and its causes, redacted with the secrets keel knows of. A cause whose text
+    /// the message already holds (rattler writes many errors as `failed to ...: {0}` and keeps
+    /// the cause as their source too) is left out of the chain, its own causes kept, so that
+    /// no cause is printed twice.
     pub(crate) fn new(error: &(dyn std::error::Error + 'static), secrets: &Secrets) -> Self {
+        let message = secrets.redact(&error.to_string());
+        let mut cause = error.source();
+        while let Some(said) = cause.filter(|c| {
+            let text = secrets.redact(&c.to_string());
+            !text.is_empty() && message.contains(&text)
+        }) {
+            cause = said.source();
+        }
         Redacted {
-            message: secrets.redact(&error.to_string()),
-            source: error
-                .source()
-                .map(|cause| Box::new(Redacted::new(cause, secrets))),
+            source: cause.map(|cause| Box::new(Redacted::new(cause, secrets))),
+            message,
         }
     }
 
@@ -209,5 +218,65 @@ impl std::error::Error for Redacted {
         self.source
             .as_deref()
             .map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error written `{message}: {source}` with the cause also as its source.
+    #[derive(Debug)]
+    struct Chain(&'static str, Option<Box<Chain>>);
+
+    impl std::fmt::Display for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match (&self.1, self.0.ends_with(':')) {
+                (Some(cause), true) => write!(f, "{} {cause}", self.0),
+                _ => f.write_str(self.0),
+            }
+        }
+    }
+
+    impl std::error::Error for Chain {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1
+                .as_deref()
+                .map(|c| c as &(dyn std::error::Error + 'static))
+        }
+    }
+
+    fn chain(error: &dyn std::error::Error) -> Vec<String> {
+        let mut texts = vec![error.to_string()];
+        let mut cause = error.source();
+        while let Some(c) = cause {
+            texts.push(c.to_string());
+            cause = c.source();
+        }
+        texts
+    }
+
+    #[test]
+    fn a_cause_the_message_already_holds_is_not_repeated() {
+        // "fetch failed: https://alice:pw@host/x not found", whose source is the not-found
+        // error, whose source is an I/O error the message does not hold.
+        let error = Chain(
+            "fetch failed:",
+            Some(Box::new(Chain(
+                "https://alice:pw@host/x not found",
+                Some(Box::new(Chain("connection reset", None))),
+            ))),
+        );
+        let redacted = Redacted::urls(&error);
+        assert_eq!(
+            chain(&redacted),
+            ["fetch failed: https://host/x not found", "connection reset"]
+        );
+        // A cause the message does not hold stays.
+        let error = Chain("fetch failed", Some(Box::new(Chain("not found", None))));
+        assert_eq!(
+            chain(&Redacted::urls(&error)),
+            ["fetch failed", "not found"]
+        );
     }
 }
