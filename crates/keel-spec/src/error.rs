@@ -135,6 +135,95 @@ pub enum ProblemKind {
         /// The selector's condition.
         condition: String,
     },
+    /// A selector with a part that is not a platform (`py>=38`), which keel cannot decide
+    /// when it locks.
+    #[error(
+        "keel cannot decide `{part}` of the selector `{condition}` when it locks: as with conda-lock, the line applies only where the platform names alone make the selector true"
+    )]
+    UndecidedSelector {
+        /// The selector's condition.
+        condition: String,
+        /// Its first part that is not a platform name.
+        part: String,
+    },
+    /// A dependency that conda's own MatchSpec refuses although rattler reads it.
+    #[error("conda refuses `{spec}`: {reason}")]
+    CondaRefusesSpec {
+        /// The text as written.
+        spec: String,
+        /// conda's message.
+        reason: String,
+    },
+    /// A dependency written over several lines whose later lines start with `- `: the list
+    /// items below its first line were indented more, so YAML joined them into one string.
+    #[error(
+        "one dependency spans lines {first_line}-{last_line}: the `- ` items below line {first_line} became part of the string `{spec}`"
+    )]
+    SpansLines {
+        /// The joined string.
+        spec: String,
+        /// Where it starts.
+        first_line: usize,
+        /// Where it ends.
+        last_line: usize,
+    },
+    /// A `- pip:` section that a later one replaces: conda installs only the last.
+    #[error(
+        "conda installs only the last `- pip:` section (line {last_line}), nothing from this one"
+    )]
+    ReplacedPipSection {
+        /// The line of the section conda installs.
+        last_line: usize,
+    },
+    /// A local pip path that is not there, relative to the environment file's folder.
+    #[error("`{path}` is not in the environment file's folder ({folder})")]
+    MissingPipPath {
+        /// The path as written.
+        path: String,
+        /// The folder it was looked for in.
+        folder: String,
+    },
+    /// conda-lock's `platforms:` or `category:`, which conda ignores.
+    #[error("conda ignores `{key}:` (a conda-lock key); keel and conda-lock read it")]
+    CondaLockKey {
+        /// The key.
+        key: String,
+    },
+    /// Platform selectors, which conda ignores: it installs every such line everywhere
+    /// (comment selectors) or none of them (mamba's `sel(...)` keys).
+    #[error("{}", selectors_message(*comment, *mamba))]
+    CondaIgnoresSelectors {
+        /// How many `# [selector]` lines the file has.
+        comment: usize,
+        /// How many `sel(...):` lines.
+        mamba: usize,
+    },
+}
+
+fn selectors_message(comment: usize, mamba: usize) -> String {
+    let mut parts = Vec::new();
+    match comment {
+        0 => {}
+        1 => parts.push(
+            "conda reads `# [selector]` as a comment and installs this line on every platform"
+                .to_owned(),
+        ),
+        n => parts.push(format!(
+            "conda reads `# [selector]` as a comment and installs these {n} lines (this one \
+             first) on every platform"
+        )),
+    }
+    match mamba {
+        0 => {}
+        1 => parts.push("conda installs nothing from the `sel(...):` line".to_owned()),
+        n => parts.push(format!(
+            "conda installs nothing from the {n} `sel(...):` lines"
+        )),
+    }
+    format!(
+        "{}; keel applies the selectors per platform, as conda-lock (and mamba) do",
+        parts.join(", and ")
+    )
 }
 
 /// One error or warning about an environment file, with where it is.

@@ -42,6 +42,7 @@
 
 #![deny(missing_docs)]
 
+mod conda;
 mod error;
 mod model;
 mod parse;
@@ -95,14 +96,23 @@ pub struct Parsed {
     pub report: Report,
 }
 
-/// Checks environment-file text. `path` names the file in messages.
+/// Checks environment-file text. `path` names the file in messages; nothing is looked up on
+/// disk (local pip paths are checked by [`check_path`], which knows the file's folder).
 pub fn check_str(text: &str, path: impl AsRef<Path>) -> Checked {
+    check_text(text, path.as_ref(), None)
+}
+
+fn check_text(text: &str, path: &Path, folder: Option<&Path>) -> Checked {
     let text = source::strip_bom(text);
-    let (spec, problems) = parse::Parser::new(text).parse();
+    let mut parser = parse::Parser::new(text);
+    if let Some(folder) = folder {
+        parser = parser.in_folder(folder);
+    }
+    let (spec, problems) = parser.parse();
     Checked {
         spec,
         report: Report {
-            path: path.as_ref().to_path_buf(),
+            path: path.to_path_buf(),
             text: text.to_owned(),
             problems,
         },
@@ -117,21 +127,31 @@ pub const MAX_FILE_SIZE: u64 = 4 << 20;
 /// Checks an environment file's bytes, decoded as conda does (UTF-8 with or without a
 /// byte-order mark, or UTF-16 with one).
 pub fn check_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Checked, SpecError> {
-    let path = path.as_ref();
+    check_bytes_in(bytes, path.as_ref(), None)
+}
+
+fn check_bytes_in(bytes: &[u8], path: &Path, folder: Option<&Path>) -> Result<Checked, SpecError> {
     let text = source::decode(bytes).map_err(|error| SpecError::Encoding {
         path: path.to_path_buf(),
         line: error.line,
         column: error.column,
         offset: error.offset,
     })?;
-    Ok(check_str(&text, path))
+    Ok(check_text(&text, path, folder))
 }
 
-/// Reads and checks an environment file.
+/// Reads and checks an environment file. Local pip paths (`./pkg`, `submodules/simple-knn`)
+/// are looked for relative to the file's folder, where conda runs pip, and each one that is
+/// not there is a warning.
 pub fn check_path(path: impl AsRef<Path>) -> Result<Checked, SpecError> {
     let path = path.as_ref();
     let bytes = read_regular_file(path)?;
-    check_bytes(&bytes, path)
+    let folder = match path.parent() {
+        Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
+        Some(parent) => parent,
+        None => Path::new("."),
+    };
+    check_bytes_in(&bytes, path, Some(folder))
 }
 
 /// Reads a regular file of at most [`MAX_FILE_SIZE`] bytes: the one way this crate reads an

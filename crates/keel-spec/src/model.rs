@@ -122,18 +122,55 @@ pub enum DependencyEntry {
 }
 
 /// A conda dependency: the text as written and the MatchSpec it means.
-#[derive(Debug, Clone, Serialize)]
+///
+/// It serializes with the spec shown as written where rattler would print it otherwise:
+/// rattler's `Version` drops leading zeros (`2022.07.19` prints as `2022.7.19`), so the
+/// `spec` and `version` shown are [`CondaDependency::display_spec`] and
+/// [`CondaDependency::display_version`].
+#[derive(Debug, Clone)]
 pub struct CondaDependency {
     /// The text as written, inline `# comment` included.
     pub source: String,
     /// The spec, parsed leniently as conda does.
-    #[serde(serialize_with = "serialize_match_spec")]
     pub spec: MatchSpec,
     /// A platform selector: conda-lock's `# [linux64]` comment or mamba's `sel(linux):` key.
     pub selector: Option<Selector>,
     /// Where it was written.
-    #[serde(skip)]
     pub location: Option<Location>,
+}
+
+impl Serialize for CondaDependency {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Parts {
+            spec: String,
+            name: String,
+            version: Option<String>,
+            build: Option<String>,
+            channel: Option<String>,
+            subdir: Option<String>,
+        }
+        #[derive(Serialize)]
+        struct Json<'a> {
+            source: &'a str,
+            spec: Parts,
+            selector: &'a Option<Selector>,
+        }
+        let spec = &self.spec;
+        Json {
+            source: &self.source,
+            spec: Parts {
+                spec: self.display_spec(),
+                name: spec.name.to_string(),
+                version: self.display_version(),
+                build: spec.build.as_ref().map(ToString::to_string),
+                channel: spec.channel.as_ref().map(|c| c.canonical_name()),
+                subdir: spec.subdir.clone(),
+            },
+            selector: &self.selector,
+        }
+        .serialize(s)
+    }
 }
 
 impl PartialEq for CondaDependency {
@@ -143,6 +180,75 @@ impl PartialEq for CondaDependency {
 }
 
 impl CondaDependency {
+    /// The version constraint as rattler reads it, each version number written as in the
+    /// file: `re2=2022.04.01=h295c915_0` gives `==2022.04.01` where rattler prints
+    /// `==2022.4.1`. `None` without a version.
+    ///
+    /// ```
+    /// let spec = keel_spec::CondaDependency::parse("bioconda::fastqc=0.12.01").unwrap();
+    /// assert_eq!(spec.display_version().as_deref(), Some("0.12.01.*"));
+    /// assert_eq!(spec.display_spec(), "bioconda::fastqc 0.12.01.*");
+    /// ```
+    pub fn display_version(&self) -> Option<String> {
+        let version = self.spec.version.as_ref()?.to_string();
+        Some(self.with_written_numbers(&version))
+    }
+
+    /// The MatchSpec as rattler prints it, with each version number as written (see
+    /// [`display_version`](Self::display_version)); it parses back to the same spec.
+    pub fn display_spec(&self) -> String {
+        let printed = self.spec.to_string();
+        let Some(version) = self.spec.version.as_ref().map(ToString::to_string) else {
+            return printed;
+        };
+        let written = self.with_written_numbers(&version);
+        if written == version {
+            return printed;
+        }
+        let candidate = printed.replacen(&version, &written, 1);
+        match MatchSpec::from_str(&candidate, ParseStrictness::Lenient) {
+            Ok(reparsed) if reparsed == self.spec => candidate,
+            _ => printed,
+        }
+    }
+
+    /// `printed` (rattler's text of the version constraint) with every version number that
+    /// the source writes differently (`07` for `7`) put back as written.
+    fn with_written_numbers(&self, printed: &str) -> String {
+        let is_version_char =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '!' | '+');
+        let source = self.source.split('#').next().unwrap_or_default();
+        let mut out = printed.to_owned();
+        for token in source.split(|c: char| !is_version_char(c)) {
+            let token = token.trim_end_matches('.');
+            if token.is_empty() || !token.starts_with(|c: char| c.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(version) = rattler_conda_types::Version::from_str(token) else {
+                continue;
+            };
+            let normal = version.to_string();
+            if normal == token {
+                continue;
+            }
+            // Replace the normal form only where it stands as a whole version number.
+            let mut replaced = String::with_capacity(out.len());
+            let mut rest = out.as_str();
+            while let Some(at) = rest.find(&normal) {
+                let before = rest[..at].chars().next_back();
+                let after = rest[at + normal.len()..].chars().next();
+                let whole = !before.is_some_and(is_version_char)
+                    && !after.is_some_and(|c| is_version_char(c) && c != '.');
+                replaced.push_str(&rest[..at]);
+                replaced.push_str(if whole { token } else { &normal });
+                rest = &rest[at + normal.len()..];
+            }
+            replaced.push_str(rest);
+            out = replaced;
+        }
+        out
+    }
+
     /// Parses `source` as a conda dependency written in an environment file.
     pub fn parse(source: &str) -> Result<Self, rattler_conda_types::ParseMatchSpecError> {
         Ok(Self {
@@ -182,23 +288,32 @@ impl EnvironmentSpec {
         })
     }
 
-    /// The pip entries of every `- pip:` sub-section, in order.
+    /// The pip entries conda installs: those of the last `- pip:` sub-section. conda reads
+    /// the `dependencies` list into a dict, one `update` per sub-section
+    /// (`Dependencies.parse` in `conda/env/env.py`), so a later `pip:` replaces an earlier
+    /// one and nothing of the earlier ones is installed; keel warns about each of them.
     pub fn pip_entries(&self) -> impl Iterator<Item = &PipEntry> {
-        self.dependencies
-            .iter()
-            .filter_map(|entry| match entry {
-                DependencyEntry::Pip(section) => Some(section.entries.iter()),
-                _ => None,
-            })
-            .flatten()
+        self.pip_section()
+            .into_iter()
+            .flat_map(|section| section.entries.iter())
     }
 
-    /// Whether the file has a pip sub-section but lists no `pip` package, in which case conda
-    /// installs `pip` anyway (and warns).
+    /// The `- pip:` sub-section conda installs: the last one.
+    pub fn pip_section(&self) -> Option<&PipSection> {
+        self.dependencies
+            .iter()
+            .rev()
+            .find_map(|entry| match entry {
+                DependencyEntry::Pip(section) => Some(section),
+                _ => None,
+            })
+    }
+
+    /// Whether the file has a pip sub-section (even an empty one) but lists no `pip`
+    /// package, in which case conda installs `pip` anyway (and warns): `validate_keys` in
+    /// conda's `conda/env/env.py`.
     pub fn needs_implicit_pip(&self) -> bool {
-        let has_pip_section = self.dependencies.iter().any(
-            |entry| matches!(entry, DependencyEntry::Pip(section) if !section.entries.is_empty()),
-        );
+        let has_pip_section = self.pip_section().is_some();
         has_pip_section
             && !self
                 .conda_dependencies()
@@ -318,27 +433,6 @@ pub(crate) fn expand_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -
 
 fn serialize_platforms<S: Serializer>(platforms: &[Subdir], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(platforms.iter().map(|p| p.as_str()))
-}
-
-fn serialize_match_spec<S: Serializer>(spec: &MatchSpec, s: S) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    struct Parts {
-        spec: String,
-        name: String,
-        version: Option<String>,
-        build: Option<String>,
-        channel: Option<String>,
-        subdir: Option<String>,
-    }
-    Parts {
-        spec: spec.to_string(),
-        name: spec.name.to_string(),
-        version: spec.version.as_ref().map(ToString::to_string),
-        build: spec.build.as_ref().map(ToString::to_string),
-        channel: spec.channel.as_ref().map(|c| c.canonical_name()),
-        subdir: spec.subdir.clone(),
-    }
-    .serialize(s)
 }
 
 #[cfg(test)]

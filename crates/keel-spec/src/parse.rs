@@ -1,18 +1,20 @@
 //! From a YAML tree to an [`EnvironmentSpec`], collecting every problem on the way.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use indexmap::IndexMap;
 use rattler_conda_types::{MatchSpec, ParseStrictness, Subdir};
 use yaml_rust2::scanner::TScalarStyle;
 
+use crate::conda;
 use crate::error::{Problem, ProblemKind, Severity};
 use crate::model::{
     ChannelEntry, ChannelKind, CondaDependency, DependencyEntry, EnvironmentSpec, OtherSection,
     PipSection,
 };
 use crate::pip::{self, PipEntry};
-use crate::selector::{self, Selector};
+use crate::selector::{self, Selector, SelectorStyle};
 use crate::source::{Location, SourceText};
 use crate::yaml::{self, Node, NodeKind};
 
@@ -31,6 +33,11 @@ pub(crate) struct Parser<'a> {
     source: SourceText<'a>,
     text: &'a str,
     problems: Vec<Problem>,
+    /// The environment file's folder, where local pip paths are looked for; `None` for text
+    /// that is not read from a file.
+    folder: Option<&'a Path>,
+    /// Where each platform selector was written, and how.
+    selectors: Vec<(Location, SelectorStyle)>,
 }
 
 impl<'a> Parser<'a> {
@@ -39,7 +46,16 @@ impl<'a> Parser<'a> {
             source: SourceText::new(text),
             text,
             problems: Vec::new(),
+            folder: None,
+            selectors: Vec::new(),
         }
+    }
+
+    /// Looks for the local paths of pip lines in `folder` (the environment file's), as conda
+    /// runs pip there.
+    pub(crate) fn in_folder(mut self, folder: &'a Path) -> Self {
+        self.folder = Some(folder);
+        self
     }
 
     /// Parses the text; the spec is `None` when there are errors.
@@ -155,14 +171,20 @@ impl<'a> Parser<'a> {
             match key.as_str() {
                 "name" => spec.name = self.string("name", value),
                 "prefix" => spec.prefix = self.string("prefix", value),
-                "category" => spec.category = self.string("category", value),
+                "category" => {
+                    self.conda_lock_key(key_node, "category");
+                    spec.category = self.string("category", value);
+                }
                 "channels" => spec.channels = self.channels(value),
                 "dependencies" => {
                     has_dependencies = true;
                     spec.dependencies = self.dependencies(value);
                 }
                 "variables" => spec.variables = self.variables(value),
-                "platforms" => spec.platforms = self.platforms(value),
+                "platforms" => {
+                    self.conda_lock_key(key_node, "platforms");
+                    spec.platforms = self.platforms(value);
+                }
                 "pip" => {
                     let location = self.location(key_node);
                     self.problems.push(
@@ -190,6 +212,7 @@ impl<'a> Parser<'a> {
                 }
             }
         }
+        self.selectors_conda_ignores();
         if !has_dependencies {
             self.problems.push(
                 Problem::warning(ProblemKind::NoDependencies, None)
@@ -209,6 +232,49 @@ impl<'a> Parser<'a> {
             );
         }
         Some(spec)
+    }
+
+    /// conda-lock's `platforms:` and `category:`: conda drops them (with its "invalid
+    /// section" warning), keel follows conda-lock.
+    fn conda_lock_key(&mut self, key: &Node, name: &str) {
+        let location = self.location(key);
+        let help = match name {
+            "platforms" => "`conda env create` solves for this machine's platform only",
+            _ => "`conda env create` installs every category",
+        };
+        self.problems.push(
+            Problem::warning(
+                ProblemKind::CondaLockKey {
+                    key: name.to_owned(),
+                },
+                Some(location),
+            )
+            .with_help(help),
+        );
+    }
+
+    /// One warning, at the first selector, that conda does not apply selectors.
+    fn selectors_conda_ignores(&mut self) {
+        let Some((first, _)) = self
+            .selectors
+            .iter()
+            .min_by_key(|(l, _)| (l.line, l.column))
+        else {
+            return;
+        };
+        let first = *first;
+        let count = |style| self.selectors.iter().filter(|(_, s)| *s == style).count();
+        let (comment, mamba) = (count(SelectorStyle::Comment), count(SelectorStyle::Mamba));
+        self.problems.push(
+            Problem::warning(
+                ProblemKind::CondaIgnoresSelectors { comment, mamba },
+                Some(first),
+            )
+            .with_help(
+                "lock with `keel lock` (or conda-lock) to get per-platform environments; \
+                 `conda env create -f` does not",
+            ),
+        );
     }
 
     /// YAML 1.2 allows a tab as separating white space (`-\tpython`, `numpy\t# c`);
@@ -251,7 +317,28 @@ impl<'a> Parser<'a> {
             Some(tab) if tab < error.mark.column => tab + 1,
             _ => error.mark.column,
         };
-        let location = self.source.location(error.mark.line, column, 1);
+        let mut location = self.source.location(error.mark.line, column, 1);
+        let mut tab_help = None;
+        // A tab the scanner stopped at or after: the mark is where the token it was reading
+        // starts (`while scanning a plain scalar, found a tab` marks the scalar before it)
+        // or just past the tab (`':' must be followed by a valid YAML whitespace`). Point at
+        // the tab itself.
+        if let Some(tab) = self.tab_near(&error, location.offset) {
+            let before = &self.text[..tab];
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before[line_start..].chars().count() + 1;
+            location = self.source.location(line, column, 1);
+            let before_tab = &before[line_start..];
+            tab_help = Some(if before_tab.trim_start_matches([' ', '\t']).is_empty() {
+                "YAML does not allow a tab to indent; replace the tab on this line with spaces"
+            } else if before_tab.ends_with([':', '-']) {
+                "YAML needs a space, not a tab, after `:` and `-`; replace the tab with a space"
+            } else {
+                "conda's YAML reader takes a tab only inside quotes and comments; replace the \
+                 tab with a space"
+            });
+        }
         let mut problem = Problem::error(
             ProblemKind::Yaml {
                 message: error.message,
@@ -267,7 +354,9 @@ impl<'a> Parser<'a> {
             .find(|(_, c)| *c == '\t')
             .and_then(|(i, _)| line[..i].chars().last())
             .is_some_and(|c| c == ':' || c == '-');
-        if after_indicator {
+        if let Some(help) = tab_help {
+            problem = problem.with_help(help);
+        } else if after_indicator {
             problem = problem.with_help(
                 "YAML needs a space, not a tab, after `:` and `-`; replace the tab with a space",
             );
@@ -289,6 +378,22 @@ impl<'a> Parser<'a> {
             );
         }
         self.problems.push(problem);
+    }
+
+    /// The byte offset of the tab a YAML error is about: at the error's offset, just before
+    /// it, or, when the message names a tab, the first one after it.
+    fn tab_near(&self, error: &yaml::SyntaxError, offset: usize) -> Option<usize> {
+        let text = self.text;
+        if text.get(offset..)?.starts_with('\t') {
+            return Some(offset);
+        }
+        if text.get(..offset)?.ends_with('\t') {
+            return Some(offset - 1);
+        }
+        if error.message.contains("tab") {
+            return text[offset..].find('\t').map(|i| offset + i);
+        }
+        None
     }
 
     /// A scalar section such as `name:`; null is absent.
@@ -336,6 +441,12 @@ impl<'a> Parser<'a> {
     fn dependencies(&mut self, node: &Node) -> Vec<DependencyEntry> {
         let mut dependencies = Vec::new();
         for item in self.list("dependencies", node) {
+            if let NodeKind::Scalar { .. } = &item.kind
+                && !item.is_null()
+                && self.spans_lines_with_items(item)
+            {
+                continue;
+            }
             match &item.kind {
                 NodeKind::Scalar { .. } if !item.is_null() => {
                     let selector = self.comment_selector(item);
@@ -355,7 +466,113 @@ impl<'a> Parser<'a> {
                 }
             }
         }
+        self.replaced_pip_sections(&dependencies);
         dependencies
+    }
+
+    /// conda keeps the last `- pip:` section only (see `EnvironmentSpec::pip_entries`):
+    /// warn at each earlier one.
+    fn replaced_pip_sections(&mut self, dependencies: &[DependencyEntry]) {
+        let sections: Vec<Option<Location>> = dependencies
+            .iter()
+            .filter_map(|entry| match entry {
+                DependencyEntry::Pip(section) => Some(section.location),
+                _ => None,
+            })
+            .collect();
+        let Some((Some(last), earlier)) = sections.split_last().map(|(l, e)| (*l, e)) else {
+            return;
+        };
+        for location in earlier.iter().flatten() {
+            self.problems.push(
+                Problem::warning(
+                    ProblemKind::ReplacedPipSection {
+                        last_line: last.line,
+                    },
+                    Some(*location),
+                )
+                .with_help(format!(
+                    "conda reads each `- pip:` item into one mapping, so the one on line {} \
+                     replaces this one; put every pip line in one `- pip:` section",
+                    last.line
+                )),
+            );
+        }
+    }
+
+    /// A plain scalar that YAML folded from several lines, of which a later one starts with
+    /// `- `: the block list's indentation mistake (the first item less indented than the
+    /// next, so the next ones continue its string). Reports it and returns true.
+    fn spans_lines_with_items(&mut self, node: &Node) -> bool {
+        let NodeKind::Scalar {
+            value,
+            style: TScalarStyle::Plain,
+            ..
+        } = &node.kind
+        else {
+            return false;
+        };
+        let Some(start) = self.source.offset(node.mark.line, node.mark.column) else {
+            return false;
+        };
+        // Walk the source beside the folded value: a line break with its indentation became
+        // one space.
+        let mut source = self.text[start..].chars().peekable();
+        let mut breaks = 0;
+        for expected in value.chars() {
+            loop {
+                match source.peek() {
+                    Some(&c) if c == expected => {
+                        source.next();
+                        break;
+                    }
+                    Some(&c) if c.is_whitespace() => {
+                        breaks += usize::from(c == '\n');
+                        source.next();
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if breaks == 0 {
+            return false;
+        }
+        let first_line = node.mark.line;
+        let last_line = first_line + breaks;
+        let item_line = (first_line + 1..=last_line).find(|line| {
+            let text = self.source.line(*line).trim_start();
+            text.starts_with("- ") || text == "-"
+        });
+        let Some(item_line) = item_line else {
+            return false;
+        };
+        let location = self.location(node);
+        let first_indent =
+            self.source.line(first_line).len() - self.source.line(first_line).trim_start().len();
+        let item_indent =
+            self.source.line(item_line).len() - self.source.line(item_line).trim_start().len();
+        let verdict = match conda::refusal(value) {
+            Some(refusal) => format!("conda refuses it too ({})", refusal.0),
+            None => "conda reads it as one package spec and installs none of the others".to_owned(),
+        };
+        self.problems.push(
+            Problem::error(
+                ProblemKind::SpansLines {
+                    spec: value.clone(),
+                    first_line,
+                    last_line,
+                },
+                Some(location),
+            )
+            .with_help(format!(
+                "an indentation mistake: the list item on line {first_line} starts at column \
+                 {} and the one on line {item_line} at column {}, so YAML reads the lines below \
+                 as the rest of one string; {verdict}. Indent every `- ` of the list the same",
+                first_indent + 1,
+                item_indent + 1,
+            )),
+        );
+        true
     }
 
     fn conda_dependency(
@@ -366,6 +583,23 @@ impl<'a> Parser<'a> {
         let source = node.as_str()?;
         match MatchSpec::from_str(source, ParseStrictness::Lenient) {
             Ok(spec) => {
+                if let Some(refusal) = conda::refusal(source) {
+                    let location = self.location(node);
+                    self.problems.push(
+                        Problem::error(
+                            ProblemKind::CondaRefusesSpec {
+                                spec: source.to_owned(),
+                                reason: refusal.0,
+                            },
+                            Some(location),
+                        )
+                        .with_help(
+                            "conda's MatchSpec refuses this line, so `conda env create` fails \
+                             on the file; rattler would read it",
+                        ),
+                    );
+                    return None;
+                }
                 if let Some(selector) = &selector {
                     self.check_selector(selector, node);
                 }
@@ -400,21 +634,25 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// conda drops a trailing `[...]` that holds no `key=value` (`tiled[all]` installs
-    /// `tiled`); rattler refuses it. Read it as conda does, with a warning.
+    /// conda cuts its bracket section out of the string and keeps only the `key=value`
+    /// pairs in it (see the `conda` module), so `tiled[all]` installs `tiled` and
+    /// `nbconvert[execute]!=6.0.0,!=7.3.0` installs `nbconvert!=6.0.0,!=7.3.0`; rattler
+    /// refuses both. Read such a bracket as conda does, with a warning.
     fn conda_dependency_with_extras(
         &mut self,
         node: &Node,
         source: &str,
         selector: &Option<Selector>,
     ) -> Option<CondaDependency> {
-        let without_comment = source.split(" #").next().unwrap_or(source).trim_end();
-        let open = without_comment.rfind('[')?;
-        let extras = without_comment[open + 1..].strip_suffix(']')?;
-        if extras.contains('=') {
+        let parts = conda::split(source).ok()?;
+        let extras = parts.bracket.as_deref()?;
+        if !parts.bracket_pairs.is_empty() {
             return None;
         }
-        let rest = &without_comment[..open];
+        let rest = parts.without_bracket.as_str();
+        if conda::refusal(rest).is_some() {
+            return None;
+        }
         let spec = MatchSpec::from_str(rest, ParseStrictness::Lenient).ok()?;
         let location = self.location(node);
         self.problems.push(
@@ -499,6 +737,7 @@ impl<'a> Parser<'a> {
                 if let Some(selector) = &selector {
                     self.check_selector(selector, node);
                 }
+                self.check_local_path(&kind, node);
                 Some(PipEntry {
                     source: text.to_owned(),
                     kind,
@@ -551,7 +790,47 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// A local pip path (`submodules/simple-knn`, `-e ./pkg`) must be there, relative to the
+    /// environment file's folder, where conda runs pip.
+    fn check_local_path(&mut self, kind: &pip::PipEntryKind, node: &Node) {
+        let (Some(folder), Some(path)) = (self.folder, pip::relative_local_path(kind)) else {
+            return;
+        };
+        if folder.join(path).exists() {
+            return;
+        }
+        let location = self.location(node);
+        self.problems.push(
+            Problem::warning(
+                ProblemKind::MissingPipPath {
+                    path: path.to_owned(),
+                    folder: folder.display().to_string(),
+                },
+                Some(location),
+            )
+            .with_help(
+                "conda runs pip in the environment file's folder, so pip looks for it there \
+                 (pip reads a line with a `/`, or one starting with `.`, as a path)",
+            ),
+        );
+    }
+
     fn check_selector(&mut self, selector: &Selector, node: &Node) {
+        let location = self.location(node);
+        self.selectors.push((location, selector.style));
+        if let (Some(part), true) = (
+            selector.undecided(),
+            selector.condition.contains(' ') || selector.condition.contains(['<', '>', '=', '(']),
+        ) {
+            self.problems.push(Problem::warning(
+                ProblemKind::UndecidedSelector {
+                    condition: selector.condition.clone(),
+                    part,
+                },
+                Some(location),
+            ));
+            return;
+        }
         if !selector.is_known() {
             let location = self.location(node);
             self.problems.push(

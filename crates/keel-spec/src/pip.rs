@@ -134,17 +134,54 @@ pub(crate) fn classify(line: &str) -> Result<PipEntryKind, PipLineError> {
         return Ok(PipEntryKind::Path(line.to_owned()));
     }
     let (requirement, options) = split_requirement_options(line);
-    check_name_end(requirement).map_err(|error| PipLineError {
-        error: Box::new(error),
-    })?;
-    Requirement::from_str(requirement)
+    let parsed = check_name_end(requirement)
+        .and_then(|()| Requirement::from_str(requirement))
         .map(|requirement| PipEntryKind::Requirement {
             requirement: Box::new(requirement),
             options,
-        })
-        .map_err(|error| PipLineError {
+        });
+    match parsed {
+        Ok(kind) => Ok(kind),
+        // pip reads a line that is no requirement as a local path when it "looks like" one
+        // (`_looks_like_path` in pip's `req/constructors.py`: a path separator in it, or a
+        // leading `.`), so `submodules/simple-knn` is a folder, relative to where pip runs:
+        // conda runs it in the environment file's folder.
+        Err(_) if looks_like_path(line) => Ok(PipEntryKind::Path(line.to_owned())),
+        Err(error) => Err(PipLineError {
             error: Box::new(error),
-        })
+        }),
+    }
+}
+
+/// pip's `_looks_like_path` on POSIX: a `/` in the line (`os.path.sep`; Windows adds the
+/// backslash), or a leading `.`.
+fn looks_like_path(line: &str) -> bool {
+    line.contains('/') || line.starts_with('.')
+}
+
+/// The folder or file a local pip line names, relative to the environment file's folder, for
+/// the check that it is there: a [`PipEntryKind::Path`] or a local `-e` target, with pip's
+/// trailing `[extras]` cut (`_strip_extras`). `None` for URLs, absolute and `~` paths.
+pub(crate) fn relative_local_path(kind: &PipEntryKind) -> Option<&str> {
+    let target = match kind {
+        PipEntryKind::Path(path) => path.as_str(),
+        PipEntryKind::Editable(target)
+            if !target.contains("://") && !target.starts_with("file:") =>
+        {
+            target.as_str()
+        }
+        _ => return None,
+    };
+    let target = match target
+        .strip_suffix(']')
+        .and_then(|t| t.rfind('[').map(|i| &t[..i]))
+    {
+        Some(without_extras) if !without_extras.is_empty() => without_extras,
+        _ => target,
+    };
+    let absolute =
+        target.starts_with(['/', '\\', '~']) || (target.len() > 2 && target.as_bytes()[1] == b':');
+    (!absolute).then_some(target)
 }
 
 /// Splits `--name value`, `--name=value` or `-nVALUE` for a known option.
@@ -322,6 +359,19 @@ mod tests {
             PipEntryKind::Url("git+https://github.com/a/b@v2.0b2".into())
         );
         assert_eq!(kind("./module"), PipEntryKind::Path("./module".into()));
+        // pip's rule: a separator or a leading `.` makes a line that is no requirement a path.
+        assert_eq!(
+            kind("submodules/simple-knn"),
+            PipEntryKind::Path("submodules/simple-knn".into())
+        );
+        assert_eq!(
+            kind(".hidden-pkg"),
+            PipEntryKind::Path(".hidden-pkg".into())
+        );
+        assert!(matches!(
+            kind("torch @ https://x/torch.whl"),
+            PipEntryKind::Requirement { .. }
+        ));
         assert_eq!(
             kind("--pre"),
             PipEntryKind::Option {
