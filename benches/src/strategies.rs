@@ -61,7 +61,7 @@ impl Rule {
             background,
             keep_last: 2,
             keep_best: 0,
-            best_metric: String::new(),
+            best_metric: keel_train::BestMetric::None,
             ..CheckpointConfig::default()
         };
         match self {

@@ -375,6 +375,18 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
             render::error(&miette::Report::msg(error.to_string()));
             return Ok(ExitCode::from(1));
         }
+        // What to do about a checkpoint of another run is the CLI's to say.
+        Err(error @ (TrainError::Incompatible { .. } | TrainError::DataChanged { .. })) => {
+            let result: miette::Result<ExitCode> = Err(miette::miette!(
+                help = "train with --fresh (the old run is moved aside), or under another run \
+                        name, to start over",
+                "{error}"
+            ));
+            return match &args.config {
+                Some(path) => result.wrap_err_with(|| format!("keel train {}", path.display())),
+                None => result,
+            };
+        }
         Err(error @ TrainError::FreshNotEmpty { .. }) => {
             let help = if paths.checkpoints.is_local() {
                 format!(

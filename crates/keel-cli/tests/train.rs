@@ -446,6 +446,7 @@ fn replaced_dataset_at_the_same_path_is_refused() {
         assert!(
             words.contains("keel train train.toml")
                 && words.contains("trained on other data")
+                && words.contains("train with --fresh")
                 && words.contains("data.csv (train)`: 32 rows x 4 features, 3 classes, blake3")
                 && words.contains(&format!("-> {want} rows x 4 features")),
             "{stderr}"

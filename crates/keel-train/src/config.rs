@@ -63,7 +63,7 @@ pub struct TrainConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// `mnist10k` or `digits` (shipped with keel), `idx` (`images` + `labels`) or `csv`.
-    pub dataset: String,
+    pub dataset: DatasetName,
     /// IDX images file (for `idx`), relative to the configuration file.
     pub images: Option<PathBuf>,
     /// IDX labels file (for `idx`).
@@ -86,14 +86,143 @@ pub struct ModelConfig {
     pub dropout: f32,
 }
 
-/// The optimizer and its hyper-parameters.
+/// The optimizer and its hyper-parameters. In the file every key is optional: `kind`
+/// defaults to `adamw`, each hyper-parameter to the kind's default; one of the other kind is
+/// refused.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(tag = "kind", rename_all = "lowercase", try_from = "OptimizerTable")]
 pub enum OptimizerConfig {
     /// AdamW.
     AdamW(AdamWConfig),
     /// SGD with momentum.
     Sgd(SgdConfig),
+}
+
+/// `[optimizer]` as written: every key optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptimizerTable {
+    #[serde(default)]
+    kind: OptimizerKind,
+    lr: Option<f64>,
+    beta1: Option<f64>,
+    beta2: Option<f64>,
+    eps: Option<f64>,
+    weight_decay: Option<f64>,
+    momentum: Option<f64>,
+    nesterov: Option<bool>,
+}
+
+/// The optimizers `kind` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum OptimizerKind {
+    #[default]
+    AdamW,
+    Sgd,
+}
+
+/// Refuses the keys of `given` that are set: they belong to another `kind` of `table`.
+fn not_of_kind(table: &str, kind: &str, given: &[(&str, bool)]) -> Result<(), String> {
+    match given.iter().find(|(_, set)| *set) {
+        Some((key, _)) => Err(format!(
+            "{table}: `{key}` is not a setting of kind = \"{kind}\""
+        )),
+        None => Ok(()),
+    }
+}
+
+impl TryFrom<OptimizerTable> for OptimizerConfig {
+    type Error = String;
+
+    fn try_from(t: OptimizerTable) -> Result<Self, String> {
+        Ok(match t.kind {
+            OptimizerKind::AdamW => {
+                not_of_kind(
+                    "optimizer",
+                    "adamw",
+                    &[
+                        ("momentum", t.momentum.is_some()),
+                        ("nesterov", t.nesterov.is_some()),
+                    ],
+                )?;
+                let d = AdamWConfig::default();
+                OptimizerConfig::AdamW(AdamWConfig {
+                    lr: t.lr.unwrap_or(d.lr),
+                    beta1: t.beta1.unwrap_or(d.beta1),
+                    beta2: t.beta2.unwrap_or(d.beta2),
+                    eps: t.eps.unwrap_or(d.eps),
+                    weight_decay: t.weight_decay.unwrap_or(d.weight_decay),
+                })
+            }
+            OptimizerKind::Sgd => {
+                not_of_kind(
+                    "optimizer",
+                    "sgd",
+                    &[
+                        ("beta1", t.beta1.is_some()),
+                        ("beta2", t.beta2.is_some()),
+                        ("eps", t.eps.is_some()),
+                    ],
+                )?;
+                let d = SgdConfig::default();
+                OptimizerConfig::Sgd(SgdConfig {
+                    lr: t.lr.unwrap_or(d.lr),
+                    momentum: t.momentum.unwrap_or(d.momentum),
+                    weight_decay: t.weight_decay.unwrap_or(d.weight_decay),
+                    nesterov: t.nesterov.unwrap_or(d.nesterov),
+                })
+            }
+        })
+    }
+}
+
+/// The data sets `data.dataset` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetName {
+    /// The 10,000-image MNIST subset shipped with keel.
+    Mnist10k,
+    /// `mnist10k` by its older name (kept apart: it is recorded as written).
+    Mnist,
+    /// The 8x8 digits shipped with keel.
+    Digits,
+    /// IDX files (`images`, `labels`).
+    Idx,
+    /// A digits CSV file (`csv`).
+    Csv,
+}
+
+impl DatasetName {
+    /// The name as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetName::Mnist10k => "mnist10k",
+            DatasetName::Mnist => "mnist",
+            DatasetName::Digits => "digits",
+            DatasetName::Idx => "idx",
+            DatasetName::Csv => "csv",
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The metric that picks the `best` checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    /// Held-out accuracy (higher is better).
+    TestAccuracy,
+    /// Held-out loss (lower is better).
+    TestLoss,
+    /// No `best` checkpoint (`""` in the file).
+    #[serde(rename = "")]
+    None,
 }
 
 /// When to save and what to keep.
@@ -121,7 +250,7 @@ pub struct CheckpointConfig {
     /// Keep the best N `best` checkpoints; 0 keeps all.
     pub keep_best: usize,
     /// The metric that picks the best checkpoint: `test_accuracy` or `test_loss` (empty: none).
-    pub best_metric: String,
+    pub best_metric: BestMetric,
 }
 
 /// Metrics log and plot.
@@ -157,7 +286,7 @@ impl Default for TrainConfig {
 impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
-            dataset: "mnist10k".into(),
+            dataset: DatasetName::Mnist10k,
             images: None,
             labels: None,
             csv: None,
@@ -188,7 +317,7 @@ impl Default for CheckpointConfig {
             background: true,
             keep_last: 3,
             keep_best: 1,
-            best_metric: "test_accuracy".into(),
+            best_metric: BestMetric::TestAccuracy,
         }
     }
 }
@@ -300,11 +429,16 @@ impl TrainConfig {
         let (file, _) = crate::data::open_regular(path, MAX_CONFIG_BYTES)?;
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_CONFIG_BYTES), &mut bytes)?;
-        let text = String::from_utf8(bytes).map_err(|e| TrainError::Config {
-            path: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: format!("not UTF-8 text: {}", e.utf8_error()),
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let valid = e.utf8_error().valid_up_to();
+            let before = String::from_utf8_lossy(&e.as_bytes()[..valid]);
+            let (line, column) = line_column(&before, valid);
+            TrainError::Config {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: format!("not UTF-8 text: {}", e.utf8_error()),
+            }
         })?;
         Self::from_toml(&text, path)
     }
@@ -312,7 +446,7 @@ impl TrainConfig {
     /// Parses configuration text (`path` names it in errors and anchors relative data paths).
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, TrainError> {
         let mut config: TrainConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map_or((0, 0), |s| line_column(text, s.start));
+            let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
             TrainError::Config {
                 path: path.to_path_buf(),
                 line,
@@ -334,7 +468,9 @@ impl TrainConfig {
             }
         }
         config.check().map_err(|(keys, message)| {
-            let (line, column) = locate(text, &keys).map_or((0, 0), |at| line_column(text, at));
+            // A key not written (a default) is placed at the deepest table written on the
+            // way, else at the start of the file.
+            let (line, column) = line_column(text, locate(text, &keys).unwrap_or(0));
             TrainError::Config {
                 path: path.to_path_buf(),
                 line,
@@ -370,22 +506,14 @@ impl TrainConfig {
             return Err(bad(&["batch_size"], "batch_size must be at least 1"));
         }
         let data = &self.data;
-        let (features, classes) = match data.dataset.as_str() {
-            "mnist10k" | "mnist" => (784, 10),
-            "digits" => (64, 10),
-            "idx" | "csv" => (1, 1),
-            other => {
-                return Err(bad(
-                    &["data", "dataset"],
-                    format!(
-                        "data.dataset `{other}`: expected `mnist10k`, `digits`, `idx` or `csv`"
-                    ),
-                ));
-            }
+        let (features, classes) = match data.dataset {
+            DatasetName::Mnist10k | DatasetName::Mnist => (784, 10),
+            DatasetName::Digits => (64, 10),
+            DatasetName::Idx | DatasetName::Csv => (1, 1),
         };
-        let needs: &[(&'static str, &Option<PathBuf>)] = match data.dataset.as_str() {
-            "idx" => &[("images", &data.images), ("labels", &data.labels)],
-            "csv" => &[("csv", &data.csv)],
+        let needs: &[(&'static str, &Option<PathBuf>)] = match data.dataset {
+            DatasetName::Idx => &[("images", &data.images), ("labels", &data.labels)],
+            DatasetName::Csv => &[("csv", &data.csv)],
             _ => &[],
         };
         if let Some((what, _)) = needs.iter().find(|(_, file)| file.is_none()) {
@@ -428,15 +556,6 @@ impl TrainConfig {
         self.schedule
             .check()
             .map_err(|(field, e)| bad(&["schedule", field], format!("schedule: {e}")))?;
-        if !["", "test_accuracy", "test_loss"].contains(&self.checkpoint.best_metric.as_str()) {
-            return Err(bad(
-                &["checkpoint", "best_metric"],
-                format!(
-                    "checkpoint.best_metric `{}`: expected `test_accuracy`, `test_loss` or empty",
-                    self.checkpoint.best_metric
-                ),
-            ));
-        }
         for (key, v) in [
             ("every_secs", self.checkpoint.every_secs),
             ("mtbf_secs", self.checkpoint.mtbf_secs),
@@ -474,9 +593,9 @@ impl TrainConfig {
 
     /// The data's files, or the shipped set's name.
     fn data_name(&self) -> String {
-        let files: Vec<&Option<PathBuf>> = match self.data.dataset.as_str() {
-            "idx" => vec![&self.data.images, &self.data.labels],
-            "csv" => vec![&self.data.csv],
+        let files: Vec<&Option<PathBuf>> = match self.data.dataset {
+            DatasetName::Idx => vec![&self.data.images, &self.data.labels],
+            DatasetName::Csv => vec![&self.data.csv],
             _ => vec![],
         };
         let files: Vec<String> = files
@@ -485,7 +604,7 @@ impl TrainConfig {
             .map(|p| p.display().to_string())
             .collect();
         if files.is_empty() {
-            self.data.dataset.clone()
+            self.data.dataset.to_string()
         } else {
             files.join(" and ")
         }
@@ -499,10 +618,10 @@ impl TrainConfig {
                 self.data.dataset
             ))
         };
-        let data = match self.data.dataset.as_str() {
-            "mnist10k" | "mnist" => Dataset::mnist10k()?,
-            "digits" => Dataset::digits()?,
-            "idx" => Dataset::from_idx(
+        let data = match self.data.dataset {
+            DatasetName::Mnist10k | DatasetName::Mnist => Dataset::mnist10k()?,
+            DatasetName::Digits => Dataset::digits()?,
+            DatasetName::Idx => Dataset::from_idx(
                 self.data
                     .images
                     .as_deref()
@@ -512,13 +631,8 @@ impl TrainConfig {
                     .as_deref()
                     .ok_or_else(|| missing("labels"))?,
             )?,
-            "csv" => {
+            DatasetName::Csv => {
                 Dataset::from_digits_csv(self.data.csv.as_deref().ok_or_else(|| missing("csv"))?)?
-            }
-            other => {
-                return Err(TrainError::Setting(format!(
-                    "data.dataset `{other}`: expected `mnist10k`, `digits`, `idx` or `csv`"
-                )));
             }
         };
         data.split(self.data.test_fraction, self.data.split_seed)
@@ -567,10 +681,10 @@ impl TrainConfig {
     }
 
     fn best_metric(&self) -> Option<(String, Goal)> {
-        match self.checkpoint.best_metric.as_str() {
-            "" => None,
-            "test_loss" => Some(("test_loss".into(), Goal::Min)),
-            other => Some((other.to_string(), Goal::Max)),
+        match self.checkpoint.best_metric {
+            BestMetric::None => None,
+            BestMetric::TestLoss => Some(("test_loss".into(), Goal::Min)),
+            BestMetric::TestAccuracy => Some(("test_accuracy".into(), Goal::Max)),
         }
     }
 
@@ -761,6 +875,141 @@ dir = "s3://bucket/runs/x"
             err.to_string().starts_with(
                 "t.toml:2:22: unknown variant `zero3`, expected `replicated` or `sharded`"
             ),
+            "{err}"
+        );
+    }
+
+    /// Issue #16: `[optimizer]` with only `lr = 3e-4` failed with "missing field `kind`" at
+    /// 1:1, though every key is optional. Each table parses with any one of its keys alone,
+    /// and a kind's defaults fill the rest.
+    #[test]
+    fn every_key_is_optional_each_table_with_one_key() {
+        for text in [
+            "name = \"x\"\n",
+            "runs_dir = \"r\"\n",
+            "seed = 1\n",
+            "epochs = 2\n",
+            "batch_size = 8\n",
+            "device = \"cpu\"\n",
+            "optimizer_sharding = \"sharded\"\n",
+            "[data]\ndataset = \"digits\"\n",
+            "[data]\ntest_fraction = 0.5\n",
+            "[data]\nsplit_seed = 3\n",
+            "[model]\nhidden = [32]\n",
+            "[model]\ndropout = 0.1\n",
+            "[optimizer]\nkind = \"sgd\"\n",
+            "[optimizer]\nlr = 3e-4\n",
+            "[optimizer]\nbeta1 = 0.8\n",
+            "[optimizer]\nbeta2 = 0.99\n",
+            "[optimizer]\neps = 1e-6\n",
+            "[optimizer]\nweight_decay = 0.0\n",
+            "[schedule]\nkind = \"cosine\"\n",
+            "[checkpoint]\ndir = \"/nfs/ckpt\"\n",
+            "[checkpoint]\nevery_steps = 10\n",
+            "[checkpoint]\nevery_epochs = 2\n",
+            "[checkpoint]\nevery_secs = 60.0\n",
+            "[checkpoint]\nexponential = true\n",
+            "[checkpoint]\nmtbf_secs = 3600.0\n",
+            "[checkpoint]\nbackground = false\n",
+            "[checkpoint]\nkeep_last = 1\n",
+            "[checkpoint]\nkeep_best = 2\n",
+            "[checkpoint]\nbest_metric = \"\"\n",
+            "[log]\nmetrics = \"jsonl\"\n",
+            "[log]\nplot = false\n",
+        ] {
+            if let Err(error) = TrainConfig::from_toml(text, Path::new("t.toml")) {
+                panic!("{text:?}: {error}");
+            }
+        }
+        let parse = |text: &str| TrainConfig::from_toml(text, Path::new("t.toml")).unwrap();
+        assert_eq!(
+            parse("[optimizer]\nlr = 3e-4\n").optimizer,
+            OptimizerConfig::AdamW(AdamWConfig {
+                lr: 3e-4,
+                ..AdamWConfig::default()
+            })
+        );
+        assert_eq!(
+            parse("[optimizer]\nmomentum = 0.5\nkind = \"sgd\"\n").optimizer,
+            OptimizerConfig::Sgd(SgdConfig {
+                momentum: 0.5,
+                ..SgdConfig::default()
+            })
+        );
+        assert_eq!(
+            parse("[schedule]\nkind = \"cosine\"\n").schedule,
+            Schedule::Cosine {
+                warmup_steps: 0,
+                min_lr: 0.0
+            }
+        );
+        assert_eq!(
+            parse("[checkpoint]\nbest_metric = \"test_loss\"\n").best_metric(),
+            Some(("test_loss".into(), Goal::Min))
+        );
+        assert_eq!(
+            parse("[checkpoint]\nbest_metric = \"\"\n").best_metric(),
+            None
+        );
+        // The trajectory records what it always did: the optimizer's kind and every value.
+        assert_eq!(
+            parse("[optimizer]\nlr = 3e-4\n").trajectory()["optimizer"],
+            json!({"kind": "adamw", "lr": 3e-4, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01})
+        );
+        assert_eq!(parse("").trajectory()["data"]["dataset"], "mnist10k");
+    }
+
+    /// A key of another kind, a kind that needs a key, an unknown data set or metric: each
+    /// refused with a line and column.
+    #[test]
+    fn kinds_data_sets_and_metrics_are_refused_with_position() {
+        for (text, want) in [
+            (
+                "[optimizer]\nmomentum = 0.5\n",
+                "optimizer: `momentum` is not a setting of kind = \"adamw\"",
+            ),
+            (
+                "[optimizer]\nkind = \"sgd\"\nbeta2 = 0.9\n",
+                "optimizer: `beta2` is not a setting of kind = \"sgd\"",
+            ),
+            (
+                "[schedule]\nwarmup_steps = 10\n",
+                "schedule: `warmup_steps` is not a setting of kind = \"constant\"",
+            ),
+            (
+                "[schedule]\nkind = \"step\"\ngamma = 0.5\n",
+                "schedule: kind = \"step\" needs every_steps",
+            ),
+            (
+                "[data]\ndataset = \"imagenet\"\n",
+                "t.toml:2:11: unknown variant `imagenet`, expected one of `mnist10k`",
+            ),
+            (
+                "[checkpoint]\nbest_metric = \"f1\"\n",
+                "t.toml:2:15: unknown variant `f1`",
+            ),
+            (
+                "[checkpoint]\ndir = \"gs://bucket/x\"\n",
+                "t.toml:2:7: invalid checkpoint location `gs://bucket/x`",
+            ),
+        ] {
+            let err = refused(text);
+            assert!(
+                err.starts_with("t.toml:") && !err.starts_with("t.toml: ") && err.contains(want),
+                "{err}\nwanted {want}"
+            );
+        }
+    }
+
+    /// Every configuration error has a line and column, also text that is not UTF-8.
+    #[test]
+    fn text_that_is_not_utf8_is_placed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        fs_err::write(&path, b"epochs = 2\nname = \"\xff\"\n").unwrap();
+        let err = TrainConfig::from_path(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}:2:9: not UTF-8 text", path.display())),
             "{err}"
         );
     }

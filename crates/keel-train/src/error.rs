@@ -23,9 +23,9 @@ pub enum TrainError {
     Config {
         /// The file.
         path: PathBuf,
-        /// 1-based line (0 when unknown).
+        /// 1-based line.
         line: usize,
-        /// 1-based column (0 when unknown).
+        /// 1-based column.
         column: usize,
         /// What is wrong.
         message: String,
@@ -60,10 +60,7 @@ pub enum TrainError {
         checkpoints: usize,
     },
     /// The checkpoint to resume from was written with settings that change the trajectory.
-    #[error(
-        "checkpoint {checkpoint} was written by a run with other settings ({differences}); \
-         train with --fresh, or under another run name, to start over"
-    )]
+    #[error("checkpoint {checkpoint} was written by a run with other settings ({differences})")]
     Incompatible {
         /// The checkpoint.
         checkpoint: CheckpointId,
@@ -72,10 +69,7 @@ pub enum TrainError {
     },
     /// The checkpoint to resume from was trained on other data (same path, other content or
     /// shape).
-    #[error(
-        "checkpoint {checkpoint} was trained on other data ({changes}); train with --fresh, or \
-         under another run name, to start over"
-    )]
+    #[error("checkpoint {checkpoint} was trained on other data ({changes})")]
     DataChanged {
         /// The checkpoint.
         checkpoint: CheckpointId,

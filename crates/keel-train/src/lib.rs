@@ -73,8 +73,8 @@ mod shard;
 mod trainer;
 
 pub use config::{
-    CheckpointConfig, DataConfig, LogConfig, MAX_CONFIG_BYTES, ModelConfig, OptimizerConfig,
-    RunOptions, RunPaths, TrainConfig, parse_device,
+    BestMetric, CheckpointConfig, DataConfig, DatasetName, LogConfig, MAX_CONFIG_BYTES,
+    ModelConfig, OptimizerConfig, RunOptions, RunPaths, TrainConfig, parse_device,
 };
 pub use data::{Dataset, MAX_CLASSES, MAX_FILE_BYTES, MAX_VALUES};
 pub use dist::rank_rows;

@@ -2,9 +2,15 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How the learning rate moves with the step.
+/// How the learning rate moves with the step. In the file every key is optional: `kind`
+/// defaults to `constant`; a key of another kind is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    rename_all = "lowercase",
+    deny_unknown_fields,
+    try_from = "ScheduleTable"
+)]
 pub enum Schedule {
     /// The optimizer's learning rate throughout.
     #[default]
@@ -26,6 +32,79 @@ pub enum Schedule {
         /// Factor.
         gamma: f64,
     },
+}
+
+/// `[schedule]` as written: every key optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleTable {
+    #[serde(default)]
+    kind: ScheduleKind,
+    warmup_steps: Option<u64>,
+    min_lr: Option<f64>,
+    every_steps: Option<u64>,
+    gamma: Option<f64>,
+}
+
+/// The schedules `kind` names.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ScheduleKind {
+    #[default]
+    Constant,
+    Cosine,
+    Step,
+}
+
+impl TryFrom<ScheduleTable> for Schedule {
+    type Error = String;
+
+    fn try_from(t: ScheduleTable) -> Result<Self, String> {
+        let (kind, others): (&str, &[(&str, bool)]) = match t.kind {
+            ScheduleKind::Constant => (
+                "constant",
+                &[
+                    ("warmup_steps", t.warmup_steps.is_some()),
+                    ("min_lr", t.min_lr.is_some()),
+                    ("every_steps", t.every_steps.is_some()),
+                    ("gamma", t.gamma.is_some()),
+                ],
+            ),
+            ScheduleKind::Cosine => (
+                "cosine",
+                &[
+                    ("every_steps", t.every_steps.is_some()),
+                    ("gamma", t.gamma.is_some()),
+                ],
+            ),
+            ScheduleKind::Step => (
+                "step",
+                &[
+                    ("warmup_steps", t.warmup_steps.is_some()),
+                    ("min_lr", t.min_lr.is_some()),
+                ],
+            ),
+        };
+        if let Some((key, _)) = others.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "schedule: `{key}` is not a setting of kind = \"{kind}\""
+            ));
+        }
+        Ok(match t.kind {
+            ScheduleKind::Constant => Schedule::Constant,
+            ScheduleKind::Cosine => Schedule::Cosine {
+                warmup_steps: t.warmup_steps.unwrap_or(0),
+                min_lr: t.min_lr.unwrap_or(0.0),
+            },
+            ScheduleKind::Step => {
+                let needs = |key: &str| format!("schedule: kind = \"step\" needs {key}");
+                Schedule::Step {
+                    every_steps: t.every_steps.ok_or_else(|| needs("every_steps"))?,
+                    gamma: t.gamma.ok_or_else(|| needs("gamma"))?,
+                }
+            }
+        })
+    }
 }
 
 impl Schedule {

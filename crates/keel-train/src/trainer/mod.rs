@@ -45,7 +45,7 @@ use crate::shard::{
 
 use self::resume::{agree_on_start, data_record};
 use self::save::{Ended, Saver};
-use self::step::Stepped;
+use self::step::{EpochEnd, Stepped};
 pub use events::{Event, Outcome, Status};
 pub use signal::StopSignal;
 
@@ -347,7 +347,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                             break 'epochs;
                         }
                         Stepped::Failed(failure) => {
-                            return Err(self.emergency(failure, saver, observer));
+                            return Err(self.emergency(*failure, saver, observer));
                         }
                     };
                 pos = pos.after_step(batches);
@@ -387,7 +387,10 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                         observer,
                     )?;
                     match evaluated {
-                        Ok((eval, better)) => {
+                        Ok(EpochEnd {
+                            eval,
+                            improved: better,
+                        }) => {
                             last_eval = Some(eval);
                             (row.test_loss, row.test_accuracy) = (Some(eval.0), Some(eval.1));
                             improved = better;
@@ -397,7 +400,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                             if let Some(log) = &mut log {
                                 log.push(row)?;
                             }
-                            return Err(self.emergency(failure, saver, observer));
+                            return Err(self.emergency(*failure, saver, observer));
                         }
                     }
                 }

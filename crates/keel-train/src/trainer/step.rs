@@ -20,7 +20,13 @@ pub(super) enum Stepped {
         signal: i32,
     },
     /// The step failed on some rank.
-    Failed(Failure),
+    Failed(Box<Failure>),
+}
+
+/// An epoch's end: the held-out loss and accuracy, and whether the best metric improved.
+pub(super) struct EpochEnd {
+    pub(super) eval: (f64, f64),
+    pub(super) improved: bool,
 }
 
 /// One rank's part of a step: its slice's mean loss and gradients, and (in a world of
@@ -78,12 +84,12 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             Ok(Some(local)) if agreed == 0 => local,
             local if agreed >= STEP_FAILED => {
                 let cause = self.world.failure(local, pos.step + 1)?;
-                return Ok(Stepped::Failed(Failure {
+                return Ok(Stepped::Failed(Box::new(Failure {
                     held: pos,
                     rng: rng_before,
                     failed_step: pos.step + 1,
                     cause,
-                }));
+                })));
             }
             _ => {
                 // The step another rank did not take is not taken here either.
@@ -110,12 +116,12 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 } else {
                     (pos, rng_before)
                 };
-                Stepped::Failed(Failure {
+                Stepped::Failed(Box::new(Failure {
                     held,
                     rng,
                     failed_step: pos.step + 1,
                     cause,
-                })
+                }))
             }
         })
     }
@@ -132,16 +138,16 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         pos: &mut Position,
         metrics: &mut BTreeMap<String, f64>,
         observer: &mut dyn FnMut(&Event<'_>),
-    ) -> Result<Result<((f64, f64), bool), Failure>, TrainError> {
+    ) -> Result<Result<EpochEnd, Box<Failure>>, TrainError> {
         let (test_loss, test_accuracy) = match self.evaluate(x, y, n, pos.step)? {
             Ok(v) => v,
             Err(cause) => {
-                return Ok(Err(Failure {
+                return Ok(Err(Box::new(Failure {
                     held: *pos,
                     rng: self.rng.clone(),
                     failed_step: pos.step + 1,
                     cause,
-                }));
+                })));
             }
         };
         observer(&Event::Evaluated {
@@ -160,7 +166,10 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             pos.best = Some(value);
             improved = true;
         }
-        Ok(Ok(((test_loss, test_accuracy), improved)))
+        Ok(Ok(EpochEnd {
+            eval: (test_loss, test_accuracy),
+            improved,
+        }))
     }
 
     /// This rank's forward and backward pass over its slice of the global batch `rows`. In a
