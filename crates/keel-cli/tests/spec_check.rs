@@ -80,6 +80,29 @@ fn errors_name_the_file_line_and_column_with_a_caret() {
     assert!(stderr.contains('┬'), "{stderr}");
 }
 
+/// Issue #14: the block list's indentation mistake is refused at the line where the joined
+/// string starts, and the JSON shows a version as written (`2022.07.19`, not `2022.7.19`).
+#[test]
+fn conda_rules_reach_the_command() {
+    let output = keel(&["spec", "check", "test-data/spec-rules/multiline-scalar.yml"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("multiline-scalar.yml:7"), "{stderr}");
+    assert!(stderr.contains("line 7, column 3"), "{stderr}");
+    assert!(stderr.contains("indentation mistake"), "{stderr}");
+
+    let output = keel(&[
+        "spec",
+        "check",
+        "--json",
+        "test-data/spec-rules/version-text.yml",
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let first = &json[0]["spec"]["dependencies"][0]["spec"];
+    assert_eq!(first["version"], "2022.07.19.*", "{json}");
+}
+
 #[test]
 fn strict_turns_warnings_into_failure() {
     let file = "crates/keel-spec/test-data/valid/tabs.yml";
