@@ -1,7 +1,6 @@
 //! `keel ckpt list`, `keel ckpt verify`, `keel ckpt prune`.
 
 use std::io::Write as _;
-use std::process::ExitCode;
 
 use keel_ckpt::{
     CheckpointId, CheckpointStore, Goal, Listed, Location, Manifest, Retention, Status,
@@ -10,6 +9,7 @@ use miette::IntoDiagnostic as _;
 use serde::Serialize;
 
 use crate::args::{CkptListArgs, CkptPruneArgs};
+use crate::exit::Exit;
 use crate::render;
 
 /// Every `keel ckpt` command needs a store that is there: a mistyped path is an error (exit 2),
@@ -104,7 +104,7 @@ fn print_table(rows: &[(String, &Listed)]) {
     }
 }
 
-pub(crate) fn list(args: &CkptListArgs) -> miette::Result<ExitCode> {
+pub(crate) fn list(args: &CkptListArgs) -> miette::Result<Exit> {
     let store = open(&args.store)?;
     let listed = store.list().into_diagnostic()?;
     if args.json {
@@ -131,11 +131,7 @@ pub(crate) fn list(args: &CkptListArgs) -> miette::Result<ExitCode> {
         );
     }
     let failures = warn_problems(&store, listed_problems(&listed));
-    Ok(if failures == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if failures == 0 { Exit::Ok } else { Exit::Found })
 }
 
 #[derive(Serialize)]
@@ -146,7 +142,7 @@ struct Verified<'a> {
     manifest: Option<&'a Manifest>,
 }
 
-pub(crate) fn verify(args: &CkptListArgs) -> miette::Result<ExitCode> {
+pub(crate) fn verify(args: &CkptListArgs) -> miette::Result<Exit> {
     let store = open(&args.store)?;
     let mut listed = store.list().into_diagnostic()?;
     for entry in &mut listed {
@@ -193,14 +189,10 @@ pub(crate) fn verify(args: &CkptListArgs) -> miette::Result<ExitCode> {
         );
     }
     warn_problems(&store, listed_problems(&listed));
-    Ok(if bad == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if bad == 0 { Exit::Ok } else { Exit::Found })
 }
 
-pub(crate) fn prune(args: &CkptPruneArgs) -> miette::Result<ExitCode> {
+pub(crate) fn prune(args: &CkptPruneArgs) -> miette::Result<Exit> {
     if args.keep_last == 0 {
         miette::bail!("--keep-last must be at least 1 (the newest checkpoint is always kept)");
     }
@@ -241,9 +233,5 @@ pub(crate) fn prune(args: &CkptPruneArgs) -> miette::Result<ExitCode> {
             (id, reason.as_str(), foreign)
         }),
     );
-    Ok(if failures == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if failures == 0 { Exit::Ok } else { Exit::Found })
 }

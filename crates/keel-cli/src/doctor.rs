@@ -2,7 +2,6 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use keel_cuda::{DriverProbe, HostFacts, Level, PackageFacts, ProbeReport, probe_with_timeout};
@@ -11,6 +10,7 @@ use rattler_conda_types::Subdir;
 use serde::Serialize;
 
 use crate::args::DoctorArgs;
+use crate::exit::Exit;
 use crate::render;
 
 /// Each fix that re-locking would be part of, with the `keel lock` command line that does it.
@@ -30,7 +30,7 @@ struct DoctorJson<'a> {
     findings: &'a [keel_cuda::Finding],
 }
 
-pub(crate) fn run(args: &DoctorArgs) -> miette::Result<ExitCode> {
+pub(crate) fn run(args: &DoctorArgs) -> miette::Result<Exit> {
     let report = match &args.probe_json {
         Some(path) => {
             let bytes = fs_err::read(path).into_diagnostic()?;
@@ -79,11 +79,7 @@ pub(crate) fn run(args: &DoctorArgs) -> miette::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { Exit::Found } else { Exit::Ok })
 }
 
 /// The packages to check: the prefix's records, else the lock's for this node's platform.

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use keel_dist::Collective;
 use keel_prefix::{DiffReport, Fingerprint, HashOptions};
@@ -19,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::args::{FleetHashArgs, FleetVerifyArgs};
+use crate::exit::Exit;
 use crate::prefix::{print_changes, shown, verify_findings, verify_summary};
 use crate::render;
 use crate::world::{self, agree_exit, one_line, ranks_label};
@@ -73,11 +73,11 @@ fn print_failures<'a>(failures: impl Iterator<Item = (usize, &'a str, &'a str)>)
     }
 }
 
-fn exit(code: u8) -> ExitCode {
-    ExitCode::from(code)
+fn exit(code: u8) -> Exit {
+    Exit::from_code(code)
 }
 
-pub(crate) fn hash(args: &FleetHashArgs) -> miette::Result<ExitCode> {
+pub(crate) fn hash(args: &FleetHashArgs) -> miette::Result<Exit> {
     let world = world::connect()?;
     let world = &*world;
     let host = world::host_name();
@@ -315,7 +315,7 @@ fn package_changes(
     versions
 }
 
-pub(crate) fn verify(args: &FleetVerifyArgs) -> miette::Result<ExitCode> {
+pub(crate) fn verify(args: &FleetVerifyArgs) -> miette::Result<Exit> {
     let world = world::connect()?;
     let world = &*world;
     let host = world::host_name();

@@ -1,12 +1,13 @@
 //! The `keel` command line: argument parsing, then one module per command.
 //!
-//! Exit codes: 0 ok, 1 a problem was found (drift, a failed verification, a failed training
-//! step), 2 bad usage or input; `keel train` stopped by SIGINT/SIGTERM exits 130/143 after
-//! saving.
+//! Exit codes (one enum, [`exit::Exit`]): 0 ok, 1 a problem was found (drift, a failed
+//! verification, a failed training step), 2 bad usage or input; `keel train` stopped by
+//! SIGINT/SIGTERM exits 130/143 after saving.
 
 mod args;
 mod ckpt;
 mod doctor;
+mod exit;
 mod fleet;
 mod gate;
 mod lock;
@@ -42,10 +43,10 @@ pub fn run() -> ExitCode {
         args::Command::Fleet(args::FleetCommand::Verify(args)) => fleet::verify(&args),
     };
     match result {
-        Ok(code) => code,
+        Ok(exit) => exit.into(),
         Err(error) => {
             render::error(&error);
-            ExitCode::from(2)
+            exit::Exit::BadInput.into()
         }
     }
 }

@@ -2,7 +2,6 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::str::FromStr;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -14,6 +13,7 @@ use rattler_conda_types::Subdir;
 use serde::Serialize;
 
 use crate::args::LockArgs;
+use crate::exit::Exit;
 use crate::render;
 
 /// Checked settings of `keel lock`.
@@ -241,12 +241,12 @@ struct CheckJson {
     reasons: Vec<String>,
 }
 
-pub(crate) fn run(args: LockArgs) -> miette::Result<ExitCode> {
+pub(crate) fn run(args: LockArgs) -> miette::Result<Exit> {
     let mut settings = LockSettings::from_args(args)?;
     let checked = keel_spec::check_path(&settings.file).into_diagnostic()?;
     render::problems(&checked.report);
     let Some(spec) = checked.spec.clone() else {
-        return Ok(ExitCode::from(2));
+        return Ok(Exit::BadInput);
     };
     if settings.check {
         return check(&settings, &spec);
@@ -289,7 +289,7 @@ pub(crate) fn run(args: LockArgs) -> miette::Result<ExitCode> {
                 redact_source(&checked.report.text),
             ));
             render::error(&report);
-            return Ok(ExitCode::from(2));
+            return Ok(Exit::BadInput);
         }
         Err(error @ SolveError::NoPlatform) => {
             return Err(miette::miette!(
@@ -334,7 +334,7 @@ pub(crate) fn run(args: LockArgs) -> miette::Result<ExitCode> {
         written.push(path.display().to_string());
     }
     report(&settings, &locked, written)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
 fn report(settings: &LockSettings, locked: &Locked, written: Vec<String>) -> miette::Result<()> {
@@ -378,7 +378,7 @@ fn report(settings: &LockSettings, locked: &Locked, written: Vec<String>) -> mie
 
 /// `--check`: the lock exists, reads, and was made from the same inputs
 /// ([`keel_solve::check_fresh`]).
-fn check(settings: &LockSettings, spec: &keel_spec::EnvironmentSpec) -> miette::Result<ExitCode> {
+fn check(settings: &LockSettings, spec: &keel_spec::EnvironmentSpec) -> miette::Result<Exit> {
     let Some((lock, recorded)) = keel_solve::read_lock(&settings.output).into_diagnostic()? else {
         miette::bail!(
             "no lock at {}: run `keel lock {}` first",
@@ -407,11 +407,7 @@ fn check(settings: &LockSettings, spec: &keel_spec::EnvironmentSpec) -> miette::
             let _ = writeln!(stdout, "  - {reason}");
         }
     }
-    Ok(if fresh {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if fresh { Exit::Ok } else { Exit::Found })
 }
 
 /// Writes through a temporary file in the same folder and a rename, so that a failed write

@@ -2,7 +2,6 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -14,6 +13,7 @@ use rattler::install::IndicatifReporter;
 use rattler_conda_types::Subdir;
 
 use crate::args::{DiffArgs, HashArgs, InstallArgs, VerifyArgs};
+use crate::exit::Exit;
 use crate::render;
 
 pub(crate) fn platform(value: Option<&str>) -> miette::Result<Subdir> {
@@ -54,7 +54,7 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
+pub(crate) fn install(args: InstallArgs) -> miette::Result<Exit> {
     let platform = platform(args.platform.as_deref())?;
     let locked =
         keel_prefix::locked_packages(&args.lock, &args.environment, platform).into_diagnostic()?;
@@ -119,7 +119,7 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
         })?;
     if args.json {
         render::json(&report)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Ok);
     }
     let mut stdout = std::io::stdout().lock();
     if report.repaired_interrupted {
@@ -161,7 +161,7 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<ExitCode> {
             shown(&report.pypi_not_installed.join(", "))
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
 /// `keel hash`'s progress bar (bytes), on stderr; hidden when stderr is not a terminal.
@@ -178,7 +178,7 @@ impl keel_prefix::HashProgress for HashBar {
     }
 }
 
-pub(crate) fn hash(args: HashArgs) -> miette::Result<ExitCode> {
+pub(crate) fn hash(args: HashArgs) -> miette::Result<Exit> {
     let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
         .with_style(
             indicatif::ProgressStyle::with_template(
@@ -211,7 +211,7 @@ pub(crate) fn hash(args: HashArgs) -> miette::Result<ExitCode> {
     }
     if args.json {
         render::json(&fingerprint)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Ok);
     }
     let summary = &fingerprint.summary;
     let mut stdout = std::io::stdout().lock();
@@ -249,10 +249,10 @@ pub(crate) fn hash(args: HashArgs) -> miette::Result<ExitCode> {
     if let Some(path) = &args.output {
         let _ = writeln!(stdout, "wrote {}", shown_path(path));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
-pub(crate) fn verify(args: VerifyArgs) -> miette::Result<ExitCode> {
+pub(crate) fn verify(args: VerifyArgs) -> miette::Result<Exit> {
     let lock = match args.lock {
         Some(lock) => Some(lock),
         None => Some(PathBuf::from("keel.lock")).filter(|path| path.is_file()),
@@ -275,9 +275,9 @@ pub(crate) fn verify(args: VerifyArgs) -> miette::Result<ExitCode> {
         print_verify(&report);
     }
     Ok(if report.is_clean() {
-        ExitCode::SUCCESS
+        Exit::Ok
     } else {
-        ExitCode::from(1)
+        Exit::Found
     })
 }
 
@@ -404,7 +404,7 @@ pub(crate) fn verify_summary(report: &VerifyReport) -> String {
     )
 }
 
-pub(crate) fn diff(args: &DiffArgs) -> miette::Result<ExitCode> {
+pub(crate) fn diff(args: &DiffArgs) -> miette::Result<Exit> {
     let fingerprints = args
         .files
         .iter()
@@ -417,9 +417,9 @@ pub(crate) fn diff(args: &DiffArgs) -> miette::Result<ExitCode> {
         print_diff(&report);
     }
     Ok(if report.all_identical() {
-        ExitCode::SUCCESS
+        Exit::Ok
     } else {
-        ExitCode::from(1)
+        Exit::Found
     })
 }
 

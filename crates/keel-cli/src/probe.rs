@@ -1,15 +1,15 @@
 //! `keel probe`.
 
 use std::io::Write as _;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use keel_cuda::{DriverProbe, probe_with_timeout};
 
 use crate::args::ProbeArgs;
+use crate::exit::Exit;
 use crate::render;
 
-pub(crate) fn run(args: &ProbeArgs) -> miette::Result<ExitCode> {
+pub(crate) fn run(args: &ProbeArgs) -> miette::Result<Exit> {
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         miette::bail!(
             "--timeout must be a positive number of seconds, not {}",
@@ -27,17 +27,17 @@ pub(crate) fn run(args: &ProbeArgs) -> miette::Result<ExitCode> {
                     "check `nvidia-smi`; a driver that fails here fails the training job too",
                 ),
             )));
-            return Ok(ExitCode::from(1));
+            return Ok(Exit::Found);
         }
     };
     let mut stdout = std::io::stdout().lock();
     if args.json {
         render::json(&report)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Ok);
     }
     let _ = writeln!(stdout, "{}", report.summary());
     if report.devices.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Ok);
     }
     let _ = writeln!(
         stdout,
@@ -60,5 +60,5 @@ pub(crate) fn run(args: &ProbeArgs) -> miette::Result<ExitCode> {
             device.name
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }

@@ -2,13 +2,13 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use keel_spec::{Checked, EnvironmentSpec, Problem, SpecError};
 
 use serde::Serialize;
 
 use crate::args::CheckArgs;
+use crate::exit::Exit;
 use crate::render;
 
 /// Checked settings of `keel spec check`.
@@ -41,7 +41,7 @@ struct FileResult<'a> {
 }
 
 /// Checks each file; exit 2 when any is invalid.
-pub(crate) fn check(settings: CheckSettings) -> miette::Result<ExitCode> {
+pub(crate) fn check(settings: CheckSettings) -> miette::Result<Exit> {
     let outcomes: Vec<(PathBuf, Result<Checked, SpecError>)> = settings
         .files
         .iter()
@@ -89,11 +89,7 @@ pub(crate) fn check(settings: CheckSettings) -> miette::Result<ExitCode> {
         let _ = write!(stdout, "{}", table(&results));
     }
     let all_valid = results.iter().all(|r| r.valid);
-    Ok(if all_valid {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(if all_valid { Exit::Ok } else { Exit::BadInput })
 }
 
 /// An error with its causes on one line: `failed to read environment file: x.yml: No such file`.

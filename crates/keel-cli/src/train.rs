@@ -2,7 +2,6 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,6 +12,7 @@ use miette::{IntoDiagnostic as _, WrapErr as _};
 use serde_json::json;
 
 use crate::args::TrainArgs;
+use crate::exit::Exit;
 use crate::world::{self, Agreed};
 use crate::{gate, render};
 
@@ -194,7 +194,7 @@ fn prepare(args: &TrainArgs, world: &dyn Collective, host: &str) -> miette::Resu
     })
 }
 
-pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
+pub(crate) fn run(args: &TrainArgs) -> miette::Result<Exit> {
     // A build without the `mpi` feature refuses to be one of several ranks here: N copies
     // started by `mpirun -np N` or `srun -n N` would each train alone and write one store.
     // With it, the launcher's ranks become one MPI world; a process no launcher started is a
@@ -206,7 +206,7 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
     // of them (rank 0 names it) before the gate, so no rank waits in a collective alone.
     let prepared = match world::agree(world, prepare(args, world, &host), &host)? {
         Agreed::Go(prepared) => prepared,
-        Agreed::Stop => return Ok(ExitCode::from(2)),
+        Agreed::Stop => return Ok(Exit::BadInput),
     };
     // The environment gate, before any checkpoint is read: every rank learns every rank's
     // facts and reaches the same verdict.
@@ -221,7 +221,7 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
         }
         if !args.allow_env_drift {
             world::stop_together(world)?;
-            return Ok(ExitCode::from(2));
+            return Ok(Exit::BadInput);
         }
     }
     let Prepared {
@@ -246,7 +246,7 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
                     let _ = writeln!(std::io::stderr(), "{line}");
                 }
             }
-            Agreed::Stop => return Ok(ExitCode::from(2)),
+            Agreed::Stop => return Ok(Exit::BadInput),
         }
     }
     // Every rank's host and environment root go into each checkpoint beside rank 0's
@@ -373,11 +373,11 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
         Ok(outcome) => outcome,
         Err(error @ TrainError::StepFailed { .. }) => {
             render::error(&miette::Report::msg(error.to_string()));
-            return Ok(ExitCode::from(1));
+            return Ok(Exit::Found);
         }
         // What to do about a checkpoint of another run is the CLI's to say.
         Err(error @ (TrainError::Incompatible { .. } | TrainError::DataChanged { .. })) => {
-            let result: miette::Result<ExitCode> = Err(miette::miette!(
+            let result: miette::Result<Exit> = Err(miette::miette!(
                 help = "train with --fresh (the old run is moved aside), or under another run \
                         name, to start over",
                 "{error}"
@@ -405,7 +405,7 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
         // The configuration file is named: a data file's error alone does not say which
         // configuration pointed at it.
         Err(error) => {
-            let result: miette::Result<ExitCode> = Err(error).into_diagnostic();
+            let result: miette::Result<Exit> = Err(error).into_diagnostic();
             return match &args.config {
                 Some(path) => result.wrap_err_with(|| format!("keel train {}", path.display())),
                 None => result,
@@ -414,8 +414,8 @@ pub(crate) fn run(args: &TrainArgs) -> miette::Result<ExitCode> {
     };
     let elapsed = started.elapsed();
     let code = match outcome.status {
-        Status::Completed => ExitCode::SUCCESS,
-        Status::Interrupted { signal } => ExitCode::from((128 + signal).clamp(0, 255) as u8),
+        Status::Completed => Exit::Ok,
+        Status::Interrupted { signal } => Exit::Signal(signal),
     };
     if !lead {
         // Every rank reached the same outcome; rank 0 reports it.

@@ -194,8 +194,6 @@ fn single_process_train_records_the_prefix_fingerprint() {
 
 #[cfg(feature = "mpi")]
 mod mpirun {
-    use std::io::Write as _;
-
     use super::*;
 
     /// Whether `mpirun` is here: a missing one fails the test, naming it.
