@@ -213,38 +213,55 @@ impl CondaDependency {
     }
 
     /// `printed` (rattler's text of the version constraint) with every version number that
-    /// the source writes differently (`07` for `7`) put back as written.
+    /// the source writes differently (`07` for `7`) put back as written. One pass over each
+    /// text, so a hostile line costs no more than its length.
     fn with_written_numbers(&self, printed: &str) -> String {
         let is_version_char =
             |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '!' | '+');
         let source = self.source.split('#').next().unwrap_or_default();
-        let mut out = printed.to_owned();
+        // rattler's text of each version number in the source -> the number as written.
+        let mut written: std::collections::HashMap<String, &str> = Default::default();
         for token in source.split(|c: char| !is_version_char(c)) {
             let token = token.trim_end_matches('.');
-            if token.is_empty() || !token.starts_with(|c: char| c.is_ascii_digit()) {
+            if !token.starts_with(|c: char| c.is_ascii_digit()) {
                 continue;
             }
-            let Ok(version) = rattler_conda_types::Version::from_str(token) else {
+            if let Ok(version) = rattler_conda_types::Version::from_str(token) {
+                let normal = version.to_string();
+                if normal != token {
+                    written.entry(normal).or_insert(token);
+                }
+            }
+        }
+        if written.is_empty() {
+            return printed.to_owned();
+        }
+        let mut out = String::with_capacity(printed.len());
+        let mut rest = printed;
+        while !rest.is_empty() {
+            let end = rest
+                .find(|c: char| !is_version_char(c))
+                .unwrap_or(rest.len());
+            if end == 0 {
+                let c = rest.chars().next().unwrap_or_default();
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
                 continue;
+            }
+            let token = &rest[..end];
+            // `2022.7.19.*` prints a trailing `.` before the `*`.
+            let (number, dot) = match token.strip_suffix('.') {
+                Some(number) => (number, "."),
+                None => (token, ""),
             };
-            let normal = version.to_string();
-            if normal == token {
-                continue;
+            match written.get(number) {
+                Some(as_written) => {
+                    out.push_str(as_written);
+                    out.push_str(dot);
+                }
+                None => out.push_str(token),
             }
-            // Replace the normal form only where it stands as a whole version number.
-            let mut replaced = String::with_capacity(out.len());
-            let mut rest = out.as_str();
-            while let Some(at) = rest.find(&normal) {
-                let before = rest[..at].chars().next_back();
-                let after = rest[at + normal.len()..].chars().next();
-                let whole = !before.is_some_and(is_version_char)
-                    && !after.is_some_and(|c| is_version_char(c) && c != '.');
-                replaced.push_str(&rest[..at]);
-                replaced.push_str(if whole { token } else { &normal });
-                rest = &rest[at + normal.len()..];
-            }
-            replaced.push_str(rest);
-            out = replaced;
+            rest = &rest[end..];
         }
         out
     }
