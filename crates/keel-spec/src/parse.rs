@@ -645,26 +645,44 @@ impl<'a> Parser<'a> {
         selector: &Option<Selector>,
     ) -> Option<CondaDependency> {
         let parts = conda::split(source).ok()?;
-        let extras = parts.bracket.as_deref()?;
-        if !parts.bracket_pairs.is_empty() {
-            return None;
-        }
+        let bracket = parts.bracket.as_deref()?;
         let rest = parts.without_bracket.as_str();
         if conda::refusal(rest).is_some() {
             return None;
         }
-        let spec = MatchSpec::from_str(rest, ParseStrictness::Lenient).ok()?;
+        // The bracket's words conda ignores; its `key=value` pairs it keeps
+        // (`sphinx[docs, version='>=7']` is `sphinx >=7`).
+        let extras = bracket
+            .split([',', ' '])
+            .filter(|word| !word.is_empty() && !word.contains('='))
+            .collect::<Vec<_>>()
+            .join(",");
+        if extras.is_empty() {
+            return None;
+        }
+        let kept = if parts.bracket_pairs.is_empty() {
+            rest.to_owned()
+        } else {
+            let pairs: Vec<String> = parts
+                .bracket_pairs
+                .iter()
+                .map(|(key, value)| format!("{key}='{value}'"))
+                .collect();
+            format!("{rest}[{}]", pairs.join(","))
+        };
+        let spec = MatchSpec::from_str(&kept, ParseStrictness::Lenient).ok()?;
         let location = self.location(node);
+        let name = spec.name.to_string();
         self.problems.push(
             Problem::warning(
                 ProblemKind::IgnoredExtras {
-                    name: spec.name.to_string(),
-                    extras: extras.to_owned(),
+                    name: name.clone(),
+                    extras: extras.clone(),
                 },
                 Some(location),
             )
             .with_help(format!(
-                "write `{rest}` (or list `{rest}[{extras}]` under `- pip:` to get the extras)"
+                "write `{kept}` (or list `{name}[{extras}]` under `- pip:` to get the extras)"
             )),
         );
         Some(CondaDependency {

@@ -14,7 +14,7 @@ mod common;
 use std::path::PathBuf;
 
 use keel_spec::{
-    Checked, DependencyEntry, PipEntryKind, Problem, ProblemKind, Severity, check_path, read_path,
+    Checked, DependencyEntry, PipEntryKind, Problem, ProblemKind, check_path, read_path,
 };
 use rattler_conda_types::Subdir;
 
@@ -94,6 +94,9 @@ fn bracket_then_version() {
     // key=value brackets mean what they say.
     assert_eq!(version(3).as_deref(), Some(">=2023.1"));
     assert_eq!(deps[4].spec.build.as_ref().unwrap().to_string(), "py*");
+    // Words and pairs together: conda keeps the pairs only.
+    assert_eq!(deps[5].spec.name.to_string(), "sphinx");
+    assert_eq!(version(5).as_deref(), Some(">=7"));
 
     let ignored: Vec<(String, usize)> =
         problems(&checked, |k| matches!(k, ProblemKind::IgnoredExtras { .. }))
@@ -110,14 +113,18 @@ fn bracket_then_version() {
         [
             ("execute".to_owned(), 3),
             ("all".to_owned(), 4),
-            ("io,parallel".to_owned(), 5)
+            ("io,parallel".to_owned(), 5),
+            ("docs".to_owned(), 8)
         ]
     );
-    assert!(
-        checked
-            .report
-            .warnings()
-            .all(|w| w.severity == Severity::Warning)
+    // The help names what to write, and the pip form that gets the extras.
+    let nbconvert = &checked.report.problems[0];
+    assert_eq!(
+        nbconvert.help.as_deref(),
+        Some(
+            "write `nbconvert!=6.0.0,!=7.3.0` (or list `nbconvert[execute]` under `- pip:` to \
+             get the extras)"
+        )
     );
 }
 
