@@ -26,6 +26,8 @@ pub(crate) struct CondaSpecText {
     pub(crate) bracket_pairs: Vec<(String, String)>,
     /// The string with the comment, the `if` tail and every copy of the bracket section cut.
     pub(crate) without_bracket: String,
+    /// The channel before `::`, when there is one.
+    pub(crate) channel: Option<String>,
     /// The package name as written.
     pub(crate) name: String,
     /// The version as conda keeps it (after `_sanitize_version_str`), from outside the
@@ -66,10 +68,22 @@ pub(crate) fn split(spec: &str) -> Result<CondaSpecText, CondaRefusal> {
         bracket = Some(content.to_owned());
     }
 
+    // The legacy parentheses section (`_PARENS_RE`, `.*(?:(\(.*\)))`) is cut out the same way
+    // and ignored.
+    if let Some(close) = rest.rfind(')')
+        && let Some(open) = rest[..close].rfind('(')
+    {
+        let section = rest[open..=close].to_owned();
+        rest = rest.replace(&section, "");
+    }
+
     // `rsplit(":", 2)`: at most two cuts from the right.
     let mut parts: Vec<&str> = rest.rsplitn(3, ':').collect();
     parts.reverse();
     let after_channel = parts.last().copied().unwrap_or_default();
+    let channel = (parts.len() == 3)
+        .then(|| parts[0].trim().to_owned())
+        .filter(|c| !c.is_empty());
 
     let name_end = after_channel
         .find([' ', '=', '<', '>', '!', '~'])
@@ -111,6 +125,7 @@ pub(crate) fn split(spec: &str) -> Result<CondaSpecText, CondaRefusal> {
         bracket,
         bracket_pairs,
         without_bracket: rest.trim().to_owned(),
+        channel,
         name: name.to_owned(),
         version,
         build,
@@ -201,7 +216,56 @@ fn check_name(name: &str) -> Result<(), CondaRefusal> {
             "package name contains invalid characters ({invalid})"
         )));
     }
-    Ok(())
+    if cep26_name(&lower) {
+        Ok(())
+    } else {
+        Err(CondaRefusal("invalid package name".to_owned()))
+    }
+}
+
+/// `_CEP26_NAME_RE` or `_CEP26_VIRTUAL_NAME_RE` on a lower-case name of allowed characters:
+/// a first character (`_` only when no `_` follows), at most one separator, then runs of
+/// letters and digits each ended by one separator or the end; `__` and the same for virtual
+/// packages.
+fn cep26_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let is_separator = |b: u8| matches!(b, b'.' | b'-' | b'_');
+    let mut i = if let Some(rest) = name.strip_prefix("__") {
+        // Virtual: `__[a-z0-9]`.
+        if !rest
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        {
+            return false;
+        }
+        3
+    } else {
+        match bytes.first() {
+            Some(b) if b.is_ascii_alphanumeric() => 1,
+            Some(b'_') if bytes.get(1) != Some(&b'_') => 1,
+            _ => return false,
+        }
+    };
+    if bytes.get(i).is_some_and(|b| is_separator(*b)) {
+        i += 1;
+    }
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphanumeric() {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+        if i < bytes.len() {
+            if !is_separator(bytes[i]) {
+                return false;
+            }
+            i += 1;
+        }
+    }
+    true
 }
 
 /// `_parse_version_plus_build`: the build is what follows the first space or `=` that is
@@ -565,6 +629,10 @@ mod tests {
             "numpy=",
             "pytorch::pytorch==2.0.1",
             "python>=3.8,<3.12|3.7.*",
+            "_libgcc_mutex",
+            "__cuda>=12",
+            "r-base-",
+            "a.b",
         ] {
             assert_eq!(refusal(accepted), None, "{accepted}");
         }

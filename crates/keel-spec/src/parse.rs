@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::str::FromStr;
 
 use indexmap::IndexMap;
 use rattler_conda_types::{MatchSpec, ParseStrictness, Subdir};
@@ -600,6 +601,29 @@ impl<'a> Parser<'a> {
                     );
                     return None;
                 }
+                let spec = match as_conda_reads(source, spec) {
+                    Ok(spec) => spec,
+                    Err(version) => {
+                        let location = self.location(node);
+                        self.problems.push(
+                            Problem::error(
+                                ProblemKind::CondaRefusesSpec {
+                                    spec: source.to_owned(),
+                                    reason: format!(
+                                        "conda reads its version as `{version}`, which no \
+                                         package can have"
+                                    ),
+                                },
+                                Some(location),
+                            )
+                            .with_help(
+                                "conda takes everything up to the build string for the \
+                                 version; write one package per line",
+                            ),
+                        );
+                        return None;
+                    }
+                };
                 if let Some(selector) = &selector {
                     self.check_selector(selector, node);
                 }
@@ -614,6 +638,17 @@ impl<'a> Parser<'a> {
                 if let Some(dependency) = self.conda_dependency_with_extras(node, source, &selector)
                 {
                     return Some(dependency);
+                }
+                if let Some(spec) = from_conda_cut(source) {
+                    if let Some(selector) = &selector {
+                        self.check_selector(selector, node);
+                    }
+                    return Some(CondaDependency {
+                        source: source.to_owned(),
+                        spec,
+                        selector,
+                        location: Some(self.location(node)),
+                    });
                 }
                 let location = self.location(node);
                 let mut problem = Problem::error(
@@ -671,6 +706,7 @@ impl<'a> Parser<'a> {
             format!("{rest}[{}]", pairs.join(","))
         };
         let spec = MatchSpec::from_str(&kept, ParseStrictness::Lenient).ok()?;
+        let spec = as_conda_reads(source, spec).ok()?;
         let location = self.location(node);
         let name = spec.name.to_string();
         self.problems.push(
@@ -940,6 +976,103 @@ impl<'a> Parser<'a> {
         }
         platforms
     }
+}
+
+/// rattler's reading of `source` with the version and build that conda's cut gives where
+/// the two differ: conda reads `numpy==1.26.*` as `1.26.*` (`_sanitize_version_str` drops the
+/// `==`), rattler as `==1.26`; conda reads `<2.*` as `<2`. `Err` with conda's version text
+/// when rattler cannot read it (`python 1.2.3=*mkl - openmpi` has the version `1.2.3=*mkl-`).
+/// Package files and URLs, which conda does not cut, keep rattler's reading.
+fn as_conda_reads(source: &str, mut spec: MatchSpec) -> Result<MatchSpec, String> {
+    let text = source.split('#').next().unwrap_or(source).trim();
+    if text.contains("://")
+        || [".conda", ".tar.bz2"].iter().any(|ext| text.ends_with(ext))
+        || text.ends_with('@')
+    {
+        return Ok(spec);
+    }
+    let Ok(parts) = conda::split(source) else {
+        return Ok(spec);
+    };
+    match parts.version.as_deref() {
+        Some("*") => {}
+        Some(version) => {
+            let conda = conda_version(version).ok_or_else(|| version.to_owned())?;
+            if spec.version.as_ref() != Some(&conda) {
+                spec.version = Some(conda);
+            }
+        }
+        // conda ignores a `(...)` section, which rattler reads as a version.
+        None => {
+            if spec.version != Some(rattler_conda_types::VersionSpec::Any) {
+                spec.version = None;
+            }
+        }
+    }
+    let build = parts.build.filter(|b| b != "*");
+    let rattler_build = spec
+        .build
+        .as_ref()
+        .map(ToString::to_string)
+        .filter(|b| b != "*");
+    if build != rattler_build {
+        spec.build = match build {
+            Some(build) => Some(
+                rattler_conda_types::StringMatcher::from_str(&build)
+                    .map_err(|_| parts.version.clone().unwrap_or_default())?,
+            ),
+            None => None,
+        };
+    }
+    Ok(spec)
+}
+
+/// A string rattler refuses that conda reads, built from conda's cut: `pkg[build=py*]>=1`
+/// (a bracket before the version), `pkg<2.*`, `pkg (legacy)`. Only the channel, name,
+/// version and build carry over, so a bracket with other keys is left to rattler's error.
+fn from_conda_cut(source: &str) -> Option<MatchSpec> {
+    if conda::refusal(source).is_some() {
+        return None;
+    }
+    let parts = conda::split(source).ok()?;
+    if parts
+        .bracket_pairs
+        .iter()
+        .any(|(key, _)| key != "version" && key != "build")
+    {
+        return None;
+    }
+    let base = match &parts.channel {
+        Some(channel) => format!("{channel}::{}", parts.name),
+        None => parts.name.clone(),
+    };
+    let spec = MatchSpec::from_str(&base, ParseStrictness::Lenient).ok()?;
+    as_conda_reads(source, spec).ok()
+}
+
+/// A version conda holds as rattler's `VersionSpec`. conda drops a `.*` after `<`, `>`, `<=`
+/// and `==` (with its "superfluous" warning), which rattler refuses after `<` and `>`.
+fn conda_version(version: &str) -> Option<rattler_conda_types::VersionSpec> {
+    use rattler_conda_types::VersionSpec;
+    if let Ok(spec) = VersionSpec::from_str(version, ParseStrictness::Lenient) {
+        return Some(spec);
+    }
+    let mut out = String::with_capacity(version.len());
+    for leaf in version.split_inclusive([',', '|', '(', ')']) {
+        let (body, separator) = match leaf.char_indices().last() {
+            Some((at, ',' | '|' | '(' | ')')) => (&leaf[..at], &leaf[at..]),
+            _ => (leaf, ""),
+        };
+        let relational = ["<=", "==", "<", ">"]
+            .iter()
+            .any(|op| body.trim_start().starts_with(op) && !body.trim_start().starts_with(">="));
+        match body.strip_suffix(".*") {
+            Some(stripped) if relational => out.push_str(stripped),
+            _ => out.push_str(body),
+        }
+        out.push_str(separator);
+    }
+    VersionSpec::from_str(&out, ParseStrictness::Lenient).ok()
 }
 
 fn value_is_null(value: &str) -> bool {

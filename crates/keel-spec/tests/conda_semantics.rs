@@ -284,7 +284,27 @@ fn same_version(conda: Option<&str>, rattler: Option<&VersionSpec>) -> bool {
         (None, None) => true,
         (Some("*"), None) | (None, Some(VersionSpec::Any)) => true,
         (Some(conda), Some(rattler)) => {
-            VersionSpec::from_str(conda, ParseStrictness::Lenient).is_ok_and(|v| &v == rattler)
+            // conda drops a `.*` after `<`, `>`, `<=` (its "superfluous" warning), which
+            // rattler refuses.
+            let relational_star = |leaf: &str| {
+                let leaf = leaf.trim();
+                match leaf.strip_suffix(".*") {
+                    Some(stripped) if leaf.starts_with(['<', '>']) && !leaf.starts_with(">=") => {
+                        stripped.to_owned()
+                    }
+                    _ => leaf.to_owned(),
+                }
+            };
+            let conda_text: String = conda
+                .split_inclusive([',', '|'])
+                .map(|leaf| {
+                    let (body, separator) = leaf.split_at(leaf.trim_end_matches([',', '|']).len());
+                    relational_star(body) + separator
+                })
+                .collect();
+            VersionSpec::from_str(conda, ParseStrictness::Lenient)
+                .or_else(|_| VersionSpec::from_str(&conda_text, ParseStrictness::Lenient))
+                .is_ok_and(|v| &v == rattler)
         }
         _ => false,
     }
@@ -490,7 +510,10 @@ fn reference_reader_reads_what_conda_read() {
 /// keel reads every shipped file as conda does, but for the deliberate differences, which it
 /// lists (`--nocapture` shows them).
 #[test]
-#[allow(clippy::print_stderr, reason = "the list of deliberate differences, for the reader")]
+#[allow(
+    clippy::print_stderr,
+    reason = "the list of deliberate differences, for the reader"
+)]
 fn keel_reads_every_shipped_file_as_conda_does() {
     let mut unexpected = Vec::new();
     let mut deliberate_seen = Vec::new();

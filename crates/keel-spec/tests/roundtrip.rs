@@ -52,7 +52,8 @@ fn version() -> impl Strategy<Value = String> {
 
 /// Conda specs in every form conda accepts.
 fn conda_source() -> impl Strategy<Value = String> {
-    let package = "[a-z][a-z0-9_-]{0,10}";
+    // CEP 26 names, as conda's MatchSpec checks them: no two separators in a row.
+    let package = "[a-z][a-z0-9]{0,4}([_-][a-z0-9]{1,4}){0,2}";
     prop_oneof![
         package.prop_map(|n| n),
         (package, version()).prop_map(|(n, v)| format!("{n}={v}")),

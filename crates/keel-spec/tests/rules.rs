@@ -368,6 +368,23 @@ fn tab_error() {
     }
 }
 
+/// Rule 1, in general: where rattler reads a string otherwise than conda's MatchSpec, or
+/// refuses it, keel reads it as conda does. conda reads `numpy==1.26.*` as `1.26.*`
+/// (`_sanitize_version_str` drops the `==`; rattler: exactly `1.26`), `scipy<2.*` as `<2`
+/// (rattler refuses it), and takes a bracket before the version (`pyarrow[build=py*]>=14`).
+#[test]
+fn match_spec_as_conda() {
+    let checked = check("match-spec-as-conda.yml");
+    assert!(!checked.report.has_errors(), "{}", checked.report);
+    assert_eq!(checked.report.problems.len(), 0, "{}", checked.report);
+    let spec = checked.spec.as_ref().unwrap();
+    let read: Vec<String> = spec
+        .conda_dependencies()
+        .map(|d| d.spec.to_string())
+        .collect();
+    assert_eq!(read, ["numpy 1.26.*", "scipy <2", "pyarrow >=14 py*"]);
+}
+
 /// The folder's README names every rule file.
 #[test]
 fn every_rule_file_is_described() {
