@@ -41,8 +41,8 @@ pub enum TrainError {
         /// Why it cannot be used.
         reason: String,
     },
-    /// candle failed.
-    #[error("candle: {0}")]
+    /// candle failed (its own message; a renderer that walks the chain prints it once).
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
     /// The checkpoint store failed.
     #[error(transparent)]
@@ -110,7 +110,11 @@ pub enum TrainError {
         loss: f32,
     },
     /// A step failed; the last good state was saved as an emergency checkpoint when possible.
-    #[error("training stopped at step {step}: {source}{}", match emergency {
+    ///
+    /// The cause reads inside the message (before what became of the emergency checkpoint),
+    /// so it is a field, not the error's `source`: a renderer walking the chain would print it
+    /// twice.
+    #[error("training stopped at step {step}: {cause}{}", match emergency {
         Ok(id) => format!("; the last good state (step {saved_step}) is saved as {id}"),
         Err(e) => format!("; the emergency checkpoint could not be saved either: {e}"),
     })]
@@ -120,8 +124,7 @@ pub enum TrainError {
         /// The step of the state saved (the last good one).
         saved_step: u64,
         /// Why.
-        #[source]
-        source: Box<TrainError>,
+        cause: Box<TrainError>,
         /// The emergency checkpoint, or why it could not be saved.
         emergency: Result<CheckpointId, Box<TrainError>>,
     },

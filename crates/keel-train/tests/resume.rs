@@ -243,7 +243,7 @@ fn nan_loss_saves_the_step_before_as_emergency() {
     let TrainError::StepFailed {
         step,
         saved_step,
-        source,
+        cause,
         emergency,
     } = &error
     else {
@@ -251,9 +251,12 @@ fn nan_loss_saves_the_step_before_as_emergency() {
     };
     assert_eq!((*step, *saved_step), (37, 36));
     assert!(
-        matches!(**source, TrainError::NonFinite { step: 37, .. }),
-        "{source}"
+        matches!(**cause, TrainError::NonFinite { step: 37, .. }),
+        "{cause}"
     );
+    // The cause reads in the message and is not also the error's source, which a renderer
+    // walking the chain (miette, keel's error_chain) would print a second time.
+    assert!(std::error::Error::source(&error).is_none());
     let id = emergency.as_ref().unwrap();
     assert_eq!(id.kind, Kind::Emergency);
     let text = error.to_string();

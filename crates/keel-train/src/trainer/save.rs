@@ -586,7 +586,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         TrainError::StepFailed {
             step: failed_step,
             saved_step: pos.step,
-            source: Box::new(cause),
+            cause: Box::new(cause),
             emergency: saved.map_err(Box::new),
         }
     }
