@@ -17,9 +17,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use keel_test_support::channel;
 use channel::{Content, Package, build_channel};
 use common::text;
+use keel_test_support::channel;
 
 /// Address space a child may map (`ulimit -v`, KiB).
 const MEMORY_LIMIT_KIB: u64 = 4 * 1024 * 1024;
