@@ -1,6 +1,6 @@
 //! The `keel` command line: argument parsing, then one module per command.
 //!
-//! Exit codes (one enum, [`exit::Exit`]): 0 ok, 1 a problem was found (drift, a failed
+//! Exit codes (one enum, `exit::Exit`): 0 ok, 1 a problem was found (drift, a failed
 //! verification, a failed training step), 2 bad usage or input; `keel train` stopped by
 //! SIGINT/SIGTERM exits 130/143 after saving.
 
