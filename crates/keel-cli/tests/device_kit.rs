@@ -13,6 +13,16 @@ fn skip(why: &str) {
     let _ = writeln!(std::io::stderr(), "skipped: {why}");
 }
 
+/// A script refused its arguments: exit 2, and `message` on stderr.
+fn assert_usage_error(output: &Output, args: &[String], message: &str) {
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {}", shown(output));
+    assert!(
+        text(&output.stderr).contains(message),
+        "{args:?}: {}",
+        shown(output)
+    );
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -113,17 +123,7 @@ fn device_kit_refuses_bad_arguments() {
             command.env("KEEL_DEVICE_KIT_LIMIT_MIB", limit);
         }
         let output = command.output().unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            shown(&output)
-        );
-        assert!(
-            text(&output.stderr).contains(message),
-            "{args:?}: {}",
-            shown(&output)
-        );
+        assert_usage_error(&output, &args, message);
     }
     let help = script("device-kit").arg("--help").output().unwrap();
     assert!(help.status.success(), "{}", shown(&help));
@@ -180,17 +180,7 @@ fn device_check_refuses_bad_arguments() {
     ];
     for (args, message) in cases {
         let output = script("device-check").args(&args).output().unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            shown(&output)
-        );
-        assert!(
-            text(&output.stderr).contains(message),
-            "{args:?}: {}",
-            shown(&output)
-        );
+        assert_usage_error(&output, &args, message);
     }
 }
 

@@ -280,23 +280,6 @@ const TOKEN: &str = "s3cr3t-conda-token";
 const QUERY: &str = "qs-secret-value";
 const SECRETS: &[&str] = &[USER, PASSWORD, TOKEN, QUERY];
 
-/// A copy of the py39 snapshot's `linux-64` and `noarch` at `<root>/chan`, as a server holds
-/// it (records without a base URL, so they point back at the server).
-fn served_channel(root: &Path) {
-    for subdir in ["linux-64", "noarch"] {
-        let dir = root.join("chan").join(subdir);
-        fs_err::create_dir_all(&dir).unwrap();
-        fs_err::copy(
-            keel_test_support::test_data()
-                .join("repodata/conda-forge-py39")
-                .join(subdir)
-                .join("repodata.json"),
-            dir.join("repodata.json"),
-        )
-        .unwrap();
-    }
-}
-
 /// Every file under `dir` (recursively), with its text.
 fn files_under(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut files = Vec::new();
@@ -353,7 +336,7 @@ fn lock_private(dir: &Path, channel: &str, env: &[(&str, &str)], args: &[&str]) 
 #[test]
 fn channel_credentials_never_reach_a_file_or_the_output() {
     let served = tempfile::tempdir().unwrap();
-    served_channel(served.path());
+    keel_test_support::http::serve_py39_copy(served.path());
     let server = Server::start(
         served.path(),
         Credentials {
@@ -438,7 +421,7 @@ fn channel_credentials_never_reach_a_file_or_the_output() {
 #[test]
 fn repodata_errors_show_no_credentials() {
     let served = tempfile::tempdir().unwrap();
-    served_channel(served.path());
+    keel_test_support::http::serve_py39_copy(served.path());
     let server = Server::start(
         served.path(),
         Credentials {
@@ -477,7 +460,7 @@ fn the_repodata_cache_is_private() {
     use std::os::unix::fs::PermissionsExt as _;
 
     let served = tempfile::tempdir().unwrap();
-    served_channel(served.path());
+    keel_test_support::http::serve_py39_copy(served.path());
     let server = Server::start(served.path(), Credentials::default());
     let project = tempfile::tempdir().unwrap();
     let dir = project.path();

@@ -2,7 +2,6 @@
 //! password tells the reporter of every repodata download, start to end, and never shows it
 //! a credential.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use keel_solve::{LockOptions, LockProgress, lock};
@@ -46,25 +45,10 @@ impl LockProgress for Recorder {
     }
 }
 
-fn served_channel(root: &Path) {
-    for subdir in ["linux-64", "noarch"] {
-        let dir = root.join("chan").join(subdir);
-        fs_err::create_dir_all(&dir).unwrap();
-        fs_err::copy(
-            keel_test_support::test_data()
-                .join("repodata/conda-forge-py39")
-                .join(subdir)
-                .join("repodata.json"),
-            dir.join("repodata.json"),
-        )
-        .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_download_is_reported_start_to_end_without_credentials() {
     let served = tempfile::tempdir().unwrap();
-    served_channel(served.path());
+    keel_test_support::http::serve_py39_copy(served.path());
     let server = Server::start(
         served.path(),
         Credentials {

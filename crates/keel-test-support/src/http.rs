@@ -156,3 +156,24 @@ pub fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// A copy of the real py39 snapshot's `linux-64` and `noarch` (`test-data/repodata/
+/// conda-forge-py39`) at `<root>/chan`, as a server holds it: the records carry no base URL,
+/// so they point back at the server that serves `root`.
+///
+/// # Panics
+/// When the snapshot cannot be read or the copy written.
+pub fn serve_py39_copy(root: &Path) {
+    for subdir in ["linux-64", "noarch"] {
+        let dir = root.join("chan").join(subdir);
+        fs_err::create_dir_all(&dir).unwrap();
+        fs_err::copy(
+            crate::test_data()
+                .join("repodata/conda-forge-py39")
+                .join(subdir)
+                .join("repodata.json"),
+            dir.join("repodata.json"),
+        )
+        .unwrap();
+    }
+}
