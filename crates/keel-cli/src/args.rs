@@ -364,6 +364,11 @@ pub(crate) struct LockArgs {
     /// Where remote repodata is cached [default: the user cache folder].
     #[arg(long, value_name = "DIR")]
     pub(crate) cache_dir: Option<PathBuf>,
+    /// Give up on a channel server that sends nothing for this many seconds (connecting,
+    /// answering, or mid-download); a request is tried up to 4 times [default: KEEL_HTTP_TIMEOUT,
+    /// else 60].
+    #[arg(long, value_name = "SECS", value_parser = keel_solve::parse_timeout)]
+    pub(crate) timeout: Option<std::time::Duration>,
     /// Print one JSON document to stdout instead of the table.
     #[arg(long)]
     pub(crate) json: bool,

@@ -59,6 +59,13 @@ impl LockSettings {
         let cache_dir = args
             .cache_dir
             .unwrap_or_else(|| render::cache_dir("repodata"));
+        let mut http = keel_solve::HttpOptions::with_timeout_var(
+            std::env::var(keel_solve::TIMEOUT_ENV).ok().as_deref(),
+        )
+        .into_diagnostic()?;
+        if let Some(timeout) = args.timeout {
+            http.timeout = timeout;
+        }
         Ok(Self {
             file: args.file,
             output,
@@ -70,6 +77,7 @@ impl LockSettings {
                 channel_priority,
                 progress: None,
                 uv: if args.no_uv { Uv::Disabled } else { Uv::Auto },
+                http,
             },
             explicit: args.explicit,
             conda_lock: args.conda_lock,

@@ -123,6 +123,91 @@ pub enum SolveError {
         /// What uv said.
         stderr: String,
     },
+    /// A timeout (`--timeout`, `KEEL_HTTP_TIMEOUT`) that is not a number of seconds.
+    #[error("invalid HTTP timeout {value}: {reason}")]
+    TimeoutValue {
+        /// The value as given, with where it came from.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The HTTP client could not be built (no TLS roots, say).
+    #[error("failed to build the HTTP client")]
+    Client(#[source] Redacted),
+    /// The authentication file `RATTLER_AUTH_FILE` names could not be read.
+    #[error("failed to read the authentication file {} (RATTLER_AUTH_FILE)", path.display())]
+    AuthFile {
+        /// The file.
+        path: PathBuf,
+        /// rattler's reason.
+        #[source]
+        source: Redacted,
+    },
+    /// A channel answered 401 or 403: it wants credentials keel did not send, or refused them.
+    #[error(
+        "the channel {channel} refused keel: HTTP {} for {url}; give the channel's credentials in its URL (https://user:password@host/..., or .../t/<token>/...) or in the file RATTLER_AUTH_FILE names",
+        status_text(*status)
+    )]
+    Unauthorized {
+        /// The channel, credentials removed.
+        channel: String,
+        /// The file asked for, credentials removed.
+        url: String,
+        /// 401 or 403.
+        status: u16,
+    },
+    /// A channel server answered an error status (the last try's, for a transient one).
+    #[error(
+        "fetching {url} failed: the server answered HTTP {}{}",
+        status_text(*status),
+        tried(*tries)
+    )]
+    HttpStatus {
+        /// The file asked for, credentials removed.
+        url: String,
+        /// The status of the last answer.
+        status: u16,
+        /// How many times it was asked for.
+        tries: u32,
+    },
+    /// A channel server sent nothing for the timeout.
+    #[error(
+        "fetching {url} failed: the server sent nothing for {} s{}; a slow server needs a longer --timeout (or KEEL_HTTP_TIMEOUT)",
+        timeout.as_secs_f64(),
+        tried(*tries)
+    )]
+    HttpTimeout {
+        /// The file asked for, credentials removed.
+        url: String,
+        /// The timeout.
+        timeout: std::time::Duration,
+        /// How many times it was asked for.
+        tries: u32,
+    },
+    /// A channel server could not be reached, or broke the connection off.
+    #[error(
+        "fetching {url} failed: the connection could not be made or broke off{}",
+        tried(*tries)
+    )]
+    Unreachable {
+        /// The file asked for, credentials removed.
+        url: String,
+        /// How many times it was asked for.
+        tries: u32,
+        /// The HTTP client's reason.
+        #[source]
+        source: Redacted,
+    },
+    /// A channel without `noarch` repodata: not a conda channel, or not at that URL.
+    #[error(
+        "the channel {channel} has no {subdir} repodata (no repodata.json there): check the URL; every conda channel has a {subdir}/repodata.json"
+    )]
+    NoRepodata {
+        /// The channel, credentials removed.
+        channel: String,
+        /// The subdir (`noarch`).
+        subdir: String,
+    },
     /// The repodata cache could not be made or made private.
     #[error("failed to prepare the repodata cache")]
     Cache(#[source] std::io::Error),
@@ -170,6 +255,35 @@ pub enum SolveError {
     /// Exporting to conda-lock's format failed.
     #[error("failed to export conda-lock.yml")]
     CondaLock(#[source] Redacted),
+}
+
+/// A status with HTTP's reason phrase where it is one a channel server answers: `503 Service
+/// Unavailable`, `599`.
+fn status_text(status: u16) -> String {
+    let reason = match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        410 => "Gone",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => return status.to_string(),
+    };
+    format!("{status} {reason}")
+}
+
+/// `" (4 tries)"`, or nothing for one.
+fn tried(tries: u32) -> String {
+    if tries > 1 {
+        format!(" ({tries} tries)")
+    } else {
+        String::new()
+    }
 }
 
 /// An error from rattler, its message and each of its causes' messages with every URL

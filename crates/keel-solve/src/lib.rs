@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 mod channels;
+mod client;
 mod error;
 mod export;
 mod fresh;
@@ -42,6 +43,9 @@ mod solve;
 mod virtual_packages;
 
 pub use channels::{ResolvedChannel, resolve_channels};
+pub use client::{
+    AUTH_FILE_ENV, HttpOptions, TIMEOUT_ENV, http_client, parse_timeout, transient_status,
+};
 pub use error::{Redacted, SolveError, SpecLine};
 pub use export::{conda_lock_yml, explicit};
 pub use fresh::{Freshness, Stale, check_fresh};

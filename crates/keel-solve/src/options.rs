@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rattler_conda_types::Subdir;
 use rattler_solve::ChannelPriority;
 
+use crate::client::HttpOptions;
 use crate::pypi::Uv;
 use crate::virtual_packages::VirtualPackageOverridesByPlatform;
 
@@ -41,6 +42,8 @@ pub struct LockOptions {
     pub progress: Option<Arc<dyn LockProgress>>,
     /// Which uv resolves pip sections.
     pub uv: Uv,
+    /// Timeouts and tries of every request to a channel server.
+    pub http: HttpOptions,
 }
 
 impl Default for LockOptions {
@@ -53,6 +56,7 @@ impl Default for LockOptions {
             channel_priority: ChannelPriority::Strict,
             progress: None,
             uv: Uv::Auto,
+            http: HttpOptions::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ use rattler_solve::{ChannelRepoData, SolverImpl, SolverTask};
 
 use crate::SolveError;
 use crate::channels::{ResolvedChannel, resolve_channels};
+use crate::client::{http_client, network_failure};
 use crate::error::{Redacted, SpecLine};
 use crate::lockfile::{self, Locked, PlatformSolve};
 use crate::options::{LockOptions, LockProgress};
@@ -70,6 +71,7 @@ pub async fn lock(
     }
     let cache = RepodataCache::for_channels(&channels, &options.cache_dir)?;
     let gateway = Gateway::builder()
+        .with_client(http_client(&options.http)?)
         .with_cache_dir(cache.dir().to_path_buf())
         .finish();
 
@@ -163,9 +165,13 @@ async fn solve_platform(
     let output = query
         .execute()
         .await
-        .map_err(|source| SolveError::Repodata {
-            platform,
-            source: Redacted::new(&source, secrets),
+        .map_err(|source| {
+            network_failure(&source, &options.http, channels, platform).unwrap_or_else(|| {
+                SolveError::Repodata {
+                    platform,
+                    source: Redacted::new(&source, secrets),
+                }
+            })
         })?;
 
     let task = SolverTask {

@@ -698,3 +698,102 @@ mod tests {
         assert_eq!((both.status, both.body), (200, body));
     }
 }
+
+/// The repodata files a served subdir holds besides `repodata.json`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Variants {
+    /// `repodata.json.zst`.
+    pub zst: bool,
+    /// CEP-16 sharded repodata: `repodata_shards.msgpack.zst` and `shards/<sha256>.msgpack.zst`.
+    pub shards: bool,
+}
+
+/// Writes the `variants` of the `repodata.json` in `subdir_dir` beside it, as a channel
+/// server holds them: the `.zst` of the same bytes, and the sharded index with one shard per
+/// package name (rattler_conda_types' [`ShardedRepodata`](rattler_conda_types::ShardedRepodata)
+/// and [`Shard`](rattler_conda_types::Shard), msgpack then zstd, each shard named by the
+/// sha256 of its compressed bytes, as `rattler_index` writes them). Returns the shards'
+/// file names by package name.
+///
+/// # Panics
+/// When the repodata cannot be read or a file written.
+pub fn write_variants(
+    subdir_dir: &Path,
+    variants: Variants,
+) -> std::collections::BTreeMap<String, String> {
+    let json = fs_err::read(subdir_dir.join("repodata.json")).unwrap();
+    if variants.zst {
+        let compressed = zstd::stream::encode_all(&json[..], 3).unwrap();
+        fs_err::write(subdir_dir.join("repodata.json.zst"), compressed).unwrap();
+    }
+    let mut names = std::collections::BTreeMap::new();
+    if !variants.shards {
+        return names;
+    }
+    let repodata: rattler_conda_types::RepoData = serde_json::from_slice(&json).unwrap();
+    let mut shards: std::collections::BTreeMap<String, rattler_conda_types::Shard> =
+        std::collections::BTreeMap::new();
+    for (file, record) in repodata.packages {
+        let name = record.name.as_normalized().to_owned();
+        shards
+            .entry(name)
+            .or_default()
+            .packages
+            .insert(file, record);
+    }
+    for (file, record) in repodata.conda_packages {
+        let name = record.name.as_normalized().to_owned();
+        shards
+            .entry(name)
+            .or_default()
+            .conda_packages
+            .insert(file, record);
+    }
+    let shard_dir = subdir_dir.join("shards");
+    fs_err::create_dir_all(&shard_dir).unwrap();
+    let mut index = rattler_conda_types::ShardedRepodata {
+        info: rattler_conda_types::ShardedSubdirInfo {
+            subdir: repodata
+                .info
+                .as_ref()
+                .and_then(|info| info.subdir.clone())
+                .unwrap_or_else(|| {
+                    subdir_dir
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+            base_url: repodata
+                .info
+                .as_ref()
+                .and_then(|info| info.base_url.clone())
+                .unwrap_or_default(),
+            shards_base_url: "./shards/".to_owned(),
+            created_at: None,
+            repodata_revisions: Default::default(),
+            channel_relations: None,
+            virtual_package_detectors: None,
+        },
+        shards: Default::default(),
+    };
+    for (name, shard) in shards {
+        let encoded = msgpack_zst(&shard);
+        let digest = rattler_digest::compute_bytes_digest::<Sha256>(&encoded);
+        let file = format!("{}.msgpack.zst", hex::encode(digest));
+        fs_err::write(shard_dir.join(&file), encoded).unwrap();
+        index.shards.insert(name.clone(), digest);
+        names.insert(name, file);
+    }
+    fs_err::write(
+        subdir_dir.join("repodata_shards.msgpack.zst"),
+        msgpack_zst(&index),
+    )
+    .unwrap();
+    names
+}
+
+fn msgpack_zst(value: &impl serde::Serialize) -> Vec<u8> {
+    let msgpack = rmp_serde::to_vec_named(value).unwrap();
+    zstd::stream::encode_all(&msgpack[..], 0).unwrap()
+}
