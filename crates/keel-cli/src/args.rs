@@ -229,6 +229,11 @@ pub(crate) struct InstallArgs {
     /// ~/.cache/rattler/cache/pkgs].
     #[arg(long, value_name = "DIR")]
     pub(crate) package_cache: Option<PathBuf>,
+    /// Give up on a channel server that sends nothing for this many seconds (connecting,
+    /// answering, or mid-archive); a download is tried up to 4 times [default: 60, or
+    /// $KEEL_HTTP_TIMEOUT].
+    #[arg(long, value_name = "SECS", value_parser = keel_solve::parse_timeout)]
+    pub(crate) timeout: Option<std::time::Duration>,
     /// Print what was done as JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -338,7 +343,9 @@ pub(crate) struct LockArgs {
     #[arg(long = "platform", value_name = "PLATFORM")]
     pub(crate) platforms: Vec<String>,
     /// A virtual package the solve assumes, `__cuda=12.4` for every platform or
-    /// `linux-64:__cuda=12.4` for one (repeatable). Replaces what is detected on this machine.
+    /// `linux-64:__cuda=12.4` for one (repeatable). Replaces the platform's baseline value of
+    /// the same name; the platforms it applies to forget what the previous lock assumed.
+    /// Without it (and without --detect) a re-lock keeps the previous lock's virtual packages.
     #[arg(long = "virtual-package", value_name = "[PLATFORM:]__NAME=VERSION")]
     pub(crate) virtual_packages: Vec<String>,
     /// Move this package to its newest allowed version; all others keep their pins
@@ -346,6 +353,11 @@ pub(crate) struct LockArgs {
     #[arg(long = "update", value_name = "NAME")]
     pub(crate) update: Vec<String>,
     /// Do not solve: say whether the lock is up to date with the file (exit 1 when stale).
+    /// Lock this node's platform for this node's own virtual packages (glibc, kernel, CPU,
+    /// the driver's __cuda and the GPUs' __cuda_arch, CONDA_OVERRIDE_* first) instead of the
+    /// platform's baseline. The lock then holds only on nodes like this one.
+    #[arg(long)]
+    pub(crate) detect: bool,
     #[arg(long)]
     pub(crate) check: bool,
     /// Also write one `@EXPLICIT` list per platform into this folder

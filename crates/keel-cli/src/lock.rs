@@ -6,7 +6,8 @@ use std::str::FromStr;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keel_solve::{
-    ChannelPriority, LockOptions, Locked, SolveError, Uv, VirtualPackageOverridesByPlatform,
+    ChannelPriority, LockOptions, Locked, NodeVirtualPackages, SolveError, Uv,
+    VirtualPackageOverridesByPlatform,
 };
 use miette::{Context as _, IntoDiagnostic as _, LabeledSpan, MietteDiagnostic, NamedSource};
 use rattler_conda_types::Subdir;
@@ -24,6 +25,7 @@ struct LockSettings {
     explicit: Option<PathBuf>,
     conda_lock: Option<PathBuf>,
     check: bool,
+    detect: bool,
     json: bool,
 }
 
@@ -72,6 +74,7 @@ impl LockSettings {
             options: LockOptions {
                 platforms,
                 virtual_packages,
+                detected: None,
                 cache_dir,
                 update: args.update,
                 channel_priority,
@@ -82,68 +85,109 @@ impl LockSettings {
             explicit: args.explicit,
             conda_lock: args.conda_lock,
             check: args.check,
+            detect: args.detect,
             json: args.json,
         })
     }
 }
 
-/// This node's `__cuda` and `__cuda_arch` from keel's own driver probe (with
-/// `CONDA_OVERRIDE_CUDA` / `CONDA_OVERRIDE_CUDA_ARCH` first), for this node's platform, each
-/// unless the command line gives it itself. The probe runs only when one of them is missing.
-fn add_probed_cuda(virtual_packages: &mut VirtualPackageOverridesByPlatform) -> miette::Result<()> {
-    let Some(host) = Subdir::current() else {
-        return Ok(());
-    };
-    let given = |name: &str| {
-        virtual_packages
-            .all
-            .iter()
-            .chain(
-                virtual_packages
-                    .per_platform
-                    .get(&host)
-                    .into_iter()
-                    .flatten(),
-            )
-            .any(|p| p.name.as_normalized() == name)
-    };
-    let (cuda_given, arch_given) = (given("__cuda"), given("__cuda_arch"));
-    if cuda_given && arch_given {
-        return Ok(());
-    }
+/// This node's virtual packages ([`keel_solve::detect_node`]), with `__cuda` and `__cuda_arch`
+/// from keel's own driver probe (`CONDA_OVERRIDE_CUDA` / `CONDA_OVERRIDE_CUDA_ARCH` first).
+/// With `--detect` (`detect`) they are what the lock assumes, so a failure is said: a probe
+/// that fails is a warning, a detection or an override that fails an error. Without it the
+/// node is only compared with the lock afterwards, and a failure leaves that out silently.
+fn node_virtual_packages(detect: bool) -> miette::Result<Option<NodeVirtualPackages>> {
     let report = match keel_cuda::probe_with_timeout(
         keel_cuda::DriverProbe::default(),
         std::time::Duration::from_secs(10),
     ) {
-        Ok(report) => report,
+        Ok(report) => Some(report),
         Err(error) => {
-            render::error(&miette::miette!(
-                severity = miette::Severity::Warning,
-                "{error}; solving without a probed __cuda or __cuda_arch"
-            ));
-            return Ok(());
+            if detect {
+                render::error(&miette::miette!(
+                    severity = miette::Severity::Warning,
+                    "{error}; detecting without a probed __cuda or __cuda_arch"
+                ));
+            }
+            None
         }
     };
     let mut probed = Vec::new();
-    if !cuda_given {
+    if let Some(report) = &report {
         let override_cuda = std::env::var("CONDA_OVERRIDE_CUDA").ok();
-        probed.extend(
-            keel_cuda::cuda_virtual_package(&report, override_cuda.as_deref()).into_diagnostic()?,
-        );
-    }
-    if !arch_given {
         let override_arch = std::env::var("CONDA_OVERRIDE_CUDA_ARCH").ok();
-        probed.extend(
-            keel_cuda::cuda_arch_virtual_package(&report, override_arch.as_deref())
-                .into_diagnostic()?,
-        );
+        let cuda = keel_cuda::cuda_virtual_package(report, override_cuda.as_deref());
+        let arch = keel_cuda::cuda_arch_virtual_package(report, override_arch.as_deref());
+        match (cuda, arch) {
+            (Ok(cuda), Ok(arch)) => probed.extend(cuda.into_iter().chain(arch)),
+            (Err(error), _) | (_, Err(error)) if detect => return Err(error).into_diagnostic(),
+            _ => return Ok(None),
+        }
     }
-    virtual_packages
-        .per_platform
-        .entry(host)
-        .or_default()
-        .extend(probed);
-    Ok(())
+    match keel_solve::detect_node(&probed) {
+        Ok(node) => Ok(node),
+        Err(error) if detect => Err(error).into_diagnostic(),
+        Err(_) => Ok(None),
+    }
+}
+
+/// What this node has that the lock for its platform did not assume, where it matters (a GPU,
+/// [`keel_solve::unassumed_on_node`]), and the flags that lock for it.
+#[derive(Debug, Serialize)]
+struct NodeHasMore {
+    platform: String,
+    virtual_packages: Vec<String>,
+    /// `--virtual-package` values that lock for it and keep every other value the lock
+    /// assumed beyond the platform's baseline (a flag replaces the previous set).
+    virtual_package_flags: Vec<String>,
+}
+
+fn node_has_more(locked: &Locked, node: Option<&NodeVirtualPackages>) -> Vec<NodeHasMore> {
+    let Some(node) = node else {
+        return Vec::new();
+    };
+    let Some(summary) = locked
+        .platforms
+        .iter()
+        .find(|p| p.platform == node.platform.as_str())
+    else {
+        return Vec::new();
+    };
+    let more = keel_solve::unassumed_on_node(&summary.virtual_packages, &node.packages);
+    if more.is_empty() {
+        return Vec::new();
+    }
+    let baseline: Vec<String> = keel_solve::baseline_virtual_packages(node.platform)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut flags: Vec<String> = summary
+        .virtual_packages
+        .iter()
+        .filter(|text| !baseline.contains(text))
+        .filter(|text| {
+            !more
+                .iter()
+                .any(|p| text.split('=').next() == Some(p.name.as_normalized()))
+        })
+        .map(|text| {
+            format!(
+                "{}:{}",
+                node.platform,
+                text.strip_suffix("=0").unwrap_or(text)
+            )
+        })
+        .collect();
+    flags.extend(
+        more.iter()
+            .map(|p| keel_solve::virtual_package_flag(node.platform, p)),
+    );
+    flags.sort();
+    vec![NodeHasMore {
+        platform: node.platform.to_string(),
+        virtual_packages: more.iter().map(ToString::to_string).collect(),
+        virtual_package_flags: flags,
+    }]
 }
 
 /// `keel lock`'s progress: a spinner per repodata download on stderr, a bar once its size is
@@ -238,6 +282,7 @@ struct LockJson<'a> {
     inputs_hash: &'a str,
     platforms: &'a [keel_solve::PlatformSummary],
     written: Vec<String>,
+    node_has_more: &'a [NodeHasMore],
 }
 
 #[derive(Serialize)]
@@ -257,13 +302,20 @@ pub(crate) fn run(args: LockArgs) -> miette::Result<Exit> {
         return Ok(Exit::BadInput);
     };
     if settings.check {
+        if settings.detect {
+            settings.options.detected = node_virtual_packages(true)?;
+        }
         return check(&settings, &spec);
     }
 
     let previous = keel_solve::read_lock(&settings.output).into_diagnostic()?;
     settings.options.progress = Some(std::sync::Arc::new(DownloadBars::default()));
-    // Only a solve needs this node's GPUs; `--check` compares what the command line gives.
-    add_probed_cuda(&mut settings.options.virtual_packages)?;
+    // This node's virtual packages: what the lock assumes with --detect, and else only what
+    // the report compares the lock with.
+    let node = node_virtual_packages(settings.detect)?;
+    if settings.detect {
+        settings.options.detected.clone_from(&node);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -341,11 +393,21 @@ pub(crate) fn run(args: LockArgs) -> miette::Result<Exit> {
         write_atomically(&path, text.as_bytes())?;
         written.push(path.display().to_string());
     }
-    report(&settings, &locked, written)?;
+    report(
+        &settings,
+        &locked,
+        written,
+        &node_has_more(&locked, node.as_ref()),
+    )?;
     Ok(Exit::Ok)
 }
 
-fn report(settings: &LockSettings, locked: &Locked, written: Vec<String>) -> miette::Result<()> {
+fn report(
+    settings: &LockSettings,
+    locked: &Locked,
+    written: Vec<String>,
+    more: &[NodeHasMore],
+) -> miette::Result<()> {
     let mut stdout = std::io::stdout().lock();
     if settings.json {
         let json = LockJson {
@@ -365,16 +427,17 @@ fn report(settings: &LockSettings, locked: &Locked, written: Vec<String>) -> mie
         .max("PLATFORM".len());
     let _ = writeln!(
         stdout,
-        "{:<width$}  CONDA  PYPI  VIRTUAL PACKAGES",
-        "PLATFORM"
+        "{:<width$}  CONDA  PYPI  {:<from_width$}  VIRTUAL PACKAGES",
+        "PLATFORM", "ASSUMED"
     );
     for platform in &locked.platforms {
         let _ = writeln!(
             stdout,
-            "{:<width$}  {:<5}  {:<4}  {}",
+            "{:<width$}  {:<5}  {:<4}  {:<from_width$}  {}",
             platform.platform,
             platform.packages,
             platform.pypi_packages,
+            node_has_more: more,
             platform.virtual_packages.join(" ")
         );
     }
@@ -385,6 +448,13 @@ fn report(settings: &LockSettings, locked: &Locked, written: Vec<String>) -> mie
 }
 
 /// `--check`: the lock exists, reads, and was made from the same inputs
+    let from_width = locked
+        .platforms
+        .iter()
+        .map(|p| p.virtual_packages_from.describe().len())
+        .max()
+        .unwrap_or(0)
+        .max("ASSUMED".len());
 /// ([`keel_solve::check_fresh`]).
 fn check(settings: &LockSettings, spec: &keel_spec::EnvironmentSpec) -> miette::Result<Exit> {
     let Some((lock, recorded)) = keel_solve::read_lock(&settings.output).into_diagnostic()? else {
@@ -394,15 +464,32 @@ fn check(settings: &LockSettings, spec: &keel_spec::EnvironmentSpec) -> miette::
             settings.file.display()
         );
     };
-    let freshness = keel_solve::check_fresh(spec, &lock, recorded.as_deref(), &settings.options);
+    let freshness = keel_solve::check_fresh(spec, &lock, recorded.as_deref(), &settings.options)
+        .into_diagnostic()?;
     let fresh = freshness.is_fresh();
     let reasons: Vec<String> = freshness.reasons.iter().map(ToString::to_string).collect();
+            platform.virtual_packages_from.describe(),
     let mut stdout = std::io::stdout().lock();
     if settings.json {
         let json = CheckJson {
             lock: settings.output.display().to_string(),
             fresh,
             recorded_hash: freshness.recorded_hash,
+    for hint in more {
+        let flags: Vec<String> = hint
+            .virtual_package_flags
+            .iter()
+            .map(|flag| format!("--virtual-package {flag}"))
+            .collect();
+        let _ = writeln!(
+            stdout,
+            "note: this node has {} that the lock does not assume for {}; to lock for it: \
+             keel lock {} (or keel lock --detect, for all this node has)",
+            hint.virtual_packages.join(" "),
+            hint.platform,
+            flags.join(" ")
+        );
+    }
             inputs_hash: freshness.inputs_hash,
             reasons,
         };

@@ -3,7 +3,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::{keel_in, text};
 use http::{Credentials, Server};
@@ -109,30 +109,353 @@ fn lock_json_reports_platforms_and_virtual_packages() {
     assert!(project.path().join("out/env.lock").is_file());
 }
 
-#[test]
-fn conda_override_cuda_reaches_the_lock() {
-    let project = project("  - python=3.9\n");
-    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["lock", "--json", "--platform", "linux-64"])
-        .current_dir(project.path())
-        .env("NO_COLOR", "1")
-        .env("XDG_CACHE_HOME", project.path().join("cache"))
-        .env("CONDA_OVERRIDE_CUDA", "12.2")
-        .output()
-        .unwrap();
+/// What the lock records for `platform` (the JSON report's `virtual_packages`) and where it
+/// came from (`virtual_packages_from`).
+fn assumed(output: &Output, platform: &str) -> (Vec<String>, String) {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let virtual_packages = json["platforms"][0]["virtual_packages"].as_array().unwrap();
+    let summary = json["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["platform"] == platform)
+        .unwrap_or_else(|| panic!("no {platform} in {json}"));
+    let packages = summary["virtual_packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    (
+        packages,
+        summary["virtual_packages_from"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    )
+}
+
+/// `keel lock` in `dir` with `env` set on the process (another node's detection: every
+/// CONDA_OVERRIDE_* of the test's own environment is removed first).
+fn keel_on_node(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = keel_in(dir);
+    command.args(args).env("XDG_CACHE_HOME", dir.join("cache"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CONDA_OVERRIDE_") {
+            command.env_remove(name);
+        }
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+/// A login node: an old glibc, no GPU.
+const LOGIN_NODE: &[(&str, &str)] = &[
+    ("CONDA_OVERRIDE_GLIBC", "2.17"),
+    ("CONDA_OVERRIDE_LINUX", "3.10"),
+    ("CONDA_OVERRIDE_CUDA", ""),
+    ("CONDA_OVERRIDE_ARCHSPEC", "haswell"),
+];
+/// A GPU node: a newer glibc and kernel, CUDA 12.4 on compute capability 9.0.
+const GPU_NODE: &[(&str, &str)] = &[
+    ("CONDA_OVERRIDE_GLIBC", "2.39"),
+    ("CONDA_OVERRIDE_LINUX", "6.8"),
+    ("CONDA_OVERRIDE_CUDA", "12.4"),
+    ("CONDA_OVERRIDE_CUDA_ARCH", "9.0"),
+    ("CONDA_OVERRIDE_ARCHSPEC", "zen4"),
+];
+
+/// Issue #14: a lock is a function of its declared inputs. The same file locked on a login
+/// node and on a GPU node (their detection set apart through CONDA_OVERRIDE_*), and re-locked
+/// on the other one, gives the same bytes: each platform's baseline, not either node.
+#[test]
+fn the_same_file_locks_to_the_same_bytes_on_any_node() {
+    let login = project("  - python=3.9\n");
+    let gpu = project("  - python=3.9\n");
+    let on_login = keel_on_node(login.path(), LOGIN_NODE, &["lock"]);
+    assert_eq!(
+        on_login.status.code(),
+        Some(0),
+        "{}",
+        text(&on_login.stderr)
+    );
+    let on_gpu = keel_on_node(gpu.path(), GPU_NODE, &["lock"]);
+    assert_eq!(on_gpu.status.code(), Some(0), "{}", text(&on_gpu.stderr));
+    let lock = fs_err::read(login.path().join("keel.lock")).unwrap();
+    assert_eq!(
+        text(&lock),
+        text(&fs_err::read(gpu.path().join("keel.lock")).unwrap())
+    );
+    let written = text(&lock);
+    for baseline in [
+        "__glibc=2.28=0",
+        "__linux=4.18=0",
+        "__archspec=1=x86_64",
+        "__osx=13.0=0",
+    ] {
+        assert!(written.contains(baseline), "{baseline} not in\n{written}");
+    }
+    for node_value in [
+        "__glibc=2.17",
+        "__glibc=2.39",
+        "__linux=3.10",
+        "__linux=6.8",
+        "haswell",
+        "zen4",
+        "__cuda",
+    ] {
+        assert!(!written.contains(node_value), "{node_value} in\n{written}");
+    }
+
+    // Re-locked on the other node: not a byte changes, and --check agrees there.
+    let again = keel_on_node(login.path(), GPU_NODE, &["lock"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert_eq!(fs_err::read(login.path().join("keel.lock")).unwrap(), lock);
+    let check = keel_on_node(gpu.path(), LOGIN_NODE, &["lock", "--check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stdout));
+}
+
+/// A `--virtual-package` value stays assumed when the file is re-locked without it, on any
+/// node; a value given again replaces the platform's set, and `--check` follows the same rule.
+#[test]
+fn a_relock_keeps_the_virtual_packages_given_before() {
+    let project = project("  - python=3.9\n");
+    let dir = project.path();
+    let given = keel_on_node(
+        dir,
+        LOGIN_NODE,
+        &[
+            "lock",
+            "--json",
+            "--virtual-package",
+            "linux-64:__cuda=12.4",
+        ],
+    );
+    let (linux, from) = assumed(&given, "linux-64");
+    assert!(linux.contains(&"__cuda=12.4=0".to_owned()), "{linux:?}");
+    assert!(linux.contains(&"__glibc=2.28=0".to_owned()), "{linux:?}");
+    assert_eq!(from, "command_line");
+    let (osx, from) = assumed(&given, "osx-arm64");
+    assert!(osx.iter().all(|p| !p.starts_with("__cuda")), "{osx:?}");
+    assert_eq!(from, "baseline");
+    let lock = fs_err::read(dir.join("keel.lock")).unwrap();
+
+    // Without the flag, on another node: the previous lock's set, the same bytes.
+    let kept = keel_on_node(dir, GPU_NODE, &["lock", "--json"]);
+    let (kept_linux, from) = assumed(&kept, "linux-64");
+    assert_eq!(kept_linux, linux);
+    assert_eq!(from, "previous_lock");
+    assert_eq!(fs_err::read(dir.join("keel.lock")).unwrap(), lock);
+    let check = keel_on_node(dir, GPU_NODE, &["lock", "--check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stdout));
+    let check = keel(
+        dir,
+        &[
+            "lock",
+            "--check",
+            "--virtual-package",
+            "linux-64:__cuda=12.4",
+        ],
+    );
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stdout));
+
+    // Another value: stale before, and the new value replaces the old after.
+    let check = keel(
+        dir,
+        &[
+            "lock",
+            "--check",
+            "--virtual-package",
+            "linux-64:__cuda=12.2",
+        ],
+    );
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check.stdout));
     assert!(
-        virtual_packages.iter().any(|v| v == "__cuda=12.2=0"),
-        "{virtual_packages:?}"
+        text(&check.stdout)
+            .contains("linux-64 was solved without __cuda=12.2=0 and with __cuda=12.4=0"),
+        "{}",
+        text(&check.stdout)
+    );
+    let replaced = keel_on_node(
+        dir,
+        LOGIN_NODE,
+        &[
+            "lock",
+            "--json",
+            "--virtual-package",
+            "linux-64:__cuda=12.2",
+        ],
+    );
+    let (linux, _) = assumed(&replaced, "linux-64");
+    assert!(linux.contains(&"__cuda=12.2=0".to_owned()), "{linux:?}");
+    assert!(!linux.contains(&"__cuda=12.4=0".to_owned()), "{linux:?}");
+}
+
+/// A project on this machine's own platform, whose one package has no dependencies.
+fn own_platform_project() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let package = keel_test_support::channel::Package {
+        name: "hello",
+        version: "1.0",
+        depends: vec![],
+        files: vec![(
+            "share/hello/README",
+            keel_test_support::channel::Content::Text("hello\n".into()),
+        )],
+        tar_bz2: false,
+    };
+    let channel = keel_test_support::channel::build_channel(&dir.path().join("chan"), &[package]);
+    let platform = rattler_conda_types::Subdir::current().unwrap().to_string();
+    fs_err::write(
+        dir.path().join("environment.yml"),
+        format!(
+            "channels:\n  - {}\n  - nodefaults\ndependencies:\n  - hello\nplatforms: [{platform}]\n",
+            channel.display()
+        ),
+    )
+    .unwrap();
+    (dir, platform)
+}
+
+/// `--detect` locks for this node, CONDA_OVERRIDE_* first, as conda reads them; without it the
+/// same overrides reach nothing.
+#[test]
+fn detect_records_this_nodes_virtual_packages() {
+    let (project, platform) = own_platform_project();
+    let dir = project.path();
+    let node = [
+        ("CONDA_OVERRIDE_CUDA", "12.2"),
+        ("CONDA_OVERRIDE_GLIBC", "2.31"),
+    ];
+    let (plain, from) = assumed(&keel_on_node(dir, &node, &["lock", "--json"]), &platform);
+    assert_eq!(from, "baseline");
+    assert!(plain.iter().all(|p| !p.starts_with("__cuda")), "{plain:?}");
+
+    let detected = keel_on_node(dir, &node, &["lock", "--json", "--detect"]);
+    let (packages, from) = assumed(&detected, &platform);
+    assert_eq!(from, "detected");
+    assert!(
+        packages.contains(&"__cuda=12.2=0".to_owned()),
+        "{packages:?}"
+    );
+    if platform.starts_with("linux-") {
+        assert!(
+            packages.contains(&"__glibc=2.31=0".to_owned()),
+            "{packages:?}"
+        );
+    }
+    let written = fs_err::read_to_string(dir.join("keel.lock")).unwrap();
+    assert!(written.contains("__cuda=12.2=0"), "{written}");
+    // --check --detect compares this node with the lock: another CUDA is stale.
+    let check = keel_on_node(
+        dir,
+        &[
+            ("CONDA_OVERRIDE_CUDA", "12.4"),
+            ("CONDA_OVERRIDE_GLIBC", "2.31"),
+        ],
+        &["lock", "--check", "--detect"],
+    );
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check.stdout));
+    assert!(
+        text(&check.stdout).contains("without __cuda=12.4=0"),
+        "{}",
+        text(&check.stdout)
+    );
+}
+
+/// When this node has a GPU the lock does not assume (or a newer CUDA), `keel lock` says so
+/// and names the flag that locks for it; a newer glibc or CPU is not worth a word.
+#[test]
+fn the_report_names_the_flag_that_locks_for_this_nodes_gpu() {
+    let (project, platform) = own_platform_project();
+    let dir = project.path();
+    let gpu = [
+        ("CONDA_OVERRIDE_CUDA", "12.4"),
+        ("CONDA_OVERRIDE_CUDA_ARCH", "9.0"),
+        ("CONDA_OVERRIDE_GLIBC", "2.39"),
+    ];
+    let output = keel_on_node(dir, &gpu, &["lock"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "note: this node has __cuda=12.4=0 __cuda_arch=9.0=0 that the lock does not assume for {platform}; to lock for it: keel lock --virtual-package {platform}:__cuda=12.4 --virtual-package {platform}:__cuda_arch=9.0 (or keel lock --detect"
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("__glibc=2.39"), "{stdout}");
+    assert!(
+        !fs_err::read_to_string(dir.join("keel.lock"))
+            .unwrap()
+            .contains("__cuda")
+    );
+    let json = keel_on_node(dir, &gpu, &["lock", "--json"]);
+    assert_eq!(json.status.code(), Some(0), "{}", text(&json.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        json["node_has_more"],
+        serde_json::json!([{
+            "platform": platform,
+            "virtual_packages": ["__cuda=12.4=0", "__cuda_arch=9.0=0"],
+            "virtual_package_flags": [
+                format!("{platform}:__cuda=12.4"),
+                format!("{platform}:__cuda_arch=9.0"),
+            ],
+        }])
+    );
+
+    // The flag it names: the lock assumes the GPU, and the note is gone.
+    let flagged = keel_on_node(
+        dir,
+        &gpu,
+        &[
+            "lock",
+            "--virtual-package",
+            &format!("{platform}:__cuda=12.4"),
+            "--virtual-package",
+            &format!("{platform}:__cuda_arch=9.0"),
+        ],
+    );
+    assert_eq!(flagged.status.code(), Some(0), "{}", text(&flagged.stderr));
+    assert!(
+        !text(&flagged.stdout).contains("note:"),
+        "{}",
+        text(&flagged.stdout)
+    );
+
+    // A newer driver than the lock assumed: the note keeps the lock's other values.
+    let newer = keel_on_node(
+        dir,
+        &[
+            ("CONDA_OVERRIDE_CUDA", "12.8"),
+            ("CONDA_OVERRIDE_CUDA_ARCH", "9.0"),
+        ],
+        &["lock"],
+    );
+    assert_eq!(newer.status.code(), Some(0), "{}", text(&newer.stderr));
+    assert!(
+        text(&newer.stdout).contains(&format!(
+            "keel lock --virtual-package {platform}:__cuda=12.8 --virtual-package {platform}:__cuda_arch=9.0 (or"
+        )),
+        "{}",
+        text(&newer.stdout)
+    );
+    // No GPU at all: nothing to say.
+    let none = keel_on_node(dir, &[("CONDA_OVERRIDE_CUDA", "")], &["lock"]);
+    assert_eq!(none.status.code(), Some(0), "{}", text(&none.stderr));
+    assert!(
+        !text(&none.stdout).contains("note:"),
+        "{}",
+        text(&none.stdout)
     );
 }
 
 /// `keel lock`'s doc promises `__cuda_arch`: the solve sees it (rattler_solve matches a
-/// dependency on `__cuda_arch` like any other), from `CONDA_OVERRIDE_CUDA_ARCH` (or the
-/// probe's oldest GPU) beside a `__cuda`, from `--virtual-package` above both, and the lock
-/// records it per platform.
+/// dependency on `__cuda_arch` like any other), with `--detect` from `CONDA_OVERRIDE_CUDA_ARCH`
+/// (or the probe's oldest GPU) beside a `__cuda`, from `--virtual-package` above both, and the
+/// lock records it per platform.
 #[test]
 fn cuda_arch_reaches_the_solve_and_the_lock() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,7 +482,7 @@ fn cuda_arch_reaches_the_solve_and_the_lock() {
     let lock = |env: &[(&str, &str)], args: &[&str]| {
         let mut command = keel_in(dir.path());
         command
-            .args(["lock", "--json"])
+            .args(["lock", "--json", "--detect"])
             .args(args)
             .env("XDG_CACHE_HOME", dir.path().join("cache"))
             .env("CONDA_OVERRIDE_CUDA", "12.4")

@@ -5,8 +5,10 @@ use rattler_conda_types::Subdir;
 use rattler_lock::LockFile;
 use serde::Serialize;
 
+use crate::SolveError;
 use crate::lockfile::inputs_hash;
 use crate::options::LockOptions;
+use crate::virtual_packages::assumed_virtual_packages;
 
 /// [`check_fresh`]'s answer: the hashes it compared and every reason the lock is stale.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,14 +37,16 @@ pub enum Stale {
     NoInputsHash,
     /// The environment file, its channels, the platforms or the channel priority changed.
     InputsChanged,
-    /// A virtual package given now is not one the platform was solved with.
-    VirtualPackage {
+    /// The virtual packages a re-lock would assume for a platform (the options'
+    /// `--virtual-package` values or `--detect`, see [`crate::assumed_virtual_packages`])
+    /// differ from the ones the lock records for it.
+    VirtualPackages {
         /// The platform.
         platform: String,
-        /// The virtual package given, `__name=version=build`.
-        given: String,
-        /// The virtual packages the lock records for the platform.
-        recorded: Vec<String>,
+        /// Assumed now and not by the lock, `__name=version=build`.
+        missing: Vec<String>,
+        /// Assumed by the lock and not now.
+        extra: Vec<String>,
     },
 }
 
@@ -55,29 +59,39 @@ impl std::fmt::Display for Stale {
             Stale::InputsChanged => f.write_str(
                 "the environment file, its channels, the platforms or the channel priority changed",
             ),
-            Stale::VirtualPackage {
+            Stale::VirtualPackages {
                 platform,
-                given,
-                recorded,
-            } => write!(
-                f,
-                "{platform} was solved without {given} (it has {})",
-                recorded.join(" ")
-            ),
+                missing,
+                extra,
+            } => {
+                write!(f, "{platform} was solved")?;
+                if !missing.is_empty() {
+                    write!(f, " without {}", missing.join(" "))?;
+                }
+                if !missing.is_empty() && !extra.is_empty() {
+                    f.write_str(" and")?;
+                }
+                if !extra.is_empty() {
+                    write!(f, " with {}", extra.join(" "))?;
+                }
+                Ok(())
+            }
         }
     }
 }
 
 /// Whether `lock` (whose header recorded `recorded_hash`, see [`crate::read_lock`]) was made
 /// from `spec` with `options`: the inputs hash over the options' platforms (else the lock's
-/// own) must equal the recorded one, and every virtual package the options give must be one
-/// the lock recorded for that platform. Nothing is solved and nothing is read from disk.
+/// own) must equal the recorded one, and for every platform the virtual packages a re-lock
+/// with these options would assume ([`crate::assumed_virtual_packages`], the lock's own set
+/// when the options give none for it) must be the ones the lock recorded. Nothing is solved
+/// and nothing is read from disk or detected (`--detect`'s set comes in the options).
 pub fn check_fresh(
     spec: &EnvironmentSpec,
     lock: &LockFile,
     recorded_hash: Option<&str>,
     options: &LockOptions,
-) -> Freshness {
+) -> Result<Freshness, SolveError> {
     let platforms: Vec<Subdir> = if options.platforms.is_empty() {
         lock.platforms().map(|p| p.subdir()).collect()
     } else {
@@ -90,38 +104,45 @@ pub fn check_fresh(
         Some(hash) if hash != expected => reasons.push(Stale::InputsChanged),
         Some(_) => {}
     }
-    // Virtual packages given now must be the ones the lock was solved with.
     for platform in lock.platforms() {
         let recorded = platform.virtual_packages();
-        let given = options.virtual_packages.all.iter().chain(
-            options
-                .virtual_packages
-                .per_platform
-                .get(&platform.subdir())
-                .into_iter()
-                .flatten(),
-        );
-        for package in given {
-            let text = package.to_string();
-            if !recorded.contains(&text) {
-                reasons.push(Stale::VirtualPackage {
-                    platform: platform.subdir().to_string(),
-                    given: text,
-                    recorded: recorded.to_vec(),
-                });
-            }
+        let assumed = assumed_virtual_packages(
+            platform.subdir(),
+            &options.virtual_packages,
+            options.detected.as_ref(),
+            Some(recorded),
+        )?;
+        let assumed: Vec<String> = assumed.packages.iter().map(ToString::to_string).collect();
+        let missing: Vec<String> = assumed
+            .iter()
+            .filter(|p| !recorded.contains(p))
+            .cloned()
+            .collect();
+        let extra: Vec<String> = recorded
+            .iter()
+            .filter(|p| !assumed.contains(p))
+            .cloned()
+            .collect();
+        if !missing.is_empty() || !extra.is_empty() {
+            reasons.push(Stale::VirtualPackages {
+                platform: platform.subdir().to_string(),
+                missing,
+                extra,
+            });
         }
     }
-    Freshness {
+    Ok(Freshness {
         recorded_hash: recorded_hash.map(str::to_owned),
         inputs_hash: expected,
         reasons,
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use rattler_lock::{DEFAULT_ENVIRONMENT_NAME, PlatformData, PlatformName};
+
+    use rattler_conda_types::GenericVirtualPackage;
 
     use super::*;
     use crate::VirtualPackageOverridesByPlatform;
@@ -130,13 +151,22 @@ mod tests {
         keel_spec::parse_str(text, "environment.yml").unwrap().spec
     }
 
-    /// A lock for linux-64 and osx-arm64 that records `__cuda=12.4=0` and `__glibc=2.28=0` for
-    /// linux-64 only.
+    /// A lock for linux-64 and osx-arm64 whose linux-64 assumed its baseline and
+    /// `__cuda=12.4=0` (`keel lock --virtual-package linux-64:__cuda=12.4`) and whose osx-arm64
+    /// assumed its baseline.
     fn lock() -> LockFile {
-        let platforms = [
-            (Subdir::Linux64, vec!["__cuda=12.4=0", "__glibc=2.28=0"]),
-            (Subdir::OsxArm64, vec!["__osx=11.0=0"]),
-        ];
+        let linux: Vec<String> =
+            assumed_virtual_packages(Subdir::Linux64, &cuda("linux-64:__cuda=12.4"), None, None)
+                .unwrap()
+                .packages
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        let osx: Vec<String> = crate::baseline_virtual_packages(Subdir::OsxArm64)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let platforms = [(Subdir::Linux64, linux), (Subdir::OsxArm64, osx)];
         let mut builder = LockFile::builder()
             .with_platforms(
                 platforms
@@ -144,7 +174,7 @@ mod tests {
                     .map(|(subdir, virtual_packages)| PlatformData {
                         name: PlatformName::from(subdir),
                         subdir: *subdir,
-                        virtual_packages: virtual_packages.iter().map(|v| v.to_string()).collect(),
+                        virtual_packages: virtual_packages.clone(),
                     })
                     .collect(),
             )
@@ -155,6 +185,12 @@ mod tests {
                 .unwrap();
         }
         builder.finish()
+    }
+
+    fn cuda(value: &str) -> VirtualPackageOverridesByPlatform {
+        let mut given = VirtualPackageOverridesByPlatform::default();
+        given.add(value).unwrap();
+        given
     }
 
     const SPEC: &str = "channels: [conda-forge]\ndependencies: [python=3.10]\n";
@@ -171,7 +207,7 @@ mod tests {
     fn a_lock_of_the_same_inputs_is_fresh() {
         let spec = spec(SPEC);
         let hash = hash_now(&spec);
-        let freshness = check_fresh(&spec, &lock(), Some(&hash), &LockOptions::default());
+        let freshness = check_fresh(&spec, &lock(), Some(&hash), &LockOptions::default()).unwrap();
         assert!(freshness.is_fresh(), "{freshness:?}");
         assert_eq!(freshness.inputs_hash, hash);
         assert_eq!(freshness.recorded_hash.as_deref(), Some(hash.as_str()));
@@ -182,7 +218,7 @@ mod tests {
         let before = spec(SPEC);
         let hash = hash_now(&before);
         let after = spec("channels: [conda-forge]\ndependencies: [python=3.11]\n");
-        let freshness = check_fresh(&after, &lock(), Some(&hash), &LockOptions::default());
+        let freshness = check_fresh(&after, &lock(), Some(&hash), &LockOptions::default()).unwrap();
         assert_eq!(freshness.reasons, [Stale::InputsChanged]);
         assert_eq!(
             freshness.reasons[0].to_string(),
@@ -193,7 +229,7 @@ mod tests {
             channel_priority: rattler_solve::ChannelPriority::Flexible,
             ..LockOptions::default()
         };
-        let freshness = check_fresh(&before, &lock(), Some(&hash), &flexible);
+        let freshness = check_fresh(&before, &lock(), Some(&hash), &flexible).unwrap();
         assert_eq!(freshness.reasons, [Stale::InputsChanged]);
 
         // Platforms given now replace the lock's own in the hash.
@@ -201,14 +237,14 @@ mod tests {
             platforms: vec![Subdir::Linux64],
             ..LockOptions::default()
         };
-        let freshness = check_fresh(&before, &lock(), Some(&hash), &linux_only);
+        let freshness = check_fresh(&before, &lock(), Some(&hash), &linux_only).unwrap();
         assert_eq!(freshness.reasons, [Stale::InputsChanged]);
     }
 
     #[test]
     fn a_lock_without_keels_header_is_stale() {
         let spec = spec(SPEC);
-        let freshness = check_fresh(&spec, &lock(), None, &LockOptions::default());
+        let freshness = check_fresh(&spec, &lock(), None, &LockOptions::default()).unwrap();
         assert_eq!(freshness.reasons, [Stale::NoInputsHash]);
         assert_eq!(freshness.recorded_hash, None);
         assert_eq!(
@@ -218,32 +254,69 @@ mod tests {
     }
 
     #[test]
-    fn virtual_packages_given_must_be_the_ones_solved_with() {
+    fn virtual_packages_given_must_be_the_ones_a_relock_keeps() {
         let spec = spec(SPEC);
         let hash = hash_now(&spec);
-        let mut virtual_packages = VirtualPackageOverridesByPlatform::default();
-        virtual_packages.add("linux-64:__cuda=12.4").unwrap();
-        let same = LockOptions {
-            virtual_packages,
-            ..LockOptions::default()
+        let fresh = |given: VirtualPackageOverridesByPlatform| {
+            let options = LockOptions {
+                virtual_packages: given,
+                ..LockOptions::default()
+            };
+            check_fresh(&spec, &lock(), Some(&hash), &options).unwrap()
         };
-        assert!(check_fresh(&spec, &lock(), Some(&hash), &same).is_fresh());
+        // The value the lock was made with, given again or not given at all: fresh.
+        assert!(fresh(cuda("linux-64:__cuda=12.4")).is_fresh());
+        assert!(fresh(VirtualPackageOverridesByPlatform::default()).is_fresh());
 
-        // For every platform: osx-arm64 was solved without it, and linux-64 with 12.4.
-        let mut virtual_packages = VirtualPackageOverridesByPlatform::default();
-        virtual_packages.add("__cuda=12.2").unwrap();
-        let other = LockOptions {
-            virtual_packages,
-            ..LockOptions::default()
-        };
-        let freshness = check_fresh(&spec, &lock(), Some(&hash), &other);
+        // For every platform: a re-lock would assume 12.2 on both, so both are stale.
+        let freshness = fresh(cuda("__cuda=12.2"));
         let reasons: Vec<String> = freshness.reasons.iter().map(ToString::to_string).collect();
         assert_eq!(
             reasons,
             [
-                "linux-64 was solved without __cuda=12.2=0 (it has __cuda=12.4=0 __glibc=2.28=0)",
-                "osx-arm64 was solved without __cuda=12.2=0 (it has __osx=11.0=0)",
+                "linux-64 was solved without __cuda=12.2=0 and with __cuda=12.4=0",
+                "osx-arm64 was solved without __cuda=12.2=0",
             ]
+        );
+        // Another value for linux-64 alone replaces its set: the lock's __cuda is extra.
+        let freshness = fresh(cuda("linux-64:__glibc=2.28"));
+        assert_eq!(
+            freshness.reasons,
+            [Stale::VirtualPackages {
+                platform: "linux-64".to_owned(),
+                missing: Vec::new(),
+                extra: vec!["__cuda=12.4=0".to_owned()],
+            }]
+        );
+        assert_eq!(
+            freshness.reasons[0].to_string(),
+            "linux-64 was solved with __cuda=12.4=0"
+        );
+    }
+
+    /// `--detect` on a node whose GPU the lock did not assume: stale for that platform only.
+    #[test]
+    fn a_detected_node_must_be_what_the_lock_assumed() {
+        let spec = spec(SPEC);
+        let hash = hash_now(&spec);
+        let mut packages = crate::baseline_virtual_packages(Subdir::Linux64);
+        packages.push(GenericVirtualPackage {
+            name: "__cuda".parse().unwrap(),
+            version: "12.8".parse().unwrap(),
+            build_string: "0".parse().unwrap(),
+        });
+        let options = LockOptions {
+            detected: Some(crate::NodeVirtualPackages {
+                platform: Subdir::Linux64,
+                packages,
+            }),
+            ..LockOptions::default()
+        };
+        let freshness = check_fresh(&spec, &lock(), Some(&hash), &options).unwrap();
+        let reasons: Vec<String> = freshness.reasons.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            ["linux-64 was solved without __cuda=12.8=0 and with __cuda=12.4=0"]
         );
     }
 }

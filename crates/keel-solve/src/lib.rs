@@ -5,9 +5,11 @@
 //! (local directories and `file://` URLs offline, remote channels through
 //! `rattler_repodata_gateway` and its cache), solves each platform with `rattler_solve`'s
 //! resolvo backend in strict channel priority (as conda's `channel_priority: strict`), and
-//! writes the result with `rattler_lock` in the pixi lock format, which pixi reads. The virtual
-//! packages each solve assumed are recorded per platform, so that a lock made on a login node
-//! can target GPU nodes; a hash of the inputs in the lock's header tells whether it is stale.
+//! writes the result with `rattler_lock` in the pixi lock format, which pixi reads. A lock is a
+//! function of its declared inputs: each platform assumes its baseline virtual packages plus
+//! the ones given (or, when asked, this node's), records them, and keeps them on re-lock, so
+//! the same file gives the same lock on a login node and on a GPU node; a hash of the inputs
+//! in the lock's header tells whether it is stale.
 //! The `pip:` section is resolved with `uv pip compile` against the Python the conda solve
 //! picked and recorded as PyPI packages (without uv, exact `==` pins are recorded as given).
 //! The lock exports to conda's `@EXPLICIT` lists and to conda-lock's `conda-lock.yml`.
@@ -58,4 +60,8 @@ pub use pypi::Uv;
 pub use rattler_solve::ChannelPriority;
 pub use redact::{REDACTED, Secrets, redact_template, redact_text, redact_url};
 pub use solve::{lock, target_platforms};
-pub use virtual_packages::{VirtualPackageOverridesByPlatform, virtual_packages_for};
+pub use virtual_packages::{
+    Assumed, AssumedFrom, NodeVirtualPackages, VirtualPackageOverridesByPlatform,
+    assumed_virtual_packages, baseline_virtual_packages, detect_node, unassumed_on_node,
+    virtual_package_flag,
+};

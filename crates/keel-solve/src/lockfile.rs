@@ -18,12 +18,14 @@ use crate::channels::ResolvedChannel;
 use crate::error::Redacted;
 use crate::options::LockOptions;
 use crate::redact::{redact_pypi, redact_record, redact_template, redact_text};
+use crate::virtual_packages::AssumedFrom;
 
 /// What one platform's solve used and found.
 #[derive(Debug, Clone)]
 pub(crate) struct PlatformSolve {
     pub(crate) platform: Subdir,
     pub(crate) virtual_packages: Vec<GenericVirtualPackage>,
+    pub(crate) assumed_from: AssumedFrom,
     pub(crate) records: Vec<RepoDataRecord>,
     pub(crate) pypi: Vec<rattler_lock::PypiDistributionData>,
 }
@@ -53,11 +55,14 @@ pub struct PlatformSummary {
     pub packages: usize,
     /// How many PyPI packages it pins.
     pub pypi_packages: usize,
-    /// The virtual packages its solve assumed.
+    /// The virtual packages its solve assumed (recorded in the lock).
     pub virtual_packages: Vec<String>,
 }
 
 #[derive(Serialize)]
+    /// Where they came from: the platform's baseline, `--virtual-package`, `--detect` or the
+    /// previous lock.
+    pub virtual_packages_from: AssumedFrom,
 struct Inputs {
     format: u32,
     channels: Vec<String>,
@@ -72,9 +77,11 @@ struct PlatformInputs {
 }
 
 /// The hash of what a lock is made from: the channels as written, the channel priority, and
-/// per platform the conda specs and pip lines that apply (selectors applied). Virtual packages are recorded in the
-/// lock per platform rather than hashed, so that `keel lock --check` gives the same answer on
-/// every node, whatever its GPU.
+/// per platform the conda specs and pip lines that apply (selectors applied). Virtual packages
+/// are not hashed: they are recorded in the lock per platform, a re-lock without flags keeps
+/// them ([`crate::assumed_virtual_packages`]), and `keel lock --check` compares the set the
+/// options would assume with the recorded one ([`crate::check_fresh`]), so the answer is the
+/// same on every node, whatever its GPU.
 pub fn inputs_hash(spec: &EnvironmentSpec, platforms: &[Subdir], options: &LockOptions) -> String {
     let inputs = Inputs {
         format: 1,
@@ -127,6 +134,7 @@ pub(crate) fn build(
         .iter()
         .map(|solve| PlatformSummary {
             platform: solve.platform.as_str().to_owned(),
+            virtual_packages_from: solve.assumed_from,
             packages: solve.records.len(),
             pypi_packages: solve.pypi.len(),
             virtual_packages: solve

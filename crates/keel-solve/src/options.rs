@@ -9,7 +9,7 @@ use rattler_solve::ChannelPriority;
 
 use crate::client::HttpOptions;
 use crate::pypi::Uv;
-use crate::virtual_packages::VirtualPackageOverridesByPlatform;
+use crate::virtual_packages::{NodeVirtualPackages, VirtualPackageOverridesByPlatform};
 
 /// Progress of a lock's repodata downloads, for progress bars. Called from the gateway's
 /// tasks, several downloads at a time. Every URL is redacted ([`crate::redact_url`]) before
@@ -31,6 +31,10 @@ pub struct LockOptions {
     pub platforms: Vec<Subdir>,
     /// Virtual packages given on the command line.
     pub virtual_packages: VirtualPackageOverridesByPlatform,
+    /// `--detect`: lock this node's platform for this node's own virtual packages
+    /// ([`crate::detect_node`]) instead of the platform's baseline. `None`: the lock assumes
+    /// nothing of the node that solves it (see [`crate::assumed_virtual_packages`]).
+    pub detected: Option<NodeVirtualPackages>,
     /// Where the gateway caches remote repodata.
     pub cache_dir: PathBuf,
     /// Packages to move to their newest allowed version; every other package keeps its pin
@@ -51,6 +55,7 @@ impl Default for LockOptions {
         Self {
             platforms: Vec::new(),
             virtual_packages: VirtualPackageOverridesByPlatform::default(),
+            detected: None,
             cache_dir: std::env::temp_dir().join("keel-repodata-cache"),
             update: Vec::new(),
             channel_priority: ChannelPriority::Strict,

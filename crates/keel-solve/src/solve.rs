@@ -17,7 +17,7 @@ use crate::lockfile::{self, Locked, PlatformSolve};
 use crate::options::{LockOptions, LockProgress};
 use crate::pypi;
 use crate::redact::{Secrets, redact_url};
-use crate::virtual_packages::virtual_packages_for;
+use crate::virtual_packages::assumed_virtual_packages;
 
 /// The platforms a lock is for: the options', else the file's, else this machine's.
 pub fn target_platforms(
@@ -40,7 +40,8 @@ pub fn target_platforms(
 ///
 /// `previous` is the lock already on disk, if any: its packages are preferred wherever the
 /// specs still allow them, so re-locking an unchanged file changes nothing, and only the
-/// packages named in [`LockOptions::update`] move.
+/// packages named in [`LockOptions::update`] move. Each platform's virtual packages follow
+/// [`assumed_virtual_packages`]: the previous lock's set unless the options give others.
 pub async fn lock(
     spec: &EnvironmentSpec,
     spec_path: &Path,
@@ -78,7 +79,13 @@ pub async fn lock(
     let mut solves = Vec::new();
     for platform in &platforms {
         let specs = spec.match_specs_for(Some(*platform));
-        let virtual_packages = virtual_packages_for(*platform, &options.virtual_packages)?;
+        let assumed = assumed_virtual_packages(
+            *platform,
+            &options.virtual_packages,
+            options.detected.as_ref(),
+            recorded_virtual_packages(previous, *platform).as_deref(),
+        )?;
+        let virtual_packages = assumed.packages;
         let locked = previous_records(previous, *platform, &options.update)?;
         let records = solve_platform(
             &gateway,
@@ -107,11 +114,24 @@ pub async fn lock(
         solves.push(PlatformSolve {
             platform: *platform,
             virtual_packages,
+            assumed_from: assumed.from,
             records,
             pypi,
         });
     }
     lockfile::build(spec, spec_path, &channels, options, solves)
+}
+
+/// The virtual packages the previous lock recorded for `platform` (`None`: no previous lock, or
+/// one without the platform).
+pub(crate) fn recorded_virtual_packages(
+    previous: Option<&LockFile>,
+    platform: Subdir,
+) -> Option<Vec<String>> {
+    previous?
+        .platforms()
+        .find(|p| p.subdir() == platform)
+        .map(|p| p.virtual_packages().to_vec())
 }
 
 /// The previous lock's records for `platform`, minus the packages to update.

@@ -156,8 +156,32 @@ async fn python39_locks_for_three_platforms_and_relocks_byte_identical() {
                 .any(|(n, _)| n == "pip")
         );
     }
-    // Each platform's virtual packages are recorded in the lock.
+    // Each platform's virtual packages are recorded in the lock: its baseline, whatever this
+    // machine has (issue #14: a lock is a function of its declared inputs).
     let environment = locked.lock.default_environment().unwrap();
+    for platform in [Subdir::Linux64, Subdir::OsxArm64, Subdir::Win64] {
+        let recorded = environment
+            .platforms()
+            .find(|p| p.subdir() == platform)
+            .unwrap()
+            .virtual_packages()
+            .to_vec();
+        let baseline: Vec<String> = keel_solve::baseline_virtual_packages(platform)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(recorded, baseline, "{platform}");
+        let summary = locked
+            .platforms
+            .iter()
+            .find(|p| p.platform == platform.as_str())
+            .unwrap();
+        assert_eq!(summary.virtual_packages, baseline);
+        assert_eq!(
+            summary.virtual_packages_from,
+            keel_solve::AssumedFrom::Baseline
+        );
+    }
     let linux = environment
         .platforms()
         .find(|p| p.subdir() == Subdir::Linux64)
@@ -165,17 +189,7 @@ async fn python39_locks_for_three_platforms_and_relocks_byte_identical() {
     assert!(
         linux
             .virtual_packages()
-            .iter()
-            .any(|v| v.starts_with("__glibc="))
-    );
-    let win = environment
-        .platforms()
-        .find(|p| p.subdir() == Subdir::Win64)
-        .unwrap();
-    assert!(
-        win.virtual_packages()
-            .iter()
-            .any(|v| v.starts_with("__win"))
+            .contains(&"__glibc=2.28=0".to_owned())
     );
 
     // The written lock reads back with rattler_lock, and re-locking changes no byte.
@@ -191,6 +205,12 @@ async fn python39_locks_for_three_platforms_and_relocks_byte_identical() {
         .await
         .unwrap();
     assert_eq!(again.text, locked.text);
+    assert!(
+        again
+            .platforms
+            .iter()
+            .all(|p| p.virtual_packages_from == keel_solve::AssumedFrom::PreviousLock)
+    );
 
     // The explicit list installs python with its md5 checked.
     let explicit = explicit(&read_back, Subdir::Linux64).unwrap().unwrap();
