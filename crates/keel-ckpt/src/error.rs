@@ -20,6 +20,16 @@ pub enum CkptError {
         #[source]
         source: Box<object_store::Error>,
     },
+    /// A request to object storage that did not finish within the store's deadline (a
+    /// server or network that stopped answering); nothing of the checkpoint being written
+    /// loads, since its manifest is put last.
+    #[error("object storage: {location} did not answer within {} s", deadline.as_secs_f64())]
+    Stalled {
+        /// The object.
+        location: String,
+        /// The deadline of one request.
+        deadline: std::time::Duration,
+    },
     /// A storage URL keel cannot use.
     #[error("invalid checkpoint location `{location}`: {reason}")]
     Location {

@@ -547,12 +547,19 @@ pub(crate) fn read_group(
         let dtype = Dtype::from_safetensors(info.dtype)
             .ok_or_else(|| format!("tensor `{name}` has dtype {:?}", info.dtype))?;
         if keep {
+            // Exactly the tensor's bytes, allocated once (the length is bounded by the
+            // file's checked size), read in chunks that are hashed while still in cache.
+            let too_large = || format!("tensor `{name}` of {len} bytes does not fit in memory");
+            let bytes = usize::try_from(len).map_err(|_| too_large())?;
             let mut data = Vec::new();
-            reader.take(len).read_to_end(&mut data).map_err(io)?;
-            if data.len() as u64 != len {
-                return Err(format!("the file ends inside tensor `{name}`"));
+            data.try_reserve_exact(bytes).map_err(|_| too_large())?;
+            data.resize(bytes, 0);
+            for part in data.chunks_mut(chunk.len()) {
+                reader
+                    .read_exact(part)
+                    .map_err(|e| format!("the file ends inside tensor `{name}` ({e})"))?;
+                hasher.update(part);
             }
-            hasher.update(&data);
             let tensor =
                 Tensor::new(&name, dtype, info.shape.clone(), data).map_err(|e| e.to_string())?;
             group.insert(name, tensor);

@@ -479,6 +479,32 @@ pub(crate) struct Objects {
     prefix: ObjectPath,
     url: String,
     runtime: tokio::runtime::Runtime,
+    /// The longest one request (a small put, one part of a multipart upload, a ranged get,
+    /// a delete) may take, retries included, before the operation fails naming its object.
+    deadline: std::time::Duration,
+}
+
+/// How long one request to object storage may take by default before keel gives up on it
+/// (see [`CheckpointStore::object_store_with_deadline`](crate::CheckpointStore::object_store_with_deadline)).
+pub(crate) const DEFAULT_REQUEST_DEADLINE: std::time::Duration =
+    std::time::Duration::from_secs(120);
+
+/// A data file larger than this goes up as a multipart upload, in parts of this size (or
+/// larger, so that a file needs at most [`MAX_PARTS`] parts).
+pub(crate) const PART_BYTES: usize = 16 << 20;
+
+/// At most this many parts of one file are in flight: memory for an upload is at most
+/// `(PARALLEL_PARTS + 1) * part size`, whatever the file's size.
+pub(crate) const PARALLEL_PARTS: usize = 4;
+
+/// S3 allows 10,000 parts per upload; keel stays under with a margin.
+const MAX_PARTS: u64 = 9_000;
+
+/// The part size for a file of `len` bytes: [`PART_BYTES`], or more for a file that would
+/// otherwise need more than [`MAX_PARTS`] parts.
+pub(crate) fn part_size(len: u64) -> usize {
+    let at_least = len.div_ceil(MAX_PARTS);
+    usize::try_from(at_least).map_or(usize::MAX, |n| n.max(PART_BYTES))
 }
 
 impl std::fmt::Debug for Objects {
@@ -492,8 +518,13 @@ impl Objects {
         store: Arc<dyn ObjectStore>,
         prefix: ObjectPath,
         url: String,
+        deadline: std::time::Duration,
     ) -> Result<Self, CkptError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // Two workers: the parts of an upload are signed (SHA-256 of each body) and sent in
+        // parallel, not one after another on the calling thread.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("keel-ckpt-objects")
             .enable_all()
             .build()?;
         Ok(Objects {
@@ -501,7 +532,144 @@ impl Objects {
             prefix,
             url,
             runtime,
+            deadline,
         })
+    }
+
+    /// Awaits one request to `location` within the deadline; a failure or a stall names
+    /// the object.
+    async fn call<T>(
+        &self,
+        location: &ObjectPath,
+        request: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T, CkptError> {
+        match tokio::time::timeout(self.deadline, request).await {
+            Ok(result) => result.map_err(|e| self.error(location, e)),
+            Err(_) => Err(self.stalled(location)),
+        }
+    }
+
+    /// [`Objects::call`] for a request whose "not found" is an answer, not an error.
+    async fn call_found<T>(
+        &self,
+        location: &ObjectPath,
+        request: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<Option<T>, CkptError> {
+        match tokio::time::timeout(self.deadline, request).await {
+            Ok(Ok(value)) => Ok(Some(value)),
+            Ok(Err(object_store::Error::NotFound { .. })) => Ok(None),
+            Ok(Err(e)) => Err(self.error(location, e)),
+            Err(_) => Err(self.stalled(location)),
+        }
+    }
+
+    fn stalled(&self, location: &ObjectPath) -> CkptError {
+        CkptError::Stalled {
+            location: self.location(location),
+            deadline: self.deadline,
+        }
+    }
+
+    /// Puts the data files of a checkpoint under `KIND/NAME/`: a small file in one request,
+    /// a large one as a multipart upload whose parts go up in parallel. The tensors are read
+    /// where they are; at most [`PARALLEL_PARTS`] + 1 parts of one file are copied at a time.
+    async fn put_files(
+        &self,
+        kind: Kind,
+        name: &str,
+        files: &[FileParts<'_>],
+    ) -> Result<(), CkptError> {
+        for file in files {
+            let path = self.path(&[kind.as_str(), name, &file.name]);
+            if file.len() <= PART_BYTES as u64 {
+                let payload: PutPayload = file.parts().map(bytes::Bytes::copy_from_slice).collect();
+                self.call(&path, self.store.put(&path, payload)).await?;
+            } else {
+                self.put_multipart(&path, file).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One file as a multipart upload; on any failure or stall the upload is aborted (within
+    /// the deadline too) and the error names the object.
+    async fn put_multipart(
+        &self,
+        path: &ObjectPath,
+        file: &FileParts<'_>,
+    ) -> Result<(), CkptError> {
+        let mut upload = self.call(path, self.store.put_multipart(path)).await?;
+        let result = self.send_parts(path, file, upload.as_mut()).await;
+        let result = match result {
+            Ok(()) => self.call(path, upload.complete()).await.map(|_| ()),
+            Err(error) => Err(error),
+        };
+        if result.is_err() {
+            // Parts of an upload never completed are not an object; aborting frees them.
+            let _ = tokio::time::timeout(self.deadline, upload.abort()).await;
+        }
+        result
+    }
+
+    async fn send_parts(
+        &self,
+        path: &ObjectPath,
+        file: &FileParts<'_>,
+        upload: &mut dyn object_store::MultipartUpload,
+    ) -> Result<(), CkptError> {
+        let part = part_size(file.len());
+        let mut in_flight = tokio::task::JoinSet::new();
+        let deadline = self.deadline;
+        let mut send = |chunk: Vec<u8>, in_flight: &mut tokio::task::JoinSet<_>| {
+            let request = upload.put_part(PutPayload::from(chunk));
+            in_flight.spawn(tokio::time::timeout(deadline, request));
+        };
+        let mut chunk = Vec::with_capacity(part);
+        for mut bytes in file.parts() {
+            while !bytes.is_empty() {
+                let take = bytes.len().min(part - chunk.len());
+                chunk.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if chunk.len() == part {
+                    while in_flight.len() >= PARALLEL_PARTS {
+                        self.part_done(path, in_flight.join_next().await)?;
+                    }
+                    send(
+                        std::mem::replace(&mut chunk, Vec::with_capacity(part)),
+                        &mut in_flight,
+                    );
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            send(chunk, &mut in_flight);
+        }
+        while let Some(done) = in_flight.join_next().await {
+            self.part_done(path, Some(done))?;
+        }
+        Ok(())
+    }
+
+    /// The outcome of one part's request.
+    fn part_done(
+        &self,
+        path: &ObjectPath,
+        done: Option<
+            Result<
+                Result<object_store::Result<()>, tokio::time::error::Elapsed>,
+                tokio::task::JoinError,
+            >,
+        >,
+    ) -> Result<(), CkptError> {
+        match done {
+            None | Some(Ok(Ok(Ok(())))) => Ok(()),
+            Some(Ok(Ok(Err(e)))) => Err(self.error(path, e)),
+            Some(Ok(Err(_))) => Err(self.stalled(path)),
+            Some(Err(e)) => Err(CkptError::Object {
+                location: self.location(path),
+                source: Box::new(object_store::Error::JoinError { source: e }),
+            }),
+        }
     }
 
     /// Runs a future to completion, also from inside another tokio runtime (on a thread of
@@ -561,8 +729,11 @@ impl Read for ObjectReader<'_> {
             let range = self.position..end;
             let bytes = self
                 .objects
-                .block(self.objects.store.get_range(&self.path, range))
-                .map_err(|e| std::io::Error::other(self.objects.error(&self.path, e)))?;
+                .block(
+                    self.objects
+                        .call(&self.path, self.objects.store.get_range(&self.path, range)),
+                )
+                .map_err(std::io::Error::other)?;
             if bytes.is_empty() {
                 return Err(std::io::Error::other(format!(
                     "{}: the object ended early",
@@ -597,67 +768,38 @@ impl Backend for Objects {
     fn write_data(&self, kind: Kind, name: &str, files: &[FileParts<'_>]) -> Result<(), CkptError> {
         self.block(async {
             let marker = self.path(&[kind.as_str(), name, WRITE_MARKER]);
-            self.store
-                .put(
-                    &marker,
-                    PutPayload::from_static(b"keel checkpoint write in progress\n"),
-                )
-                .await
-                .map_err(|e| self.error(&marker, e))?;
-            for file in files {
-                let path = self.path(&[kind.as_str(), name, &file.name]);
-                let payload: PutPayload = file.parts().map(bytes::Bytes::copy_from_slice).collect();
-                self.store
-                    .put(&path, payload)
-                    .await
-                    .map_err(|e| self.error(&path, e))?;
-            }
-            Ok(())
+            let payload = PutPayload::from_static(b"keel checkpoint write in progress\n");
+            self.call(&marker, self.store.put(&marker, payload)).await?;
+            self.put_files(kind, name, files).await
         })
     }
 
     fn commit(&self, kind: Kind, name: &str, manifest: &[u8]) -> Result<(), CkptError> {
         let path = self.path(&[kind.as_str(), name, MANIFEST]);
-        self.block(self.store.put(&path, PutPayload::from(manifest.to_vec())))
-            .map_err(|e| self.error(&path, e))?;
+        let payload = PutPayload::from(manifest.to_vec());
+        self.block(self.call(&path, self.store.put(&path, payload)))?;
         // Committed: the marker is tidiness now (a manifest outranks it).
         let marker = self.path(&[kind.as_str(), name, WRITE_MARKER]);
-        let _ = self.block(self.store.delete(&marker));
+        let _ = self.block(self.call(&marker, self.store.delete(&marker)));
         Ok(())
     }
 
     fn begin(&self, kind: Kind, name: &str) -> Result<(), CkptError> {
         // The marker first: from now on a prune leaves this prefix alone for the grace period.
         let marker = self.path(&[kind.as_str(), name, WRITE_MARKER]);
-        self.block(self.store.put(
-            &marker,
-            PutPayload::from_static(b"keel checkpoint write in progress\n"),
-        ))
-        .map_err(|e| self.error(&marker, e))?;
+        let payload = PutPayload::from_static(b"keel checkpoint write in progress\n");
+        self.block(self.call(&marker, self.store.put(&marker, payload)))?;
         Ok(())
     }
 
     fn write_part(&self, kind: Kind, name: &str, files: &[FileParts<'_>]) -> Result<(), CkptError> {
-        self.block(async {
-            for file in files {
-                let path = self.path(&[kind.as_str(), name, &file.name]);
-                let payload: PutPayload = file.parts().map(bytes::Bytes::copy_from_slice).collect();
-                self.store
-                    .put(&path, payload)
-                    .await
-                    .map_err(|e| self.error(&path, e))?;
-            }
-            Ok(())
-        })
+        self.block(self.put_files(kind, name, files))
     }
 
     fn pending_size(&self, kind: Kind, name: &str, file: &str) -> Result<Option<u64>, CkptError> {
         let path = self.path(&[kind.as_str(), name, file]);
-        match self.block(self.store.head(&path)) {
-            Ok(meta) => Ok(Some(meta.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.error(&path, e)),
-        }
+        let meta = self.block(self.call_found(&path, self.store.head(&path)))?;
+        Ok(meta.map(|meta| meta.size))
     }
 
     fn abort(&self, kind: Kind, name: &str) {
@@ -667,9 +809,8 @@ impl Backend for Objects {
 
     fn list(&self, kind: Kind) -> Result<Vec<String>, CkptError> {
         let prefix = self.path(&[kind.as_str()]);
-        let listed = self
-            .block(self.store.list_with_delimiter(Some(&prefix)))
-            .map_err(|e| self.error(&prefix, e))?;
+        let listed =
+            self.block(self.call(&prefix, self.store.list_with_delimiter(Some(&prefix))))?;
         // A listing's names are input: only a plain segment directly under the kind is
         // taken (the store decides whether it is a checkpoint name).
         Ok(listed
@@ -693,33 +834,27 @@ impl Backend for Objects {
     ) -> Result<Option<Vec<u8>>, CkptError> {
         let path = self.path(&[kind.as_str(), name, file]);
         self.block(async {
-            match self.store.get(&path).await {
-                Ok(result) => {
-                    if result.meta.size > limit {
-                        return Err(CkptError::TooLarge {
-                            location: self.location(&path),
-                            size: result.meta.size,
-                            limit,
-                        });
-                    }
-                    match result.bytes().await {
-                        Ok(bytes) => Ok(Some(bytes.to_vec())),
-                        Err(e) => Err(self.error(&path, e)),
-                    }
-                }
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(self.error(&path, e)),
+            let Some(result) = self.call_found(&path, self.store.get(&path)).await? else {
+                return Ok(None);
+            };
+            if result.meta.size > limit {
+                return Err(CkptError::TooLarge {
+                    location: self.location(&path),
+                    size: result.meta.size,
+                    limit,
+                });
             }
+            let bytes = self.call(&path, result.bytes()).await?;
+            Ok(Some(bytes.to_vec()))
         })
     }
 
     fn open(&self, kind: Kind, name: &str, file: &str) -> Result<Option<Sized<'_>>, CkptError> {
         let path = self.path(&[kind.as_str(), name, file]);
-        let size = match self.block(self.store.head(&path)) {
-            Ok(meta) => meta.size,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.error(&path, e)),
+        let Some(meta) = self.block(self.call_found(&path, self.store.head(&path)))? else {
+            return Ok(None);
         };
+        let size = meta.size;
         let reader = ObjectReader {
             objects: self,
             path,
@@ -734,20 +869,16 @@ impl Backend for Objects {
         let manifest = self.path(&[kind.as_str(), name, MANIFEST]);
         let dir = self.path(&[kind.as_str(), name]);
         self.block(async {
-            match self.store.delete(&manifest).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(self.error(&manifest, e)),
-            }
+            // The manifest first: from then on nothing under the prefix loads.
+            self.call_found(&manifest, self.store.delete(&manifest))
+                .await?;
             let listed = self
-                .store
-                .list_with_delimiter(Some(&dir))
-                .await
-                .map_err(|e| self.error(&dir, e))?;
+                .call(&dir, self.store.list_with_delimiter(Some(&dir)))
+                .await?;
             for object in listed.objects {
-                match self.store.delete(&object.location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(self.error(&object.location, e)),
-                }
+                let location = &object.location;
+                self.call_found(location, self.store.delete(location))
+                    .await?;
             }
             Ok(())
         })
@@ -755,15 +886,14 @@ impl Backend for Objects {
 
     fn abandoned(&self, kind: Kind, name: &str) -> Result<bool, CkptError> {
         let marker = self.path(&[kind.as_str(), name, WRITE_MARKER]);
-        match self.block(self.store.head(&marker)) {
-            Ok(meta) => {
+        match self.block(self.call_found(&marker, self.store.head(&marker)))? {
+            Some(meta) => {
                 let now = crate::store::now_ms();
                 let age =
                     i64::try_from(now).unwrap_or(i64::MAX) - meta.last_modified.timestamp_millis();
                 Ok(age > ABANDONED_AFTER_MS)
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(self.error(&marker, e)),
+            None => Ok(false),
         }
     }
 

@@ -14,7 +14,7 @@ use crate::model::{
     read_group, seal_manifest, valid_group_name,
 };
 use crate::shared::{MAX_WORLD_SIZE, check_group_rank};
-use crate::storage::{Backend, Local, Objects};
+use crate::storage::{Backend, DEFAULT_REQUEST_DEADLINE, Local, Objects};
 
 /// Names a checkpoint: its kind and folder (`regular/step-000000000120-1764000000000`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -175,13 +175,37 @@ impl CheckpointStore {
     /// A store in any `object_store` backend, under `prefix`. The store runs the client's
     /// calls on a tokio runtime of its own, so give it a client that no other runtime uses (an
     /// HTTP connection pooled on another runtime stalls until it times out).
+    ///
+    /// Data files over 16 MiB go up as multipart uploads, parts of 16 MiB (more for files
+    /// over 140 GiB) four at a time, copied from the tensors one part at a time; smaller ones
+    /// in one request. Every request (a put, one part, a ranged get, a listing) must finish
+    /// within 120 s, retries included, or the operation fails with
+    /// [`CkptError::Stalled`] naming the object ([`CheckpointStore::object_store_with_deadline`]
+    /// sets another deadline).
     pub fn object_store(
         store: Arc<dyn object_store::ObjectStore>,
         prefix: object_store::path::Path,
         url: &str,
     ) -> Result<Self, CkptError> {
+        Self::object_store_with_deadline(store, prefix, url, DEFAULT_REQUEST_DEADLINE)
+    }
+
+    /// [`CheckpointStore::object_store`] with `deadline` for each request. A save whose
+    /// request stalls past it fails naming the object, and leaves no checkpoint that loads
+    /// (its manifest, put last, is never written).
+    pub fn object_store_with_deadline(
+        store: Arc<dyn object_store::ObjectStore>,
+        prefix: object_store::path::Path,
+        url: &str,
+        deadline: std::time::Duration,
+    ) -> Result<Self, CkptError> {
+        if deadline.is_zero() {
+            return Err(CkptError::Setting(
+                "the object storage deadline must be more than zero".into(),
+            ));
+        }
         Ok(CheckpointStore {
-            backend: Arc::new(Objects::new(store, prefix, url.to_string())?),
+            backend: Arc::new(Objects::new(store, prefix, url.to_string(), deadline)?),
         })
     }
 
