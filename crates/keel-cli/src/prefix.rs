@@ -6,7 +6,8 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use keel_prefix::{
-    Change, DiffReport, FileProblem, Fingerprint, HashOptions, InstallOptions, VerifyReport,
+    Change, DiffReport, FetchFailure, FileProblem, Fingerprint, HashOptions, InstallOptions,
+    VerifyReport,
 };
 use miette::{Context as _, IntoDiagnostic as _};
 use rattler::install::IndicatifReporter;
@@ -55,6 +56,13 @@ fn mib(bytes: u64) -> String {
 }
 
 pub(crate) fn install(args: InstallArgs) -> miette::Result<Exit> {
+    let mut download = keel_solve::HttpOptions::with_timeout_var(
+        std::env::var(keel_solve::TIMEOUT_ENV).ok().as_deref(),
+    )
+    .into_diagnostic()?;
+    if let Some(timeout) = args.timeout {
+        download.timeout = timeout;
+    }
     let platform = platform(args.platform.as_deref())?;
     let locked =
         keel_prefix::locked_packages(&args.lock, &args.environment, platform).into_diagnostic()?;
@@ -87,6 +95,7 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<Exit> {
         platform: Some(platform),
         repair: args.repair,
         uv,
+        download,
     };
     let reporter =
         (!args.json).then(|| IndicatifReporter::builder().clear_when_done(true).finish());
@@ -103,16 +112,26 @@ pub(crate) fn install(args: InstallArgs) -> miette::Result<Exit> {
                 help = "re-lock with `keel lock`, which records every package's sha256",
                 "{error}"
             ),
+            keel_prefix::PrefixError::Fetch {
+                failure: FetchFailure::Timeout(_),
+                ..
+            } => miette::miette!(
+                help = "a slow server or link may need a longer --timeout (seconds)",
+                "{error}"
+            ),
             error => miette::Report::from_err(error),
         })
         .map_err(|error| {
-            // Checks that fail before anything is changed leave no marker; say "unfinished"
-            // only when the prefix is marked so.
+            // Checks and fetches that fail before anything is changed leave no marker, and a
+            // prefix the install created goes again; say "unfinished" only when the prefix is
+            // marked so.
             if prefix.join(keel_prefix::INSTALL_MARKER).exists() {
                 error.wrap_err(format!(
                     "keel install stopped; {} is marked unfinished and the next `keel install` repairs it",
                     shown_path(&prefix)
                 ))
+            } else if prefix.symlink_metadata().is_err() {
+                error.wrap_err(format!("keel install stopped; {} was not created", shown_path(&prefix)))
             } else {
                 error.wrap_err(format!("keel install stopped; {} was not changed", shown_path(&prefix)))
             }

@@ -125,7 +125,27 @@ pub enum PrefixError {
         /// The package file name.
         name: String,
     },
-    /// rattler's installer failed (a download, a sha256 mismatch, a link error).
+    /// A locked package's archive could not be put into the package cache (downloaded, or
+    /// read from a local channel, and extracted). Nothing of it was kept in the cache, and
+    /// nothing in the prefix was changed: every archive is fetched before anything is linked.
+    #[error("{}", crate::fetch::fetch_message(package, location, *tries, failure))]
+    Fetch {
+        /// The package, `name-version-build` with its archive extension.
+        package: String,
+        /// The archive's URL (without credentials), or its path in a local channel.
+        location: String,
+        /// How many times it was asked for.
+        tries: u32,
+        /// What went wrong, on the last try.
+        failure: crate::FetchFailure,
+        /// rattler's error.
+        #[source]
+        source: Box<rattler::package_cache::PackageCacheError>,
+    },
+    /// The HTTP client that downloads archives could not be made.
+    #[error("cannot set up the HTTP client that downloads the lock's archives")]
+    Client(#[source] Box<keel_solve::SolveError>),
+    /// rattler's installer failed (a link error, or a download it made itself).
     #[error("installing into {} failed", prefix.display())]
     Install {
         /// The prefix.

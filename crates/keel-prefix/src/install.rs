@@ -8,7 +8,7 @@ use std::process::Command;
 use rattler::install::{
     ExternalSymlinkPolicy, Installer, InstallerError, PythonInfo, Reporter, Transaction,
 };
-use rattler::package_cache::{CacheMetadata, PackageCache, PackageCacheError};
+use rattler::package_cache::{CacheMetadata, PackageCache};
 use rattler::validation::ValidationMode;
 use rattler_conda_types::package::{
     DistArchiveType, IndexJson, LinkJson, NoArchLinks, PackageFile as _, PathType, PathsJson,
@@ -16,6 +16,7 @@ use rattler_conda_types::package::{
 use rattler_conda_types::{PackageName, PrefixRecord, RepoDataRecord, Subdir};
 
 use crate::PrefixError;
+use crate::fetch;
 use crate::lock::{LockedPlatform, LockedPypi};
 use crate::meta::{RecordProblem, parse_records};
 use crate::paths::{Enclosure, UnsafePath, enclosed_path, enclosed_symlink_target};
@@ -40,6 +41,9 @@ pub struct InstallOptions {
     /// install --no-deps`, hashes required when the lock has them). `None`: they are listed in
     /// the report as not installed.
     pub uv: Option<PathBuf>,
+    /// How archives are downloaded: the timeout, tries and backoff of keel-solve's HTTP
+    /// client, the one channels are read with.
+    pub download: keel_solve::HttpOptions,
 }
 
 /// What an install did.
@@ -81,12 +85,16 @@ fn identifier(record: &RepoDataRecord) -> String {
 /// lock's sha256 before it is extracted (rattler's package cache refuses a mismatch).
 ///
 /// Every package to be linked is fetched into the package cache and its paths checked first
-/// (`info/paths.json` entries, entry points, symlink targets): one that could write outside
-/// the prefix is an error naming it, with nothing changed and no marker left.
+/// (`info/paths.json` entries, entry points, symlink targets): one that cannot be fetched
+/// (missing, a download that fails after its tries, a sha256 that is not the lock's, a damaged
+/// archive) or that could write outside the prefix is an error naming it, with nothing changed
+/// in the prefix and no marker left. A prefix that did not exist is not created until every
+/// archive is in the cache.
 ///
 /// An install marks the prefix while it runs; a run that finds the mark of an interrupted one
 /// (or is asked to repair) re-checks every installed package's files and re-links those that
-/// are incomplete or changed.
+/// are incomplete or changed. An install that fails once it has begun linking leaves the mark
+/// in a prefix that existed before (the next run repairs it) and removes a prefix it created.
 pub async fn install<R: Reporter + 'static>(
     prefix: &Path,
     locked: &LockedPlatform,
@@ -115,14 +123,19 @@ pub async fn install<R: Reporter + 'static>(
     };
 
     let meta = prefix.join("conda-meta");
-    fs_err::create_dir_all(&meta)?;
     let marker = prefix.join(INSTALL_MARKER);
+    // What this run creates, so that a failure can take it away again.
+    let created = Created::before(&meta);
     report.repaired_interrupted = marker.exists();
 
     let repairing = report.repaired_interrupted || options.repair;
-    let installed = installed_records(&prefix, report.repaired_interrupted)?;
+    let installed = if meta.is_dir() {
+        installed_records(&prefix, report.repaired_interrupted)?
+    } else {
+        Vec::new()
+    };
     let mut reinstall: HashSet<PackageName> = HashSet::new();
-    if repairing {
+    if repairing && !installed.is_empty() {
         let enclosure = Enclosure::new(&prefix)?;
         for record in &installed {
             let (problems, _, _) = check_package(&enclosure, record);
@@ -135,14 +148,6 @@ pub async fn install<R: Reporter + 'static>(
         }
     }
 
-    fs_err::write(
-        &marker,
-        format!(
-            "keel install started by process {}; if this file remains, the install was interrupted and the next `keel install` repairs it\n",
-            std::process::id()
-        ),
-    )?;
-
     // A file edited in place in the prefix is edited in the package cache too (they are hard
     // links to one inode), so a repair checks the cache entries' contents as well and
     // extracts again the ones that no longer match their package.
@@ -152,6 +157,7 @@ pub async fn install<R: Reporter + 'static>(
         ValidationMode::default()
     };
     let cache = PackageCache::new_layered([options.package_cache.clone()], false, validation);
+    let client = fetch::client(&options.download)?;
 
     // Every package the transaction links is fetched into the cache the installer reads and
     // its paths checked first: rattler joins them onto the prefix unchecked, and it removes
@@ -164,102 +170,177 @@ pub async fn install<R: Reporter + 'static>(
                 prefix: prefix.clone(),
                 source: Box::new(InstallerError::UnknownHostPlatform),
             })?;
-    if let Err(error) = check_packages(
+    // Fetching changes nothing in the prefix (and does not create it).
+    let fetched = fetch_packages(
         &prefix,
         &cache,
+        &client,
+        options,
         locked,
         &installed,
         &reinstall,
         target_platform,
     )
-    .await
-    {
-        // Nothing was changed: the marker goes unless an earlier run left it.
-        // (A package that cannot be fetched keeps it, as a failed install does.)
-        let refused = matches!(
-            error,
-            PrefixError::UnsafePackagePath { .. }
-                | PrefixError::PackageContents { .. }
-                | PrefixError::UncheckedPackage { .. }
-        );
-        if refused && !report.repaired_interrupted {
-            fs_err::remove_file(&marker)?;
-        }
+    .await?;
+
+    let checked = created
+        .make(&meta)
+        .and_then(|()| check_fetched(&prefix, &fetched));
+    drop(fetched);
+    if let Err(error) = checked {
+        // Nothing was linked: what this run created goes, and no marker was written.
+        created.undo_empty();
         return Err(error);
     }
 
-    let mut installer = Installer::new()
-        .with_package_cache(cache)
-        .with_installed_packages(installed)
-        .with_reinstall_packages(reinstall)
-        .with_execute_link_scripts(false)
-        // Checked before already; rattler's own check stays as a second line.
-        .with_external_symlink_policy(ExternalSymlinkPolicy::Deny);
-    if let Some(platform) = options.platform {
-        installer = installer.with_target_platform(platform);
+    let linked = async {
+        fs_err::write(
+            &marker,
+            format!(
+                "keel install started by process {}; if this file remains, the install was interrupted and the next `keel install` repairs it\n",
+                std::process::id()
+            ),
+        )?;
+        let mut installer = Installer::new()
+            .with_package_cache(cache)
+            .with_download_client(client)
+            .with_installed_packages(installed)
+            .with_reinstall_packages(reinstall)
+            .with_execute_link_scripts(false)
+            // Checked before already; rattler's own check stays as a second line.
+            .with_external_symlink_policy(ExternalSymlinkPolicy::Deny);
+        if let Some(platform) = options.platform {
+            installer = installer.with_target_platform(platform);
+        }
+        if let Some(reporter) = reporter {
+            installer = installer.with_reporter(reporter);
+        }
+        // rattler may panic on input keel did not foresee; that is an error here, and the
+        // marker stays so that the next run repairs what was done.
+        let result = CatchPanic(Box::pin(
+            installer.install(&prefix, locked.conda.iter().cloned()),
+        ))
+        .await
+        .map_err(|message| PrefixError::InstallerPanic {
+            prefix: prefix.clone(),
+            message,
+        })?
+        .map_err(|source| PrefixError::Install {
+            prefix: prefix.clone(),
+            source: Box::new(source),
+        })?;
+        for operation in &result.transaction.operations {
+            if let Some(record) = operation.record_to_install() {
+                report.installed.push(identifier(record));
+            } else if let Some(record) = operation.record_to_remove() {
+                report.removed.push(format!(
+                    "{}-{}-{}",
+                    record.name().as_normalized(),
+                    record.version(),
+                    record.build()
+                ));
+            }
+        }
+        report.installed.sort();
+        report.removed.sort();
+        report.unchanged = result.transaction.unchanged_packages().len();
+        match &options.uv {
+            Some(uv) if !locked.pypi.is_empty() => {
+                install_pypi(&prefix, &locked.pypi, uv, &pypi_names)?;
+                report.pypi_installed = pypi_names;
+            }
+            _ => report.pypi_not_installed = pypi_names,
+        }
+        fs_err::remove_file(&marker)?;
+        Ok(())
     }
-    if let Some(reporter) = reporter {
-        installer = installer.with_reporter(reporter);
+    .await;
+    match linked {
+        Ok(()) => Ok(report),
+        Err(error) => {
+            // A prefix this run created holds only what this run linked: it goes. One that
+            // existed keeps the marker, and the next run repairs it.
+            created.undo_all(&prefix);
+            Err(error)
+        }
     }
-    // rattler may panic on input keel did not foresee; that is an error here, and the marker
-    // stays so that the next run repairs what was done.
-    let result = CatchPanic(Box::pin(
-        installer.install(&prefix, locked.conda.iter().cloned()),
-    ))
-    .await
-    .map_err(|message| PrefixError::InstallerPanic {
-        prefix: prefix.clone(),
-        message,
-    })?
-    .map_err(|source| PrefixError::Install {
-        prefix: prefix.clone(),
-        source: Box::new(source),
-    })?;
+}
 
-    for operation in &result.transaction.operations {
-        if let Some(record) = operation.record_to_install() {
-            report.installed.push(identifier(record));
-        } else if let Some(record) = operation.record_to_remove() {
-            report.removed.push(format!(
-                "{}-{}-{}",
-                record.name().as_normalized(),
-                record.version(),
-                record.build()
-            ));
+/// The directories an install creates on the way to `conda-meta` (the prefix, the folders
+/// above it that were missing), so that an install that fails can remove them again.
+#[derive(Debug)]
+struct Created {
+    /// The missing directories, outermost first.
+    dirs: Vec<PathBuf>,
+}
+
+impl Created {
+    /// What creating `meta` would create now.
+    fn before(meta: &Path) -> Created {
+        let mut dirs: Vec<PathBuf> = meta
+            .ancestors()
+            .take_while(|dir| fs_err::symlink_metadata(dir).is_err())
+            .map(Path::to_path_buf)
+            .collect();
+        dirs.reverse();
+        Created { dirs }
+    }
+
+    fn make(&self, meta: &Path) -> Result<(), PrefixError> {
+        fs_err::create_dir_all(meta)?;
+        Ok(())
+    }
+
+    /// Removes the created directories, innermost first, each only if it is empty (nothing
+    /// was linked, so they are, unless someone else wrote there meanwhile).
+    fn undo_empty(&self) {
+        for dir in self.dirs.iter().rev() {
+            match fs_err::remove_dir(dir) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => break,
+            }
         }
     }
-    report.installed.sort();
-    report.removed.sort();
-    report.unchanged = result.transaction.unchanged_packages().len();
-    match &options.uv {
-        Some(uv) if !locked.pypi.is_empty() => {
-            install_pypi(&prefix, &locked.pypi, uv, &pypi_names)?;
-            report.pypi_installed = pypi_names;
+
+    /// Removes the prefix with everything in it if this run created it, then the created
+    /// folders above it that are empty. A prefix that existed is left alone.
+    fn undo_all(&self, prefix: &Path) {
+        if !self.dirs.iter().any(|dir| dir == prefix) {
+            // Only conda-meta was missing (an existing folder made a prefix): its marker
+            // stays, as in any prefix that existed.
+            return;
         }
-        _ => report.pypi_not_installed = pypi_names,
+        // A failed removal leaves the rest for the user; the install's error says what failed.
+        let _ = fs_err::remove_dir_all(prefix);
+        self.undo_empty();
     }
-    fs_err::remove_file(&marker)?;
-    Ok(report)
 }
 
 /// How many packages are fetched into the cache at once before the install.
 const CONCURRENT_FETCHES: usize = 16;
 
-/// The packages the transaction will link (new, replacing another version, or re-linked), each
-/// fetched into `cache` (the one the installer then finds them in) and checked: every path its
-/// `info/paths.json` (or, in old packages, `info/files`) and `info/link.json` entry points name,
-/// where the installer will put it (noarch Python files under the locked Python's
-/// site-packages), passes [`enclosed_path`]; every existing directory on the way resolves
-/// inside the prefix; every symlink's target stays inside (absolute targets are refused).
-/// A package that fails is [`PrefixError::UnsafePackagePath`], before anything is changed.
-async fn check_packages(
+/// The packages the transaction will link (new, replacing another version, or re-linked),
+/// each fetched into `cache` (the one the installer then finds them in).
+struct Fetched {
+    python_info: Option<PythonInfo>,
+    /// Each package, `name-version-build` with its archive extension, and its cache entry.
+    packages: Vec<(String, CacheMetadata)>,
+}
+
+/// [`Fetched`]: every package the transaction links into `cache`. Nothing in the prefix is
+/// read beyond `installed`, or written.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_packages(
     prefix: &Path,
     cache: &PackageCache,
+    client: &reqwest_middleware::ClientWithMiddleware,
+    options: &InstallOptions,
     locked: &LockedPlatform,
     installed: &[PrefixRecord],
     reinstall: &HashSet<PackageName>,
     platform: Subdir,
-) -> Result<(), PrefixError> {
+) -> Result<Fetched, PrefixError> {
     let install_error = |source: InstallerError| PrefixError::Install {
         prefix: prefix.to_path_buf(),
         source: Box::new(source),
@@ -274,9 +355,6 @@ async fn check_packages(
     .map_err(|source| install_error(source.into()))?;
     let python_info = transaction.python_info.clone();
     let records: Vec<&RepoDataRecord> = transaction.installed_packages().copied().collect();
-    if records.is_empty() {
-        return Ok(());
-    }
     for record in &records {
         if matches!(record.identifier.archive_type, DistArchiveType::Wheel(_))
             && record.url.scheme() != "file"
@@ -286,50 +364,44 @@ async fn check_packages(
             });
         }
     }
-    let fetches = records.iter().map(|record| fetch(cache, record));
+    let fetches = records
+        .iter()
+        .map(|record| fetch::fetch(cache, record, client, &options.download));
     let fetched = run_bounded(fetches.collect(), CONCURRENT_FETCHES).await;
+    let mut packages = Vec::with_capacity(records.len());
+    for (record, metadata) in records.iter().zip(fetched) {
+        packages.push((record.identifier.to_string(), metadata?));
+    }
+    Ok(Fetched {
+        python_info,
+        packages,
+    })
+}
+
+/// Every fetched package's paths, as [`check_package_paths`] says: every path its
+/// `info/paths.json` (or, in old packages, `info/files`) and `info/link.json` entry points
+/// name, where the installer will put it (noarch Python files under the locked Python's
+/// site-packages), passes [`enclosed_path`]; every existing directory on the way resolves
+/// inside the prefix; every symlink's target stays inside (absolute targets are refused).
+/// A package that fails is [`PrefixError::UnsafePackagePath`], before anything is changed.
+fn check_fetched(prefix: &Path, fetched: &Fetched) -> Result<(), PrefixError> {
+    if fetched.packages.is_empty() {
+        return Ok(());
+    }
     let enclosure = Enclosure::new(prefix)?;
     let mut seen: HashSet<PathBuf> = HashSet::new();
-    for (record, metadata) in records.iter().zip(fetched) {
-        let package = record.identifier.to_string();
-        let metadata = metadata.map_err(|source| {
-            install_error(InstallerError::FailedToFetch(package.clone(), source))
-        })?;
+    for (package, metadata) in &fetched.packages {
         check_package_paths(
             &enclosure,
             &mut seen,
-            &package,
+            package,
             metadata.path(),
             metadata.paths_json(),
             metadata.index_json(),
-            python_info.as_ref(),
+            fetched.python_info.as_ref(),
         )?;
     }
     Ok(())
-}
-
-/// `record` into `cache`, the way rattler's installer populates it (a `file://` archive is
-/// extracted from its path, anything else downloaded).
-async fn fetch(
-    cache: &PackageCache,
-    record: &RepoDataRecord,
-) -> Result<CacheMetadata, PackageCacheError> {
-    if record.url.scheme() == "file"
-        && let Ok(path) = record.url.to_file_path()
-    {
-        return cache
-            .get_or_fetch_from_path(&path, Some(&record.package_record), None)
-            .await;
-    }
-    cache
-        .get_or_fetch_from_url(
-            &record.package_record,
-            record.url.clone(),
-            Default::default(),
-            None,
-            None,
-        )
-        .await
 }
 
 /// Runs `futures` with at most `limit` in flight; the results in the order given.

@@ -38,6 +38,7 @@
 
 mod diff;
 mod error;
+mod fetch;
 mod fingerprint;
 mod install;
 mod lock;
@@ -47,6 +48,7 @@ mod verify;
 
 pub use diff::{Change, DiffReport, Group, GroupDiff, compare, diff};
 pub use error::PrefixError;
+pub use fetch::FetchFailure;
 pub use fingerprint::{
     FINGERPRINT_SCHEMA, FileFingerprint, FileKind, Fingerprint, HashOptions, HashProgress,
     HashStats, PREFIX_PLACEHOLDER, PackageFingerprint, Summary, fingerprint,

@@ -71,6 +71,7 @@ fn install_first_poll(prefix: &Path, repair: bool) -> Poll<Result<(), PrefixErro
         platform: None,
         repair,
         uv: None,
+        download: keel_solve::HttpOptions::default(),
     };
     let mut future = Box::pin(install::<
         rattler::install::IndicatifReporter<rattler::install::DefaultProgressFormatter>,
