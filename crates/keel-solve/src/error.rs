@@ -208,6 +208,19 @@ pub enum SolveError {
         /// The subdir (`noarch`).
         subdir: String,
     },
+    /// A wheel uv picked has core metadata keel cannot read (its requirements would be
+    /// missing from the lock).
+    #[error("keel cannot read the metadata of `{package}` ({file}) for {platform}: {reason}")]
+    PypiMetadata {
+        /// The platform.
+        platform: Subdir,
+        /// The package.
+        package: String,
+        /// The wheel, credentials removed.
+        file: String,
+        /// Why.
+        reason: String,
+    },
     /// The repodata cache could not be made or made private.
     #[error("failed to prepare the repodata cache")]
     Cache(#[source] std::io::Error),

@@ -169,6 +169,10 @@ pub(crate) fn build(
             ..SolveOptions::default()
         },
     );
+    // The pip section's indexes, as pixi compares them with its own (credentials removed).
+    if let Some(indexes) = crate::pypi::indexes(spec) {
+        builder.set_pypi_indexes(DEFAULT_ENVIRONMENT_NAME, indexes);
+    }
     for solve in solves {
         builder
             .add_environment_platform(DEFAULT_ENVIRONMENT_NAME, solve.platform.as_str())

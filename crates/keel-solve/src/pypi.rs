@@ -1,5 +1,10 @@
 //! The `pip:` section: resolved with `uv pip compile` against the Python the conda solve
 //! picked, or, without uv, exact `==` pins recorded as given.
+//!
+//! What uv resolved is recorded as pixi records it, so that pixi's satisfiability check walks
+//! from the section's requirements to every locked package: each package's `requires_dist`
+//! and `requires_python` from the core metadata (`METADATA`) of the wheel uv picked, its
+//! index, and the environment's indexes and find-links ([`indexes`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,11 +13,17 @@ use std::str::FromStr;
 use keel_spec::{EnvironmentSpec, PipEntry, PipEntryKind};
 use rattler_conda_types::{GenericVirtualPackage, RepoDataRecord, Subdir};
 use rattler_digest::{Sha256, parse_digest_from_hex};
-use rattler_lock::{PackageHashes, PypiDistributionData, UrlOrPath, Verbatim};
+use rattler_lock::{
+    FindLinksUrlOrPath, PackageHashes, PypiDistributionData, PypiIndexes, UrlOrPath, Verbatim,
+};
 use serde::Deserialize;
 
 use crate::SolveError;
-use crate::redact::Secrets;
+use crate::redact::{Secrets, redact_template, redact_url};
+
+/// The index pip and uv use when the section names none, spelled as pixi spells its default
+/// (`DEFAULT_PYPI_INDEX_URL`): pixi compares a lock's indexes with its own exactly.
+pub(crate) const DEFAULT_INDEX_URL: &str = "https://pypi.org/simple";
 
 /// Which `uv` resolves pip sections.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,6 +56,69 @@ impl Uv {
 pub(crate) fn entries_for(spec: &EnvironmentSpec, platform: Subdir) -> Vec<&PipEntry> {
     spec.pip_entries()
         .filter(|entry| entry.selector.as_ref().is_none_or(|s| s.matches(platform)))
+        .collect()
+}
+
+/// The indexes and find-links the pip section resolves against, as pixi records them for an
+/// environment (its `PypiIndexes::from(PypiOptions)`): the `--index-url` (the last one, as pip
+/// takes it; else [`DEFAULT_INDEX_URL`]), then each `--extra-index-url`, and each
+/// `--find-links` as written (a URL, or a path relative to the environment file's folder).
+/// Credentials are removed ([`redact_url`]): the lock is shared, the tokens are not. `None`
+/// when the spec has no pip section, as pixi writes none then.
+pub(crate) fn indexes(spec: &EnvironmentSpec) -> Option<PypiIndexes> {
+    let mut entries = spec.pip_entries().peekable();
+    entries.peek()?;
+    let mut primary = None;
+    let mut extra = Vec::new();
+    let mut find_links = Vec::new();
+    for entry in entries {
+        let PipEntryKind::Option {
+            name,
+            value: Some(value),
+        } = &entry.kind
+        else {
+            continue;
+        };
+        let url = || url::Url::parse(&redact_template(value)).ok();
+        match name.as_str() {
+            "-i" | "--index-url" => primary = url().or(primary),
+            "--extra-index-url" => extra.extend(url()),
+            "-f" | "--find-links" => find_links.push(match url() {
+                Some(url) if value.contains("://") => FindLinksUrlOrPath::Url(url),
+                _ => FindLinksUrlOrPath::Path(PathBuf::from(value)),
+            }),
+            _ => {}
+        }
+    }
+    let primary =
+        primary.unwrap_or_else(|| url::Url::parse(DEFAULT_INDEX_URL).expect("a valid URL"));
+    let mut indexes = vec![primary];
+    for url in extra {
+        if !indexes.contains(&url) {
+            indexes.push(url);
+        }
+    }
+    find_links.dedup();
+    Some(PypiIndexes {
+        indexes,
+        find_links,
+    })
+}
+
+/// The find-links of the pip section that are URLs, credentials kept (to match what uv
+/// fetched from); a package found there records it as its index, as pixi does.
+fn find_links_urls(entries: &[&PipEntry]) -> Vec<url::Url> {
+    entries
+        .iter()
+        .filter_map(|entry| match &entry.kind {
+            PipEntryKind::Option {
+                name,
+                value: Some(value),
+            } if matches!(name.as_str(), "-f" | "--find-links") && value.contains("://") => {
+                url::Url::parse(value).ok()
+            }
+            _ => None,
+        })
         .collect()
 }
 
@@ -139,7 +213,9 @@ fn resolve_unredacted(
     }
 }
 
-/// Without uv: each line must be `name==version`, recorded as a pin on PyPI.
+/// Without uv: each line must be `name==version`, recorded as a pin on PyPI. Nothing is
+/// downloaded, so `requires_dist` stays empty: every pin is a requirement of the section
+/// itself, which pixi's walk reaches without it.
 fn exact_pins(entries: &[&PipEntry]) -> Result<Vec<PypiDistributionData>, SolveError> {
     let mut packages = Vec::new();
     for entry in entries {
@@ -155,8 +231,9 @@ fn exact_pins(entries: &[&PipEntry]) -> Result<Vec<PypiDistributionData>, SolveE
                 source_line: entry.source.clone(),
             });
         };
-        let index = url::Url::parse("https://pypi.org/simple/").expect("a valid URL");
-        let project = index.join(&format!("{name}/")).expect("a valid URL");
+        let index = url::Url::parse(DEFAULT_INDEX_URL).expect("a valid URL");
+        let project =
+            url::Url::parse(&format!("{DEFAULT_INDEX_URL}/{name}/")).expect("a valid URL");
         packages.push(PypiDistributionData {
             name,
             version,
@@ -280,10 +357,11 @@ fn compile_with_uv(
         platform,
         stderr: format!("uv wrote a pylock.toml keel cannot read: {e}"),
     })?;
+    let find_links = find_links_urls(entries);
     pylock
         .packages
         .into_iter()
-        .map(|package| distribution(package, platform, work.path()))
+        .map(|package| distribution(package, platform, work.path(), &find_links))
         .collect()
 }
 
@@ -314,11 +392,13 @@ fn absolute_paths(source: &str, kind: &PipEntryKind, spec_dir: &Path) -> String 
 }
 
 /// One pylock package as a lock entry: the wheel for the platform (uv resolved for it), else
-/// the sdist, else the local directory.
+/// the sdist, else the local directory; with the wheel's `Requires-Dist` and
+/// `Requires-Python` (uv's pylock.toml records neither per package).
 fn distribution(
     package: PylockPackage,
     platform: Subdir,
     work: &Path,
+    find_links: &[url::Url],
 ) -> Result<PypiDistributionData, SolveError> {
     let invalid = |what: String| SolveError::UvFailed {
         platform,
@@ -355,22 +435,164 @@ fn distribution(
         .and_then(|f| f.hashes.get("sha256"))
         .and_then(|hex| parse_digest_from_hex::<Sha256>(hex))
         .map(PackageHashes::Sha256);
+    // The index uv found it on; a package of a find-links URL records that URL (pixi
+    // accepts find-links URLs as indexes); a local file records none.
     let index_url = package
         .index
         .as_deref()
-        .and_then(|i| url::Url::parse(i).ok());
+        .and_then(|i| url::Url::parse(i).ok())
+        .or_else(|| match &location {
+            UrlOrPath::Url(url) if url.scheme() != "file" => find_links
+                .iter()
+                .find(|links| {
+                    let links = redact_url(links);
+                    redact_url(url)
+                        .as_str()
+                        .starts_with(links.as_str().trim_end_matches('/'))
+                })
+                .cloned(),
+            _ => None,
+        });
+    let metadata = match &location {
+        UrlOrPath::Url(url) if url.scheme() == "file" => url.to_file_path().ok(),
+        UrlOrPath::Url(_) => None,
+        UrlOrPath::Path(path) => Some(PathBuf::from(path.as_str())),
+    }
+    .filter(|path| path.extension().is_some_and(|e| e == "whl"))
+    .map(|wheel| {
+        wheel_metadata(&wheel, &name)
+            .and_then(|text| CoreMetadata::parse(&text))
+            .map_err(|reason| SolveError::PypiMetadata {
+                platform,
+                package: name.to_string(),
+                file: redact_template(&wheel.display().to_string()),
+                reason,
+            })
+    })
+    .transpose()?
+    .unwrap_or_default();
     Ok(PypiDistributionData {
         name,
         version,
         location: Verbatim::new(location),
         index_url,
         hash,
-        requires_dist: Vec::new(),
-        requires_python: package
-            .requires_python
-            .as_deref()
-            .and_then(|r| pep440_rs::VersionSpecifiers::from_str(r).ok()),
+        requires_dist: metadata.requires_dist,
+        requires_python: metadata.requires_python.or_else(|| {
+            package
+                .requires_python
+                .as_deref()
+                .and_then(|r| pep440_rs::VersionSpecifiers::from_str(r).ok())
+        }),
     })
+}
+
+/// The most a wheel's `METADATA` may hold: the largest on PyPI are a few hundred kB (a long
+/// description); more is not metadata.
+const MAX_METADATA_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The text of a wheel's `{name}-{version}.dist-info/METADATA`. The wheel is opened, then
+/// checked to be a regular file; the entry must be a top-level `.dist-info` folder's
+/// `METADATA` (the one whose name is the package's, when a wheel has several) of at most
+/// [`MAX_METADATA_BYTES`].
+fn wheel_metadata(path: &Path, name: &pep508_rs::PackageName) -> Result<String, String> {
+    use std::io::Read as _;
+
+    let file = fs_err::File::open(path).map_err(|e| e.to_string())?;
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("it is not a regular file".to_owned());
+    }
+    let mut archive =
+        zip::ZipArchive::new(file).map_err(|e| format!("it is not a wheel (zip): {e}"))?;
+    let candidates: Vec<String> = archive
+        .file_names()
+        .filter_map(Result::ok)
+        .map(std::borrow::Cow::into_owned)
+        .filter(|entry| {
+            entry
+                .strip_suffix(".dist-info/METADATA")
+                .is_some_and(|folder| !folder.is_empty() && !folder.contains(['/', '\\']))
+        })
+        .collect();
+    let own = |entry: &&String| {
+        entry
+            .split('-')
+            .next()
+            .and_then(|n| pep508_rs::PackageName::from_str(n).ok())
+            .is_some_and(|n| &n == name)
+    };
+    let entry = candidates
+        .iter()
+        .find(own)
+        .or(candidates.first().filter(|_| candidates.len() == 1))
+        .ok_or_else(|| "it has no `*.dist-info/METADATA` of this package".to_owned())?
+        .clone();
+    let metadata = archive
+        .by_name(&entry)
+        .map_err(|e| format!("{entry}: {e}"))?;
+    if metadata.size() > MAX_METADATA_BYTES {
+        return Err(format!(
+            "{entry} is {} bytes, more than the {MAX_METADATA_BYTES} keel reads",
+            metadata.size()
+        ));
+    }
+    let mut text = String::new();
+    metadata
+        .take(MAX_METADATA_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{entry}: {e}"))?;
+    Ok(text)
+}
+
+/// What a package's core metadata says it needs: its `Requires-Dist` lines as PEP 508
+/// requirements (markers and extras kept, as pixi's walk evaluates them) and its
+/// `Requires-Python`.
+#[derive(Debug, Default, PartialEq)]
+struct CoreMetadata {
+    requires_dist: Vec<pep508_rs::Requirement>,
+    requires_python: Option<pep440_rs::VersionSpecifiers>,
+}
+
+impl CoreMetadata {
+    /// Reads the header block of a `METADATA` file (RFC 822 fields up to the first empty line;
+    /// a line that starts with white space continues the field before it). A line that is no
+    /// field is skipped; a `Requires-Dist` or `Requires-Python` that does not parse is an
+    /// error naming it.
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            if line.trim().is_empty() {
+                break;
+            }
+            if line.starts_with([' ', '\t']) {
+                if let Some((_, value)) = fields.last_mut() {
+                    value.push(' ');
+                    value.push_str(line.trim());
+                }
+                continue;
+            }
+            if let Some((key, value)) = line.split_once(':') {
+                fields.push((key.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            }
+        }
+        let mut metadata = Self::default();
+        for (key, value) in fields {
+            match key.as_str() {
+                "requires-dist" => metadata.requires_dist.push(
+                    pep508_rs::Requirement::from_str(&value)
+                        .map_err(|e| format!("Requires-Dist `{value}`: {e}"))?,
+                ),
+                "requires-python" if !value.is_empty() => {
+                    metadata.requires_python = Some(
+                        pep440_rs::VersionSpecifiers::from_str(&value)
+                            .map_err(|e| format!("Requires-Python `{value}`: {e}"))?,
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(metadata)
+    }
 }
 
 /// Whether a wheel's platform tag fits a conda platform.
@@ -412,4 +634,75 @@ fn wheel_fits(wheel: &PylockFile, platform: Subdir) -> bool {
             Subdir::WinArm64 => tag.contains("win_arm64"),
             _ => false,
         }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_metadata_reads_the_header_block_only_and_folds_continued_fields() {
+        let text = "Metadata-Version: 2.1\nName: alpha\nRequires-Python: >=3.8\n\
+                    Requires-Dist: beta>=2\nRequires-Dist: delta;\n  extra == \"fast\"\n\
+                    Provides-Extra: fast\n\nRequires-Dist: in-the-description\n";
+        let metadata = CoreMetadata::parse(text).unwrap();
+        assert_eq!(
+            metadata.requires_dist,
+            [
+                pep508_rs::Requirement::from_str("beta>=2").unwrap(),
+                pep508_rs::Requirement::from_str("delta; extra == 'fast'").unwrap(),
+            ]
+        );
+        assert_eq!(
+            metadata.requires_python,
+            Some(pep440_rs::VersionSpecifiers::from_str(">=3.8").unwrap())
+        );
+    }
+
+    #[test]
+    fn a_requirement_that_does_not_parse_is_named() {
+        let error = CoreMetadata::parse("Name: alpha\nRequires-Dist: beta >>= 2\n").unwrap_err();
+        assert!(error.starts_with("Requires-Dist `beta >>= 2`: "), "{error}");
+    }
+
+    #[test]
+    fn indexes_follow_pip_and_drop_credentials() {
+        let spec = keel_spec::parse_str(
+            "dependencies:\n  - pip:\n    - --index-url https://first.example/simple\n    \
+             - -i https://u:secret@second.example/simple\n    \
+             - --extra-index-url https://extra.example/simple\n    \
+             - -f https://links.example/wheels/\n    - --find-links ./wheels\n    - alpha\n",
+            "environment.yml",
+        )
+        .unwrap()
+        .spec;
+        let found = indexes(&spec).unwrap();
+        let urls: Vec<&str> = found.indexes.iter().map(url::Url::as_str).collect();
+        assert_eq!(
+            urls,
+            [
+                "https://second.example/simple",
+                "https://extra.example/simple"
+            ]
+        );
+        assert_eq!(
+            found.find_links,
+            [
+                FindLinksUrlOrPath::Url("https://links.example/wheels/".parse().unwrap()),
+                FindLinksUrlOrPath::Path("./wheels".into()),
+            ]
+        );
+        let spec =
+            keel_spec::parse_str("dependencies:\n  - pip:\n    - alpha\n", "environment.yml")
+                .unwrap()
+                .spec;
+        assert_eq!(
+            indexes(&spec).unwrap().indexes,
+            [url::Url::parse(DEFAULT_INDEX_URL).unwrap()]
+        );
+        let spec = keel_spec::parse_str("dependencies:\n  - numpy\n", "environment.yml")
+            .unwrap()
+            .spec;
+        assert_eq!(indexes(&spec), None);
+    }
 }

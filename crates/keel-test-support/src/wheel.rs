@@ -21,14 +21,29 @@ fn record_hash(bytes: &[u8]) -> String {
 }
 
 /// A pure-Python wheel as pip builds it: the module, METADATA, WHEEL and a RECORD of hashes.
+/// Its METADATA says `Requires-Python: >=3.8` and one `Requires-Dist` per item of `requires`.
 pub fn build_wheel(dir: &Path, name: &str, version: &str, requires: &[&str]) {
+    let fields: Vec<String> = std::iter::once("Requires-Python: >=3.8".to_owned())
+        .chain(requires.iter().map(|r| format!("Requires-Dist: {r}")))
+        .collect();
+    build_wheel_with_metadata(
+        dir,
+        name,
+        version,
+        &fields.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}
+
+/// A pure-Python wheel as [`build_wheel`] builds it, whose METADATA has these header fields
+/// (`"Requires-Dist: delta>=1; extra == 'fast'"`, `"Provides-Extra: fast"`,
+/// `"Requires-Python: >=3.9"`) after `Name` and `Version`, then a description body, as
+/// setuptools and hatchling write them (the body is not a field).
+pub fn build_wheel_with_metadata(dir: &Path, name: &str, version: &str, fields: &[&str]) {
     let dist_info = format!("{name}-{version}.dist-info");
     let metadata = format!(
-        "Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nRequires-Python: >=3.8\n{}",
-        requires
-            .iter()
-            .map(|r| format!("Requires-Dist: {r}\n"))
-            .collect::<String>()
+        "Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{}\n\
+         # {name}\n\nRequires-Dist: not-a-field (the description body)\n",
+        fields.iter().map(|f| format!("{f}\n")).collect::<String>()
     );
     let files = [
         (
