@@ -415,6 +415,7 @@ fn report(
             inputs_hash: &locked.inputs_hash,
             platforms: &locked.platforms,
             written,
+            node_has_more: more,
         };
         return render::json(&json);
     }
@@ -425,6 +426,13 @@ fn report(
         .max()
         .unwrap_or(8)
         .max("PLATFORM".len());
+    let from_width = locked
+        .platforms
+        .iter()
+        .map(|p| p.virtual_packages_from.describe().len())
+        .max()
+        .unwrap_or(0)
+        .max("ASSUMED".len());
     let _ = writeln!(
         stdout,
         "{:<width$}  CONDA  PYPI  {:<from_width$}  VIRTUAL PACKAGES",
@@ -437,44 +445,13 @@ fn report(
             platform.platform,
             platform.packages,
             platform.pypi_packages,
-            node_has_more: more,
+            platform.virtual_packages_from.describe(),
             platform.virtual_packages.join(" ")
         );
     }
     for path in written {
         let _ = writeln!(stdout, "wrote {path}");
     }
-    Ok(())
-}
-
-/// `--check`: the lock exists, reads, and was made from the same inputs
-    let from_width = locked
-        .platforms
-        .iter()
-        .map(|p| p.virtual_packages_from.describe().len())
-        .max()
-        .unwrap_or(0)
-        .max("ASSUMED".len());
-/// ([`keel_solve::check_fresh`]).
-fn check(settings: &LockSettings, spec: &keel_spec::EnvironmentSpec) -> miette::Result<Exit> {
-    let Some((lock, recorded)) = keel_solve::read_lock(&settings.output).into_diagnostic()? else {
-        miette::bail!(
-            "no lock at {}: run `keel lock {}` first",
-            settings.output.display(),
-            settings.file.display()
-        );
-    };
-    let freshness = keel_solve::check_fresh(spec, &lock, recorded.as_deref(), &settings.options)
-        .into_diagnostic()?;
-    let fresh = freshness.is_fresh();
-    let reasons: Vec<String> = freshness.reasons.iter().map(ToString::to_string).collect();
-            platform.virtual_packages_from.describe(),
-    let mut stdout = std::io::stdout().lock();
-    if settings.json {
-        let json = CheckJson {
-            lock: settings.output.display().to_string(),
-            fresh,
-            recorded_hash: freshness.recorded_hash,
     for hint in more {
         let flags: Vec<String> = hint
             .virtual_package_flags
@@ -490,6 +467,29 @@ fn check(settings: &LockSettings, spec: &keel_spec::EnvironmentSpec) -> miette::
             flags.join(" ")
         );
     }
+    Ok(())
+}
+
+/// `--check`: the lock exists, reads, and was made from the same inputs
+/// ([`keel_solve::check_fresh`]).
+fn check(settings: &LockSettings, spec: &keel_spec::EnvironmentSpec) -> miette::Result<Exit> {
+    let Some((lock, recorded)) = keel_solve::read_lock(&settings.output).into_diagnostic()? else {
+        miette::bail!(
+            "no lock at {}: run `keel lock {}` first",
+            settings.output.display(),
+            settings.file.display()
+        );
+    };
+    let freshness = keel_solve::check_fresh(spec, &lock, recorded.as_deref(), &settings.options)
+        .into_diagnostic()?;
+    let fresh = freshness.is_fresh();
+    let reasons: Vec<String> = freshness.reasons.iter().map(ToString::to_string).collect();
+    let mut stdout = std::io::stdout().lock();
+    if settings.json {
+        let json = CheckJson {
+            lock: settings.output.display().to_string(),
+            fresh,
+            recorded_hash: freshness.recorded_hash,
             inputs_hash: freshness.inputs_hash,
             reasons,
         };
