@@ -61,26 +61,64 @@ impl std::fmt::Debug for ResolvedChannel {
 /// `nodefaults` is dropped; `defaults` becomes Anaconda's `main` and `r` channels, in that
 /// priority order (plus `msys2` when any target is Windows). keel never adds `defaults` on its own: a lock lists
 /// exactly the channels its file names.
+///
+/// As conda does, `lookup("CONDA_CHANNEL_ALIAS")` replaces the alias that named channels
+/// (`conda-forge`) are joined onto (`https://conda.anaconda.org/`), and
+/// `lookup("CONDA_DEFAULT_CHANNELS")`, comma-separated, replaces the channels `defaults`
+/// stands for (a mirror, or a server on loopback in keel's tests).
 pub fn resolve_channels(
     spec: &EnvironmentSpec,
     base_dir: &Path,
     any_windows: bool,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<ResolvedChannel>, SolveError> {
-    let config = ChannelConfig::default_with_root_dir(base_dir.to_path_buf());
+    let mut config = ChannelConfig::default_with_root_dir(base_dir.to_path_buf());
+    if let Some(alias) = lookup("CONDA_CHANNEL_ALIAS").filter(|a| !a.trim().is_empty()) {
+        let alias = alias.trim();
+        let with_slash = if alias.ends_with('/') {
+            alias.to_owned()
+        } else {
+            format!("{alias}/")
+        };
+        config.channel_alias = url::Url::parse(&with_slash).map_err(|source| {
+            let mut secrets = Secrets::default();
+            secrets.add_url_text(alias);
+            SolveError::Channel {
+                channel: format!("CONDA_CHANNEL_ALIAS={}", secrets.redact(alias)),
+                source: Redacted::new(
+                    &rattler_conda_types::ParseChannelError::ParseUrlError(source),
+                    &secrets,
+                ),
+            }
+        })?;
+    }
+    let default_channels: Option<Vec<String>> = lookup("CONDA_DEFAULT_CHANNELS").map(|list| {
+        list.split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect()
+    });
     let mut channels = Vec::new();
     for entry in &spec.channels {
         match entry.kind {
             ChannelKind::NoDefaults => {}
             ChannelKind::Defaults => {
-                let mut urls: Vec<&str> = DEFAULTS_UNIX.to_vec();
-                if any_windows {
-                    urls.push(DEFAULTS_WINDOWS);
-                }
+                let urls: Vec<String> = match &default_channels {
+                    Some(urls) if !urls.is_empty() => urls.clone(),
+                    _ => {
+                        let mut urls: Vec<String> =
+                            DEFAULTS_UNIX.iter().map(|u| (*u).to_owned()).collect();
+                        if any_windows {
+                            urls.push(DEFAULTS_WINDOWS.to_owned());
+                        }
+                        urls
+                    }
+                };
                 for url in urls {
                     channels.push(ResolvedChannel {
-                        channel: parse(url, &config)?,
-                        written: url.to_owned(),
+                        channel: parse(&url, &config)?,
+                        written: url,
                     });
                 }
             }
