@@ -82,8 +82,8 @@ pub struct Fingerprint {
     pub summary: Summary,
     /// The installed conda packages, by name.
     pub packages: Vec<PackageFingerprint>,
-    /// Every file, symlink, FIFO, socket and device under the prefix except `conda-meta/` and
-    /// `CACHEDIR.TAG`, by path.
+    /// Every file, symlink, FIFO, socket and device under the prefix except `conda-meta/`,
+    /// `CACHEDIR.TAG` and uv's `.lock`, by path.
     pub files: Vec<FileFingerprint>,
 }
 

@@ -26,8 +26,9 @@ pub(super) fn exclude_set(patterns: &[String]) -> Result<GlobSet, PrefixError> {
 }
 
 /// What installers keep at the top of a prefix about the prefix (package records, history,
-/// rattler's backup-exclusion tag): not environment contents, never fingerprinted.
-const INSTALLER_FILES: [&str; 2] = ["conda-meta", "CACHEDIR.TAG"];
+/// rattler's backup-exclusion tag, the empty `.lock` uv takes while it installs the pip
+/// section): not environment contents, never fingerprinted.
+const INSTALLER_FILES: [&str; 3] = ["conda-meta", "CACHEDIR.TAG", ".lock"];
 
 /// One path found by the walk.
 pub(crate) struct Found {
