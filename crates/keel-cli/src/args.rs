@@ -348,16 +348,16 @@ pub(crate) struct LockArgs {
     /// Without it (and without --detect) a re-lock keeps the previous lock's virtual packages.
     #[arg(long = "virtual-package", value_name = "[PLATFORM:]__NAME=VERSION")]
     pub(crate) virtual_packages: Vec<String>,
-    /// Move this package to its newest allowed version; all others keep their pins
-    /// (repeatable).
-    #[arg(long = "update", value_name = "NAME")]
-    pub(crate) update: Vec<String>,
-    /// Do not solve: say whether the lock is up to date with the file (exit 1 when stale).
     /// Lock this node's platform for this node's own virtual packages (glibc, kernel, CPU,
     /// the driver's __cuda and the GPUs' __cuda_arch, CONDA_OVERRIDE_* first) instead of the
     /// platform's baseline. The lock then holds only on nodes like this one.
     #[arg(long)]
     pub(crate) detect: bool,
+    /// Move this package to its newest allowed version; all others keep their pins
+    /// (repeatable).
+    #[arg(long = "update", value_name = "NAME")]
+    pub(crate) update: Vec<String>,
+    /// Do not solve: say whether the lock is up to date with the file (exit 1 when stale).
     #[arg(long)]
     pub(crate) check: bool,
     /// Also write one `@EXPLICIT` list per platform into this folder

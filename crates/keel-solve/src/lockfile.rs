@@ -57,12 +57,12 @@ pub struct PlatformSummary {
     pub pypi_packages: usize,
     /// The virtual packages its solve assumed (recorded in the lock).
     pub virtual_packages: Vec<String>,
-}
-
-#[derive(Serialize)]
     /// Where they came from: the platform's baseline, `--virtual-package`, `--detect` or the
     /// previous lock.
     pub virtual_packages_from: AssumedFrom,
+}
+
+#[derive(Serialize)]
 struct Inputs {
     format: u32,
     channels: Vec<String>,
