@@ -383,3 +383,25 @@ async fn a_channel_without_repodata_says_so() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repodata_cut_short_or_reset_mid_download_is_fetched_again() {
+    for fault in [Fault::ResetAfter(20), Fault::Truncate(20)] {
+        let root = served(Variants::default());
+        let server = Server::start(root.path(), Credentials::default());
+        let file = format!("{}/repodata.json", Subdir::current().unwrap());
+        server.fail_next(&file, vec![fault.clone()]);
+        let project = project(&format!("{}/chan", server.base), "  - app\n");
+        let locked = lock_in(&project, &options(&project.dir.path().join("cache")))
+            .await
+            .unwrap_or_else(|error| panic!("{fault:?}: {error:?}"));
+        assert_eq!(names(&locked), ["app", "lib"], "{fault:?}");
+        let faults: Vec<_> = server
+            .requests_for(&file)
+            .iter()
+            .filter(|r| r.method == "GET")
+            .map(|r| r.fault.clone())
+            .collect();
+        assert_eq!(faults, [Some(fault.clone()), None], "{fault:?}");
+    }
+}
