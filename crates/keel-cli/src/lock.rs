@@ -365,14 +365,26 @@ pub(crate) fn run(args: LockArgs) -> miette::Result<Exit> {
         }
     };
 
-    // Everything is rendered before anything is written: an export that fails leaves every
-    // file as it was.
+    // The lock and the exports are rendered before anything is written. The lock is written
+    // whatever an export says; an export that cannot render (a package its format cannot
+    // hold) is named with the package and the reason, and leaves its own file as it was.
+    let lock_dir = settings
+        .output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let lock_dir = fs_err::canonicalize(&lock_dir).unwrap_or(lock_dir);
     let mut outputs: Vec<(PathBuf, String)> = vec![(settings.output.clone(), locked.text.clone())];
+    let mut failed: Vec<(PathBuf, SolveError)> = Vec::new();
     if let Some(dir) = &settings.explicit {
         for platform in locked.lock.platforms() {
             let subdir = platform.subdir();
-            if let Some(text) = keel_solve::explicit(&locked.lock, subdir).into_diagnostic()? {
-                outputs.push((dir.join(format!("explicit-{subdir}.txt")), text));
+            let hash = locked.content_hashes.get(&subdir).map(String::as_str);
+            let path = dir.join(format!("explicit-{subdir}.txt"));
+            match keel_solve::explicit(&locked.lock, subdir, &lock_dir, hash) {
+                Ok(Some(text)) => outputs.push((path, text)),
+                Ok(None) => {}
+                Err(error) => failed.push((path, error)),
             }
         }
     }
@@ -381,9 +393,10 @@ pub(crate) fn run(args: LockArgs) -> miette::Result<Exit> {
             || "environment.yml".to_owned(),
             |n| n.to_string_lossy().into_owned(),
         );
-        let text = keel_solve::conda_lock_yml(&locked.lock, &source, &locked.inputs_hash)
-            .into_diagnostic()?;
-        outputs.push((path.clone(), text));
+        match keel_solve::conda_lock_yml(&locked.lock, &lock_dir, &source, &locked.content_hashes) {
+            Ok(text) => outputs.push((path.clone(), text)),
+            Err(error) => failed.push((path.clone(), error)),
+        }
     }
     let mut written = Vec::new();
     for (path, text) in outputs {
@@ -392,6 +405,18 @@ pub(crate) fn run(args: LockArgs) -> miette::Result<Exit> {
         }
         write_atomically(&path, text.as_bytes())?;
         written.push(path.display().to_string());
+    }
+    if let Some((path, error)) = failed.into_iter().next() {
+        return Err(error).into_diagnostic().wrap_err(format!(
+            "{} was not written ({} written: {})",
+            path.display(),
+            if written.len() == 1 {
+                "this was"
+            } else {
+                "these were"
+            },
+            written.join(", ")
+        ));
     }
     report(
         &settings,

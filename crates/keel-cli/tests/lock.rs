@@ -560,21 +560,6 @@ fn unsolvable_points_at_the_spec_line() {
 }
 
 #[test]
-fn a_failed_export_writes_nothing() {
-    let project = project("  - python=3.9\n");
-    // The snapshot's records are local paths, which conda-lock.yml cannot hold.
-    let output = keel(project.path(), &["lock", "--conda-lock", "conda-lock.yml"]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        text(&output.stderr).contains("conda-lock"),
-        "{}",
-        text(&output.stderr)
-    );
-    assert!(!project.path().join("keel.lock").exists());
-    assert!(!project.path().join("conda-lock.yml").exists());
-}
-
-#[test]
 fn bad_arguments_and_a_missing_lock_are_input_errors() {
     let project = project("  - python=3.9\n");
     let output = keel(project.path(), &["lock", "--platform", "linux-65"]);

@@ -61,6 +61,24 @@ pub enum SolveError {
         #[source]
         source: Redacted,
     },
+    /// A local channel's repodata file holds a record keel cannot read.
+    #[error(
+        "{}:{line}:{column}: {} does not read as repodata: {reason}",
+        file.display(),
+        record.as_deref().map_or_else(|| "the file".to_owned(), |r| format!("the record {r}"))
+    )]
+    BadRepodata {
+        /// The repodata file.
+        file: std::path::PathBuf,
+        /// The package file name of the record, when the place is inside one.
+        record: Option<String>,
+        /// 1-based line in the file.
+        line: usize,
+        /// 1-based column in the file.
+        column: usize,
+        /// What is wrong there.
+        reason: String,
+    },
     /// No set of packages satisfies the spec on a platform.
     #[error("the environment cannot be solved for {platform}:\n{explanation}")]
     Unsolvable {
@@ -122,6 +140,19 @@ pub enum SolveError {
         platform: Subdir,
         /// What uv said.
         stderr: String,
+    },
+    /// A wheel uv picked has core metadata keel cannot read (its requirements would be
+    /// missing from the lock).
+    #[error("keel cannot read the metadata of `{package}` ({file}) for {platform}: {reason}")]
+    PypiMetadata {
+        /// The platform.
+        platform: Subdir,
+        /// The package.
+        package: String,
+        /// The wheel, credentials removed.
+        file: String,
+        /// Why.
+        reason: String,
     },
     /// A timeout (`--timeout`, `KEEL_HTTP_TIMEOUT`) that is not a number of seconds.
     #[error("invalid HTTP timeout {value}: {reason}")]
@@ -208,19 +239,6 @@ pub enum SolveError {
         /// The subdir (`noarch`).
         subdir: String,
     },
-    /// A wheel uv picked has core metadata keel cannot read (its requirements would be
-    /// missing from the lock).
-    #[error("keel cannot read the metadata of `{package}` ({file}) for {platform}: {reason}")]
-    PypiMetadata {
-        /// The platform.
-        platform: Subdir,
-        /// The package.
-        package: String,
-        /// The wheel, credentials removed.
-        file: String,
-        /// Why.
-        reason: String,
-    },
     /// The repodata cache could not be made or made private.
     #[error("failed to prepare the repodata cache")]
     Cache(#[source] std::io::Error),
@@ -268,6 +286,16 @@ pub enum SolveError {
     /// Exporting to conda-lock's format failed.
     #[error("failed to export conda-lock.yml")]
     CondaLock(#[source] Redacted),
+    /// One package of the lock cannot be written in an export's format.
+    #[error("{format} cannot hold {package}: {reason}")]
+    Export {
+        /// The export (`conda-lock.yml`, `@EXPLICIT`).
+        format: &'static str,
+        /// The package, `name version (platform)`.
+        package: String,
+        /// Why, from the format's rules.
+        reason: String,
+    },
 }
 
 /// A status with HTTP's reason phrase where it is one a channel server answers: `503 Service

@@ -41,6 +41,7 @@ mod lockfile;
 mod options;
 mod pypi;
 mod redact;
+mod repodata_error;
 mod solve;
 mod virtual_packages;
 
@@ -52,8 +53,8 @@ pub use error::{Redacted, SolveError, SpecLine};
 pub use export::{conda_lock_yml, explicit};
 pub use fresh::{Freshness, Stale, check_fresh};
 pub use lockfile::{
-    Locked, MAX_LOCK_BYTES, PlatformSummary, check_locked_location, inputs_hash, pypi_location,
-    read_lock, recorded_hash,
+    Locked, MAX_LOCK_BYTES, PlatformSummary, check_locked_location, inputs_hash,
+    platform_content_hash, pypi_location, read_lock, recorded_hash,
 };
 pub use options::{LockOptions, LockProgress};
 pub use pypi::Uv;

@@ -44,6 +44,9 @@ pub struct Locked {
     pub inputs_hash: String,
     /// What each platform got.
     pub platforms: Vec<PlatformSummary>,
+    /// Per platform, the hash of what that platform's solve was made from (see
+    /// [`platform_content_hash`]): the `content_hash` of exports.
+    pub content_hashes: BTreeMap<Subdir, String>,
 }
 
 /// One platform of a lock.
@@ -76,6 +79,71 @@ struct PlatformInputs {
     pip: Vec<String>,
 }
 
+impl PlatformInputs {
+    /// The conda specs and pip lines that apply to `platform` (selectors applied, credentials
+    /// left out).
+    fn of(spec: &EnvironmentSpec, platform: Subdir) -> Self {
+        Self {
+            specs: spec
+                .match_specs_for(Some(platform))
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            pip: crate::pypi::entries_for(spec, platform)
+                .iter()
+                .map(|entry| redact_text(&entry.source))
+                .collect(),
+        }
+    }
+}
+
+fn channel_priority_name(priority: rattler_solve::ChannelPriority) -> &'static str {
+    match priority {
+        rattler_solve::ChannelPriority::Strict => "strict",
+        rattler_solve::ChannelPriority::Disabled => "disabled",
+        rattler_solve::ChannelPriority::Flexible => "flexible",
+    }
+}
+
+#[derive(Serialize)]
+struct PlatformContent<'a> {
+    format: u32,
+    platform: &'static str,
+    channels: Vec<String>,
+    channel_priority: &'static str,
+    inputs: PlatformInputs,
+    virtual_packages: &'a [String],
+}
+
+/// The hash of what one platform's solve is made from: the channels, the channel priority,
+/// the conda specs and pip lines that apply to it and the virtual packages it assumed. It
+/// changes only when that platform's result can change, so it is the `content_hash` that
+/// conda-lock files carry per platform and the `# input_hash:` of `@EXPLICIT` lists.
+/// (conda-lock's own value hashes its parser's Python objects and its virtual-package
+/// repodata, which keel does not reproduce; `conda-lock lock` re-solves such a platform,
+/// `conda-lock install` and `render` do not read it.)
+pub fn platform_content_hash(
+    spec: &EnvironmentSpec,
+    platform: Subdir,
+    options: &LockOptions,
+    virtual_packages: &[String],
+) -> String {
+    let content = PlatformContent {
+        format: 1,
+        platform: platform.as_str(),
+        channels: spec
+            .channels
+            .iter()
+            .map(|c| redact_template(&c.source))
+            .collect(),
+        channel_priority: channel_priority_name(options.channel_priority),
+        inputs: PlatformInputs::of(spec, platform),
+        virtual_packages,
+    };
+    let json = serde_json::to_vec(&content).expect("inputs serialize to JSON");
+    hex::encode(compute_bytes_digest::<Sha256>(&json))
+}
+
 /// The hash of what a lock is made from: the channels as written, the channel priority, and
 /// per platform the conda specs and pip lines that apply (selectors applied). Virtual packages
 /// are not hashed: they are recorded in the lock per platform, a re-lock without flags keeps
@@ -92,29 +160,10 @@ pub fn inputs_hash(spec: &EnvironmentSpec, platforms: &[Subdir], options: &LockO
             .iter()
             .map(|c| redact_template(&c.source))
             .collect(),
-        channel_priority: match options.channel_priority {
-            rattler_solve::ChannelPriority::Strict => "strict",
-            rattler_solve::ChannelPriority::Disabled => "disabled",
-            rattler_solve::ChannelPriority::Flexible => "flexible",
-        },
+        channel_priority: channel_priority_name(options.channel_priority),
         platforms: platforms
             .iter()
-            .map(|platform| {
-                (
-                    platform.as_str(),
-                    PlatformInputs {
-                        specs: spec
-                            .match_specs_for(Some(*platform))
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect(),
-                        pip: crate::pypi::entries_for(spec, *platform)
-                            .iter()
-                            .map(|entry| redact_text(&entry.source))
-                            .collect(),
-                    },
-                )
-            })
+            .map(|platform| (platform.as_str(), PlatformInputs::of(spec, *platform)))
             .collect(),
     };
     let json = serde_json::to_vec(&inputs).expect("inputs serialize to JSON");
@@ -134,7 +183,6 @@ pub(crate) fn build(
         .iter()
         .map(|solve| PlatformSummary {
             platform: solve.platform.as_str().to_owned(),
-            virtual_packages_from: solve.assumed_from,
             packages: solve.records.len(),
             pypi_packages: solve.pypi.len(),
             virtual_packages: solve
@@ -142,6 +190,17 @@ pub(crate) fn build(
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            virtual_packages_from: solve.assumed_from,
+        })
+        .collect();
+    let content_hashes = solves
+        .iter()
+        .zip(&summaries)
+        .map(|(solve, summary)| {
+            (
+                solve.platform,
+                platform_content_hash(spec, solve.platform, options, &summary.virtual_packages),
+            )
         })
         .collect();
     let platform_data = solves
@@ -217,6 +276,7 @@ pub(crate) fn build(
         text,
         inputs_hash,
         platforms: summaries,
+        content_hashes,
     })
 }
 

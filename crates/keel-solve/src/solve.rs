@@ -182,15 +182,12 @@ async fn solve_platform(
     if let Some(progress) = &options.progress {
         query = query.with_reporter(RedactingReporter(std::sync::Arc::clone(progress)));
     }
-    let output = query
-        .execute()
-        .await
-        .map_err(|source| {
-            network_failure(&source, &options.http, channels, platform).unwrap_or_else(|| {
-                SolveError::Repodata {
-                    platform,
-                    source: Redacted::new(&source, secrets),
-                }
+    let output = query.execute().await.map_err(|source| {
+        network_failure(&source, &options.http, channels, platform)
+            .or_else(|| crate::repodata_error::diagnose(channels, platform))
+            .unwrap_or_else(|| SolveError::Repodata {
+                platform,
+                source: Redacted::new(&source, secrets),
             })
         })?;
 
