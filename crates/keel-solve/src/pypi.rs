@@ -19,6 +19,7 @@ use rattler_lock::{
 use serde::Deserialize;
 
 use crate::SolveError;
+use crate::client::{HttpOptions, http_client};
 use crate::redact::{Secrets, redact_template, redact_url};
 
 /// The index pip and uv use when the section names none, spelled as pixi spells its default
@@ -122,17 +123,20 @@ fn find_links_urls(entries: &[&PipEntry]) -> Vec<url::Url> {
         .collect()
 }
 
-/// Resolves the pip entries for one platform.
-pub(crate) fn resolve(
+/// Resolves the pip entries for one platform; a wheel on an index gets its core metadata
+/// through `http` ([`remote_metadata`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn resolve(
     entries: &[&PipEntry],
     spec_dir: &Path,
     platform: Subdir,
     conda_records: &[RepoDataRecord],
     virtual_packages: &[GenericVirtualPackage],
     uv: &Uv,
+    http: &HttpOptions,
     secrets: &Secrets,
 ) -> Result<Vec<PypiDistributionData>, SolveError> {
-    resolve_unredacted(
+    let mut packages = resolve_unredacted(
         entries,
         spec_dir,
         platform,
@@ -140,7 +144,195 @@ pub(crate) fn resolve(
         virtual_packages,
         uv,
     )
-    .map_err(|error| redact_error(error, secrets))
+    .map_err(|error| redact_error(error, secrets))?;
+    if uv.binary().is_some() {
+        remote_metadata(&mut packages, entries, platform, http, secrets).await?;
+    }
+    Ok(packages)
+}
+
+/// Reads the core metadata of each wheel uv picked from an index (an `http(s)` URL): the
+/// PEP 658 `<wheel URL>.metadata` file first (PyPI serves it for every wheel), else the
+/// wheel itself, downloaded to a temporary file, checked against the sha256 uv locked, and
+/// read as a local wheel. Requests go through keel's one client ([`http_client`]: timeouts,
+/// retries, `RATTLER_AUTH_FILE`), with the user and password of the pip section's index
+/// or find-links URL of the same origin (uv writes the wheel URLs without them). No URL
+/// reaches an error with its credentials.
+async fn remote_metadata(
+    packages: &mut [PypiDistributionData],
+    entries: &[&PipEntry],
+    platform: Subdir,
+    http: &HttpOptions,
+    secrets: &Secrets,
+) -> Result<(), SolveError> {
+    let remote: Vec<usize> = packages
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| match &*p.location {
+            UrlOrPath::Url(url) => {
+                matches!(url.scheme(), "http" | "https") && url.path().ends_with(".whl")
+            }
+            UrlOrPath::Path(_) => false,
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if remote.is_empty() {
+        return Ok(());
+    }
+    let client = http_client(http)?;
+    let origins = credentialed_urls(entries);
+    for i in remote {
+        let package = &mut packages[i];
+        let UrlOrPath::Url(url) = &*package.location else {
+            continue;
+        };
+        let failed = |reason: String| SolveError::PypiMetadata {
+            platform,
+            package: package.name.to_string(),
+            file: redact_url(url).to_string(),
+            reason: secrets.redact(&reason),
+        };
+        let url = with_credentials(url, &origins);
+        let expected = match &package.hash {
+            Some(PackageHashes::Sha256(sha) | PackageHashes::Md5Sha256(_, sha)) => Some(*sha),
+            _ => None,
+        };
+        let text = fetch_metadata(&client, &url, &package.name, expected)
+            .await
+            .map_err(failed)?;
+        let metadata = CoreMetadata::parse(&text).map_err(failed)?;
+        package.requires_dist = metadata.requires_dist;
+        if metadata.requires_python.is_some() {
+            package.requires_python = metadata.requires_python;
+        }
+    }
+    Ok(())
+}
+
+/// The pip section's index and find-links URLs that carry a user (and password).
+fn credentialed_urls(entries: &[&PipEntry]) -> Vec<url::Url> {
+    entries
+        .iter()
+        .filter_map(|entry| match &entry.kind {
+            PipEntryKind::Option {
+                name,
+                value: Some(value),
+            } if matches!(
+                name.as_str(),
+                "-i" | "--index-url" | "--extra-index-url" | "-f" | "--find-links"
+            ) =>
+            {
+                url::Url::parse(value).ok()
+            }
+            _ => None,
+        })
+        .filter(|url| !url.username().is_empty())
+        .collect()
+}
+
+/// `url` with the user and password of the first of `origins` on the same scheme, host and
+/// port, when it has none of its own (as uv and pip send an index's credentials to its
+/// files).
+fn with_credentials(url: &url::Url, origins: &[url::Url]) -> url::Url {
+    let mut url = url.clone();
+    if !url.username().is_empty() {
+        return url;
+    }
+    if let Some(origin) = origins.iter().find(|o| o.origin() == url.origin()) {
+        let _ = url.set_username(origin.username());
+        let _ = url.set_password(origin.password());
+    }
+    url
+}
+
+/// The largest wheel keel downloads to read its metadata when the index has no PEP 658 file.
+const MAX_WHEEL_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+
+/// The METADATA text of the wheel at `url`: its `.metadata` file, else from the wheel.
+async fn fetch_metadata(
+    client: &reqwest_middleware::ClientWithMiddleware,
+    url: &url::Url,
+    name: &pep508_rs::PackageName,
+    expected: Option<rattler_digest::Sha256Hash>,
+) -> Result<String, String> {
+    use rattler_digest::digest::Digest as _;
+    use std::io::Write as _;
+
+    let mut metadata_url = url.clone();
+    metadata_url.set_fragment(None);
+    metadata_url.set_path(&format!("{}.metadata", url.path()));
+    let response = client
+        .get(metadata_url.clone())
+        .send()
+        .await
+        .map_err(|e| format!("{}: {e}", redact_url(&metadata_url)))?;
+    if response.status().is_success() {
+        let body = read_body(response, MAX_METADATA_BYTES)
+            .await
+            .map_err(|e| format!("{}: {e}", redact_url(&metadata_url)))?;
+        return String::from_utf8(body)
+            .map_err(|_| format!("{} is not UTF-8 text", redact_url(&metadata_url)));
+    }
+    if !matches!(response.status().as_u16(), 404 | 410) {
+        return Err(format!(
+            "{} answered {}",
+            redact_url(&metadata_url),
+            response.status()
+        ));
+    }
+    // No PEP 658 file: the wheel itself, streamed to disk.
+    let mut response = client
+        .get(url.clone())
+        .send()
+        .await
+        .and_then(|r| r.error_for_status().map_err(Into::into))
+        .map_err(|e| format!("{}: {e}", redact_url(url)))?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("package.whl");
+    let mut file = fs_err::File::create(&path).map_err(|e| e.to_string())?;
+    let mut hasher = rattler_digest::Sha256::default();
+    let mut size = 0u64;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("{}: {e}", redact_url(url)))?
+    {
+        size += chunk.len() as u64;
+        if size > MAX_WHEEL_BYTES {
+            return Err(format!(
+                "{} is more than the {MAX_WHEEL_BYTES} bytes keel downloads",
+                redact_url(url)
+            ));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).map_err(|e| e.to_string())?;
+    }
+    file.flush().map_err(|e| e.to_string())?;
+    drop(file);
+    let digest = hasher.finalize();
+    if let Some(expected) = expected
+        && digest != expected
+    {
+        return Err(format!(
+            "{} has sha256 {}, not the {} uv locked",
+            redact_url(url),
+            hex::encode(digest),
+            hex::encode(expected)
+        ));
+    }
+    wheel_metadata(&path, name)
+}
+
+/// A response's body, refused when it is longer than `limit`.
+async fn read_body(mut response: reqwest::Response, limit: u64) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(format!("more than the {limit} bytes keel reads"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The pip lines and uv's messages in an error, through [`Secrets::redact`]: a line such as
@@ -445,12 +637,16 @@ fn distribution(
             UrlOrPath::Url(url) if url.scheme() != "file" => find_links
                 .iter()
                 .find(|links| {
+                    // The files of a find-links page lie beside it or below its folder
+                    // (`-f https://download.pytorch.org/whl/torch_stable.html`).
                     let links = redact_url(links);
-                    redact_url(url)
-                        .as_str()
+                    let folder = links.join("./").unwrap_or_else(|_| links.clone());
+                    let url = redact_url(url);
+                    url.as_str()
                         .starts_with(links.as_str().trim_end_matches('/'))
+                        || url.as_str().starts_with(folder.as_str())
                 })
-                .cloned(),
+                .map(redact_url),
             _ => None,
         });
     let metadata = match &location {

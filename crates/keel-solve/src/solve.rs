@@ -109,8 +109,10 @@ pub async fn lock(
             &records,
             &virtual_packages,
             &options.uv,
+            &options.http,
             &secrets,
-        )?;
+        )
+        .await?;
         solves.push(PlatformSolve {
             platform: *platform,
             virtual_packages,

@@ -325,3 +325,117 @@ print(json.dumps({
         })
     );
 }
+
+/// The METADATA inside a wheel, as an index serves it beside the wheel (PEP 658).
+fn metadata_of(wheel: &Path) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut archive = zip::ZipArchive::new(fs_err::File::open(wheel).unwrap()).unwrap();
+    let name = archive
+        .file_names()
+        .filter_map(Result::ok)
+        .find(|n| n.ends_with(".dist-info/METADATA"))
+        .unwrap()
+        .into_owned();
+    let mut bytes = Vec::new();
+    archive
+        .by_name(&name)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wheels_on_a_server_get_their_metadata_from_pep_658_files_or_the_wheel() {
+    use keel_test_support::http::{Credentials, Server};
+
+    let root = tempfile::tempdir().unwrap();
+    let wheels = root.path().join("wheels");
+    fs_err::create_dir_all(&wheels).unwrap();
+    build_wheel_with_metadata(
+        &wheels,
+        "alpha",
+        "1.0.0",
+        &["Requires-Python: >=3.8", "Requires-Dist: beta>=2"],
+    );
+    build_wheel(&wheels, "beta", "2.0.0", &["epsilon<2"]);
+    build_wheel(&wheels, "epsilon", "1.0.0", &[]);
+    // alpha has its PEP 658 file; beta and epsilon only their wheels.
+    fs_err::write(
+        wheels.join("alpha-1.0.0-py3-none-any.whl.metadata"),
+        metadata_of(&wheels.join("alpha-1.0.0-py3-none-any.whl")),
+    )
+    .unwrap();
+    let links: String = ["alpha-1.0.0", "beta-2.0.0", "epsilon-1.0.0"]
+        .iter()
+        .map(|w| format!("<a href=\"{w}-py3-none-any.whl\">{w}</a>\n"))
+        .collect();
+    fs_err::write(
+        wheels.join("links.html"),
+        format!("<html><body>\n{links}</body></html>\n"),
+    )
+    .unwrap();
+    let server = Server::start(
+        root.path(),
+        Credentials {
+            basic: Some("keel:s3cret-pw".to_owned()),
+            token: None,
+        },
+    );
+    let page = format!("{}/wheels/links.html", server.base);
+    let credentialed = page.replacen("http://", "http://keel:s3cret-pw@", 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("environment.yml");
+    let channel = keel_test_support::test_data().join("repodata/conda-forge-py39");
+    fs_err::write(
+        &env,
+        format!(
+            "channels: [{}]\ndependencies:\n  - python=3.9\n  - pip\n  - pip:\n      \
+             - --no-index\n      - --find-links {credentialed}\n      - alpha\n",
+            channel.display()
+        ),
+    )
+    .unwrap();
+    let locked = locked(dir.path(), &env).await;
+    assert!(!locked.text.contains("s3cret"), "{}", locked.text);
+
+    let environment = locked.lock.default_environment().unwrap();
+    let platform = environment.platforms().next().unwrap();
+    let packages: BTreeMap<String, _> = environment
+        .pypi_packages(platform)
+        .unwrap()
+        .filter_map(PypiPackageData::as_wheel)
+        .map(|p| (p.name.to_string(), p.clone()))
+        .collect();
+    assert_eq!(packages["alpha"].requires_dist, [requirement("beta>=2")]);
+    assert_eq!(packages["beta"].requires_dist, [requirement("epsilon<2")]);
+    assert_eq!(packages["epsilon"].requires_dist, []);
+    // A package of a find-links URL records that URL as its index, as pixi does.
+    for package in packages.values() {
+        assert_eq!(
+            package.index_url.as_ref().map(url::Url::as_str),
+            Some(page.as_str()),
+            "{}",
+            package.name
+        );
+    }
+    assert_eq!(
+        environment.pypi_indexes().unwrap().find_links,
+        [FindLinksUrlOrPath::Url(page.parse().unwrap())]
+    );
+    // keel asked for each .metadata file with the page's credentials; beta's, missing, sent
+    // it to the wheel.
+    let answered = |suffix: &str| {
+        server
+            .requests_for(suffix)
+            .iter()
+            .filter(|r| r.method == "GET")
+            .map(|r| r.status)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(answered("alpha-1.0.0-py3-none-any.whl.metadata"), [200]);
+    assert_eq!(answered("beta-2.0.0-py3-none-any.whl.metadata"), [404]);
+    assert!(answered("beta-2.0.0-py3-none-any.whl").contains(&200));
+    walk_as_pixi(&locked.lock, &[requirement("alpha")]).unwrap();
+}
