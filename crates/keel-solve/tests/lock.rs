@@ -419,7 +419,7 @@ async fn channel_without_repodata_is_a_clear_error() {
         ..options(&env)
     };
     let error = lock(&spec, &env.path, &options, None).await.unwrap_err();
-    assert!(matches!(error, SolveError::Repodata { .. }), "{error}");
+    assert!(matches!(error, SolveError::NoRepodata { .. }), "{error}");
     let chain = error_chain(&error);
     assert!(chain.contains("empty"), "{chain}");
 
@@ -437,7 +437,7 @@ async fn channel_without_repodata_is_a_clear_error() {
     let spec = keel_spec::read_path(&env.path).unwrap().spec;
     let error = lock(&spec, &env.path, &options, None).await.unwrap_err();
     let chain = error_chain(&error);
-    assert!(chain.contains("repodata"), "{chain}");
+    assert!(chain.contains("broken/noarch/repodata.json"), "{chain}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
