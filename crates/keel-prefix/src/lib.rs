@@ -3,7 +3,9 @@
 //!
 //! This is the "it ran on node A, not on node B" crate. [`install`] links the lock's conda
 //! packages with rattler's installer (the prefix stays readable by conda and pixi), checking
-//! every archive's sha256 and repairing an interrupted install on the next run.
+//! every archive's sha256 and repairing an interrupted install on the next run; every archive
+//! is in the package cache before the prefix is touched, so a download that fails
+//! ([`FetchFailure`]) leaves the prefix as it was.
 //! [`fingerprint`] hashes every file of a prefix with BLAKE3 in parallel (a stat cache makes an
 //! unchanged prefix near-instant) into one root hash that is the same for the same install on
 //! any path of any machine. [`verify`] checks a prefix against its packages' recorded sha256
