@@ -75,12 +75,9 @@ pub fn resolve_channels(
     let mut config = ChannelConfig::default_with_root_dir(base_dir.to_path_buf());
     if let Some(alias) = lookup("CONDA_CHANNEL_ALIAS").filter(|a| !a.trim().is_empty()) {
         let alias = alias.trim();
-        let with_slash = if alias.ends_with('/') {
-            alias.to_owned()
-        } else {
-            format!("{alias}/")
-        };
-        config.channel_alias = url::Url::parse(&with_slash).map_err(|source| {
+        // Without a trailing slash: rattler pushes the name as path segments, and
+        // `https://host/conda/` would give `https://host/conda//pytorch`.
+        config.channel_alias = url::Url::parse(alias.trim_end_matches('/')).map_err(|source| {
             let mut secrets = Secrets::default();
             secrets.add_url_text(alias);
             SolveError::Channel {
@@ -146,4 +143,66 @@ fn parse(text: &str, config: &ChannelConfig) -> Result<Channel, SolveError> {
                 source: Redacted::new(&source, &secrets),
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::resolve_channels;
+
+    fn urls(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Vec<String> {
+        let spec = keel_spec::parse_str(text, "environment.yml").unwrap().spec;
+        resolve_channels(&spec, Path::new("/"), false, lookup)
+            .unwrap()
+            .iter()
+            .map(|c| c.channel.base_url.url().to_string())
+            .collect()
+    }
+
+    const FILE: &str = "channels:\n  - pytorch\n  - defaults\ndependencies:\n  - python\n";
+
+    #[test]
+    fn without_conda_variables_names_go_to_anaconda() {
+        assert_eq!(
+            urls(FILE, |_| None),
+            [
+                "https://conda.anaconda.org/pytorch/",
+                "https://repo.anaconda.com/pkgs/main/",
+                "https://repo.anaconda.com/pkgs/r/",
+            ]
+        );
+    }
+
+    /// conda's `CONDA_CHANNEL_ALIAS` and `CONDA_DEFAULT_CHANNELS`: a mirror for both.
+    #[test]
+    fn conda_channel_alias_and_default_channels_replace_anaconda() {
+        let lookup = |name: &str| match name {
+            "CONDA_CHANNEL_ALIAS" => Some("http://127.0.0.1:8080/conda/".to_owned()),
+            "CONDA_DEFAULT_CHANNELS" => {
+                Some("http://127.0.0.1:8080/main, http://127.0.0.1:8080/free,".to_owned())
+            }
+            _ => None,
+        };
+        assert_eq!(
+            urls(FILE, lookup),
+            [
+                "http://127.0.0.1:8080/conda/pytorch/",
+                "http://127.0.0.1:8080/main/",
+                "http://127.0.0.1:8080/free/",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_channel_alias_is_an_error_naming_the_variable_without_its_secret() {
+        let spec = keel_spec::parse_str(FILE, "environment.yml").unwrap().spec;
+        let error = resolve_channels(&spec, Path::new("/"), false, |name| {
+            (name == "CONDA_CHANNEL_ALIAS").then(|| "https://user:s3cret@[bad".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("CONDA_CHANNEL_ALIAS"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+    }
 }
