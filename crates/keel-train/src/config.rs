@@ -755,6 +755,7 @@ impl TrainConfig {
             device_probe: options.device_probe.clone(),
             nan_at_step: options.nan_at_step,
             optimizer_sharding: self.optimizer_sharding,
+            step_times: crate::trainer::step_times_from_env(),
         };
         let parameters = crate::model::Model::parameters(&model);
         match self.optimizer {

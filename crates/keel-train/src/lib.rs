@@ -87,4 +87,6 @@ pub use optim::{AdamW, AdamWConfig, OptimizerState, SgdConfig, SgdMomentum};
 pub use rng::{RngState, TrainRng};
 pub use schedule::Schedule;
 pub use shard::{OptimizerSharding, shard_range};
-pub use trainer::{Event, Outcome, Status, StopSignal, TrainSettings, Trainer};
+pub use trainer::{
+    Event, Outcome, STEP_TIMES_ENV, Status, StopSignal, TrainSettings, Trainer, step_times_from_env,
+};

@@ -250,6 +250,141 @@ fn power(beta: f64, step: u64) -> f64 {
     beta.powi(step.min(i32::MAX as u64) as i32)
 }
 
+/// The per-step constants of an AdamW update, as [`AdamW::compute`] derives them.
+struct AdamConstants {
+    /// `1 - lr * weight_decay`.
+    decay: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    bias_correction2_sqrt: f64,
+    /// `lr / bias_correction1`.
+    step_size: f64,
+}
+
+/// One parameter's AdamW update in candle ops (any device and dtype): the new value and
+/// moments.
+fn adamw_ops(
+    value: &Tensor,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+    k: &AdamConstants,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let param = value.affine(k.decay, 0.0)?;
+    let exp_avg = (exp_avg + ((grad - exp_avg)? * (1.0 - k.beta1))?)?;
+    let exp_avg_sq = ((exp_avg_sq * k.beta2)? + (grad.sqr()? * (1.0 - k.beta2))?)?;
+    let denom = (exp_avg_sq.sqrt()? / k.bias_correction2_sqrt)?.affine(1.0, k.eps)?;
+    let param = (param - ((&exp_avg / denom)? * k.step_size)?)?;
+    Ok((param, exp_avg, exp_avg_sq))
+}
+
+/// A tensor's storage (read-locked) and the range of its values there, when they are
+/// contiguous `f32` in CPU memory; `None` otherwise.
+fn cpu_f32(
+    t: &Tensor,
+) -> Option<(
+    impl std::ops::Deref<Target = candle_core::Storage> + '_,
+    Range<usize>,
+)> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    if end - start != t.elem_count() || !matches!(&*storage, candle_core::Storage::Cpu(_)) {
+        return None;
+    }
+    Some((storage, start..end))
+}
+
+/// The values [`cpu_f32`] found.
+fn as_f32<'a>(storage: &'a candle_core::Storage, range: &Range<usize>) -> Option<&'a [f32]> {
+    match storage {
+        candle_core::Storage::Cpu(cpu) => cpu.as_slice::<f32>().ok()?.get(range.clone()),
+        _ => None,
+    }
+}
+
+/// One parameter's new value and moments, and whether all three are finite.
+type FusedAdam = (Tensor, Tensor, Tensor, bool);
+
+/// One parameter's AdamW update in a single pass over CPU `f32` memory instead of the candle
+/// ops of [`AdamW::compute`]'s general path (nine passes, each a new tensor, and three more
+/// for the finiteness check; [`adamw_ops`]): the same `f32` operations in the same order, each constant
+/// rounded to `f32` as candle's `affine` rounds it, so the values are bit for bit the same.
+/// `None` (the caller takes the general path) unless all four tensors are contiguous `f32`
+/// on the CPU with one shape.
+fn adamw_fused(
+    value: &Tensor,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+    k: &AdamConstants,
+) -> candle_core::Result<Option<FusedAdam>> {
+    let shape = value.shape();
+    if [grad, exp_avg, exp_avg_sq]
+        .iter()
+        .any(|t| t.shape() != shape)
+    {
+        return Ok(None);
+    }
+    let (Some(v0), Some(g0), Some(m0), Some(s0)) = (
+        cpu_f32(value),
+        cpu_f32(grad),
+        cpu_f32(exp_avg),
+        cpu_f32(exp_avg_sq),
+    ) else {
+        return Ok(None);
+    };
+    let (Some(value_s), Some(grad_s), Some(m_s), Some(sq_s)) = (
+        as_f32(&v0.0, &v0.1),
+        as_f32(&g0.0, &g0.1),
+        as_f32(&m0.0, &m0.1),
+        as_f32(&s0.0, &s0.1),
+    ) else {
+        return Ok(None);
+    };
+    // candle's affine(mul, add) computes `v * mul as f32 + add as f32`; `t * x` is
+    // affine(x, 0) and `t / x` affine(1 / x, 0).
+    let decay = k.decay as f32;
+    let one_minus_beta1 = (1.0 - k.beta1) as f32;
+    let beta2 = k.beta2 as f32;
+    let one_minus_beta2 = (1.0 - k.beta2) as f32;
+    let inv_bias_correction2_sqrt = (1.0 / k.bias_correction2_sqrt) as f32;
+    let eps = k.eps as f32;
+    let step_size = k.step_size as f32;
+    let n = value_s.len();
+    // One length for all (the shapes are equal), so the loop has no bounds checks.
+    let (grad_s, m_s, sq_s) = (&grad_s[..n], &m_s[..n], &sq_s[..n]);
+    let (mut param, mut m_new, mut sq_new) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    // An exponent of all ones is an infinity or a NaN.
+    const EXPONENT: u32 = 0x7f80_0000;
+    let mut non_finite = 0u32;
+    for i in 0..n {
+        let (v, g, m, sq) = (value_s[i], grad_s[i], m_s[i], sq_s[i]);
+        let decayed = v * decay + 0.0;
+        let m1 = m + ((g - m) * one_minus_beta1 + 0.0);
+        let sq1 = (sq * beta2 + 0.0) + ((g * g) * one_minus_beta2 + 0.0);
+        let denom = (sq1.sqrt() * inv_bias_correction2_sqrt + 0.0) * 1.0 + eps;
+        let p1 = decayed - ((m1 / denom) * step_size + 0.0);
+        for x in [p1, m1, sq1] {
+            non_finite |= u32::from(x.to_bits() & EXPONENT == EXPONENT);
+        }
+        param[i] = p1;
+        m_new[i] = m1;
+        sq_new[i] = sq1;
+    }
+    drop((v0, g0, m0, s0));
+    let device = value.device();
+    Ok(Some((
+        Tensor::from_vec(param, shape, device)?,
+        Tensor::from_vec(m_new, shape, device)?,
+        Tensor::from_vec(sq_new, shape, device)?,
+        non_finite == 0,
+    )))
+}
+
 #[derive(Debug)]
 struct AdamParam {
     name: String,
@@ -345,6 +480,7 @@ impl AdamW {
         let bias_correction2_sqrt = (1.0 - power(beta2, step)).sqrt();
         let step_size = lr / bias_correction1;
         let mut updates = Vec::with_capacity(self.params.len());
+        let mut fused_updates = Vec::with_capacity(self.params.len());
         for (i, p) in self.params.iter().enumerate() {
             let Some(grad) = grads.get(&p.var) else {
                 continue;
@@ -355,11 +491,25 @@ impl AdamW {
             // Elementwise: a piece's result is, bit for bit, that piece of the whole's.
             let value = cut(p.var.as_tensor(), &p.piece)?;
             let grad = cut(grad, &p.piece)?;
-            let param = value.affine(1.0 - lr * weight_decay, 0.0)?;
-            let exp_avg = (&p.exp_avg + ((&grad - &p.exp_avg)? * (1.0 - beta1))?)?;
-            let exp_avg_sq = ((&p.exp_avg_sq * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
-            let denom = (exp_avg_sq.sqrt()? / bias_correction2_sqrt)?.affine(1.0, eps)?;
-            let param = (param - ((&exp_avg / denom)? * step_size)?)?;
+            let constants = AdamConstants {
+                decay: 1.0 - lr * weight_decay,
+                beta1,
+                beta2,
+                eps,
+                bias_correction2_sqrt,
+                step_size,
+            };
+            if let Some(fused) = adamw_fused(&value, &grad, &p.exp_avg, &p.exp_avg_sq, &constants)?
+            {
+                let (param, exp_avg, exp_avg_sq, finite) = fused;
+                if !finite {
+                    return Err(non_finite_update("AdamW", step, lr));
+                }
+                fused_updates.push((i, param, exp_avg, exp_avg_sq));
+                continue;
+            }
+            let (param, exp_avg, exp_avg_sq) =
+                adamw_ops(&value, &grad, &p.exp_avg, &p.exp_avg_sq, &constants)?;
             updates.push((i, param, exp_avg, exp_avg_sq));
         }
         // A non-finite result is refused before anything is assigned, so the state stays the
@@ -368,6 +518,8 @@ impl AdamW {
         if !all_finite(&computed)? {
             return Err(non_finite_update("AdamW", step, lr));
         }
+        updates.extend(fused_updates);
+        updates.sort_by_key(|(i, ..)| *i);
         Ok((step, updates))
     }
 
@@ -791,6 +943,69 @@ mod tests {
         for (g, w) in got.iter().zip(want) {
             assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
         }
+    }
+
+    /// The fused AdamW update is bit for bit the candle ops' (which training had before it,
+    /// and which other devices and dtypes still take), on values that exercise rounding,
+    /// zeros of both signs, huge and tiny magnitudes, over several steps; a transposed
+    /// (non-contiguous) gradient takes the candle ops, and a non-finite result is reported.
+    #[test]
+    fn fused_adamw_is_bit_for_bit_the_candle_ops() {
+        let mut rng = crate::TrainRng::new(5);
+        let n = 3 * 70_001; // above candle's threshold for its parallel elementwise ops
+        let mut values = rng.uniform(n, -3.0, 3.0);
+        values[..6].copy_from_slice(&[0.0, -0.0, 1e-38, -1e30, 7.0e-6, 1.0]);
+        let shape = (3, n / 3);
+        let value = Tensor::from_vec(values, shape, &Device::Cpu).unwrap();
+        let mut m = value.zeros_like().unwrap();
+        let mut v = value.zeros_like().unwrap();
+        let mut p = value.clone();
+        for step in 1..=4u64 {
+            let mut grads = rng.uniform(n, -1.0, 1.0);
+            grads[..3].copy_from_slice(&[0.0, -0.0, 1e15]);
+            let grad = Tensor::from_vec(grads, shape, &Device::Cpu).unwrap();
+            let (beta1, beta2, lr) = (0.9, 0.999, 1e-3 * step as f64);
+            let k = AdamConstants {
+                decay: 1.0 - lr * 0.01,
+                beta1,
+                beta2,
+                eps: 1e-8,
+                bias_correction2_sqrt: (1.0 - power(beta2, step)).sqrt(),
+                step_size: lr / (1.0 - power(beta1, step)),
+            };
+            let (fp, fm, fv, finite) = adamw_fused(&p, &grad, &m, &v, &k).unwrap().unwrap();
+            assert!(finite);
+            let (op, om, ov) = adamw_ops(&p, &grad, &m, &v, &k).unwrap();
+            for (fused, ops) in [(&fp, &op), (&fm, &om), (&fv, &ov)] {
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    values.iter().map(|x| x.to_bits()).collect()
+                };
+                assert!(
+                    bits(fused) == bits(ops),
+                    "step {step}: fused and candle ops differ"
+                );
+            }
+            (p, m, v) = (fp, fm, fv);
+        }
+        let k = AdamConstants {
+            decay: 1.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            bias_correction2_sqrt: 1.0,
+            step_size: f64::INFINITY,
+        };
+        let (.., finite) = adamw_fused(&p, &p, &m, &v, &k).unwrap().unwrap();
+        assert!(!finite, "an infinite step size gives non-finite parameters");
+        let square = Tensor::from_vec(vec![1f32, 2.0, 3.0, 4.0], (2, 2), &Device::Cpu).unwrap();
+        let transposed = square.t().unwrap();
+        assert!(
+            adamw_fused(&square, &transposed, &square, &square, &k)
+                .unwrap()
+                .is_none(),
+            "a non-contiguous gradient takes the candle ops"
+        );
     }
 
     /// `torch.optim.SGD([p], lr=0.1, momentum=0.9)`, loss `(p**2).sum()`, three steps.

@@ -45,7 +45,7 @@ use crate::shard::{
 
 use self::resume::{agree_on_start, data_record};
 use self::save::{Ended, Saver};
-use self::step::{EpochEnd, Stepped};
+use self::step::{EpochEnd, Phases, Stepped};
 pub use events::{Event, Outcome, Status};
 pub use signal::StopSignal;
 
@@ -90,6 +90,26 @@ pub struct TrainSettings {
     /// of it (ZeRO-1, [`OptimizerSharding::Sharded`]: the same weights bit for bit, saved
     /// synchronously as one multi-rank checkpoint, `save_async` notwithstanding).
     pub optimizer_sharding: OptimizerSharding,
+    /// Write each step's wall time here when the loop ends (rank 0, a completed or stopped
+    /// run): CSV with the header `step,seconds,gather,forward,backward,update`, one row per
+    /// step this run took, in seconds: the whole step, from just before the batch is
+    /// gathered to just after the optimizer's update (no evaluation, save, log or observer
+    /// time), then its parts (the batch's rows gathered; the forward pass and the loss read
+    /// back; the backward pass; the all-reduce and the update). The times are taken at
+    /// every step anyway (a few clock reads), and kept in memory only when this is set.
+    /// For benchmarks; [`TrainSettings::new`] takes it from [`STEP_TIMES_ENV`].
+    pub step_times: Option<std::path::PathBuf>,
+}
+
+/// The environment variable [`TrainSettings::new`] (and `keel train`) read
+/// [`TrainSettings::step_times`] from: a file path.
+pub const STEP_TIMES_ENV: &str = "KEEL_STEP_TIMES";
+
+/// [`TrainSettings::step_times`] as [`STEP_TIMES_ENV`] gives it (unset or empty: none).
+pub fn step_times_from_env() -> Option<std::path::PathBuf> {
+    std::env::var_os(STEP_TIMES_ENV)
+        .filter(|path| !path.is_empty())
+        .map(std::path::PathBuf::from)
 }
 
 impl TrainSettings {
@@ -114,6 +134,7 @@ impl TrainSettings {
             device_probe: None,
             nan_at_step: None,
             optimizer_sharding: OptimizerSharding::Replicated,
+            step_times: step_times_from_env(),
         }
     }
 }
@@ -169,6 +190,29 @@ pub struct Trainer<M, O> {
     data: Value,
     /// The ranks training together (`Single` unless [`Trainer::with_world`] says otherwise).
     world: World,
+}
+
+/// The header of [`TrainSettings::step_times`].
+const STEP_TIMES_HEADER: &str = "step,seconds,gather,forward,backward,update";
+
+/// Writes [`TrainSettings::step_times`]: a row per step, its time and its parts, in seconds.
+fn write_step_times(
+    path: &std::path::Path,
+    times: &[(u64, Duration, Phases)],
+) -> Result<(), TrainError> {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(64 + times.len() * 64);
+    text.push_str(STEP_TIMES_HEADER);
+    text.push('\n');
+    for (step, took, p) in times {
+        let _ = write!(text, "{step}");
+        for part in [*took, p.gather, p.forward, p.backward, p.update] {
+            let _ = write!(text, ",{:.9}", part.as_secs_f64());
+        }
+        text.push('\n');
+    }
+    fs_err::write(path, text)?;
+    Ok(())
 }
 
 /// An error and its causes, `: ` separated.
@@ -330,6 +374,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             resumed.map(|id| (pos.step, Some(id)));
         let mut last_eval = pos.eval;
         let mut throughput = 0.0f64;
+        let mut step_times: Vec<(u64, Duration, Phases)> = Vec::new();
         let mut status = Status::Completed;
         'epochs: while pos.epoch < self.settings.epochs {
             let order: Vec<u32> = TrainRng::with_stream(self.settings.seed, pos.epoch + 1)
@@ -339,9 +384,14 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 .collect();
             while pos.batch < batches {
                 let started = Instant::now();
-                let (loss, lr, rows) =
+                let (loss, lr, rows, phases) =
                     match self.step(&x_train, &y_train, &order, pos, batches, total_steps, stop)? {
-                        Stepped::Took { loss, lr, rows } => (loss, lr, rows),
+                        Stepped::Took {
+                            loss,
+                            lr,
+                            rows,
+                            phases,
+                        } => (loss, lr, rows, phases),
                         Stepped::Stopped { signal } => {
                             status = Status::Interrupted { signal };
                             break 'epochs;
@@ -350,9 +400,13 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                             return Err(self.emergency(*failure, saver, observer));
                         }
                     };
+                let took = started.elapsed();
                 pos = pos.after_step(batches);
+                if self.settings.step_times.is_some() {
+                    step_times.push((pos.step, took, phases));
+                }
                 let end_of_epoch = pos.batch == 0;
-                let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                let rate = rows as f64 / took.as_secs_f64().max(1e-9);
                 throughput = if throughput == 0.0 {
                     rate
                 } else {
@@ -439,6 +493,11 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 }
             }
         }
+        if let Some(path) = &self.settings.step_times
+            && world.lead()
+        {
+            write_step_times(path, &step_times)?;
+        }
         let ended = Ended {
             pos,
             status,
@@ -460,5 +519,63 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             .iter()
             .map(|(_, var)| var.elem_count())
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AdamW, AdamWConfig, Mlp};
+
+    fn run(step_times: Option<std::path::PathBuf>) -> (Outcome, Vec<f32>) {
+        let (train, test) = Dataset::digits().unwrap().split(0.2, 0).unwrap();
+        let device = Device::Cpu;
+        let mut rng = TrainRng::new(3);
+        let model = Mlp::new(&[64, 16, 10], 0.0, &device, &mut rng).unwrap();
+        let optimizer = AdamW::named(model.parameters(), AdamWConfig::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::local(dir.path()).unwrap();
+        let settings = TrainSettings {
+            step_times,
+            ..TrainSettings::new(3, 1e-3)
+        };
+        let mut trainer = Trainer::new(model, optimizer, rng, device, store, settings);
+        let outcome = trainer
+            .run(&train, &test, &StopSignal::new(), &mut |_| {})
+            .unwrap();
+        let (_, weight) = &trainer.model().parameters()[0];
+        let weights = weight.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        (outcome, weights)
+    }
+
+    /// `step_times` writes one row per step, each step's parts within its time, and
+    /// changes nothing of the training.
+    #[test]
+    fn step_times_has_a_row_per_step_and_leaves_training_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("steps.csv");
+        let (timed, timed_weights) = run(Some(path.clone()));
+        let (untimed, untimed_weights) = run(None);
+        assert_eq!(timed.step, 23, "1,437 rows in batches of 64");
+        assert_eq!(timed_weights, untimed_weights);
+        assert_eq!(timed.test_loss, untimed.test_loss);
+        let text = fs_err::read_to_string(&path).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some(STEP_TIMES_HEADER));
+        let rows: Vec<Vec<f64>> = lines
+            .map(|line| line.split(',').map(|v| v.parse().unwrap()).collect())
+            .collect();
+        assert_eq!(rows.len(), 23);
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(row.len(), 6, "{row:?}");
+            assert_eq!(row[0], (i + 1) as f64);
+            let parts: f64 = row[2..].iter().sum();
+            assert!(
+                row[1] > 0.0 && parts <= row[1] + 1e-8,
+                "step {}: {row:?}",
+                i + 1
+            );
+            assert!(row[2..].iter().all(|&part| part >= 0.0), "{row:?}");
+        }
     }
 }

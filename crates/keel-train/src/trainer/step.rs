@@ -13,6 +13,8 @@ pub(super) enum Stepped {
         lr: f64,
         /// The global batch's rows.
         rows: usize,
+        /// Where this rank's step went.
+        phases: Phases,
     },
     /// A stop was asked for (a signal on some rank) before the step: nothing changed.
     Stopped {
@@ -29,12 +31,27 @@ pub(super) struct EpochEnd {
     pub(super) improved: bool,
 }
 
-/// One rank's part of a step: its slice's mean loss and gradients, and (in a world of
-/// several) the weighted, flattened gradients to all-reduce.
+/// Where one rank's step went: the wall time of each part (for
+/// [`TrainSettings::step_times`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Phases {
+    /// The batch's rows gathered into tensors.
+    pub(super) gather: Duration,
+    /// The forward pass and the loss, read back.
+    pub(super) forward: Duration,
+    /// The backward pass.
+    pub(super) backward: Duration,
+    /// The gradients' all-reduce (in a world of several) and the optimizer's update.
+    pub(super) update: Duration,
+}
+
+/// One rank's part of a step: its slice's mean loss and gradients, (in a world of
+/// several) the weighted, flattened gradients to all-reduce, and where its time went.
 struct LocalStep {
     loss: f32,
     grads: GradStore,
     flat: Option<Vec<f32>>,
+    phases: Phases,
 }
 
 impl<M: Model, O: OptimizerState> Trainer<M, O> {
@@ -99,13 +116,17 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 });
             }
         };
+        let mut phases = local.phases;
+        let updating = Instant::now();
         let update = self.global_update(local, rows.len(), lr, pos.step + 1)?;
+        phases.update = updating.elapsed();
         let updated_here = update.is_ok();
         Ok(match self.world.agree(update, pos.step + 1)? {
             Ok(loss) => Stepped::Took {
                 loss,
                 lr,
                 rows: rows.len(),
+                phases,
             },
             Err(cause) => {
                 // A rank whose update went through holds the agreed state after the step
@@ -189,18 +210,19 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             let mut rng = std::mem::replace(&mut self.rng, TrainRng::new(0));
             let result = self.forward_backward(x, y, rows, &mut rng, pos);
             self.rng = rng;
-            let (loss, grads) = result?;
+            let (loss, grads, phases) = result?;
             return Ok(LocalStep {
                 loss,
                 grads,
                 flat: None,
+                phases,
             });
         }
         let mut rng = TrainRng::with_stream(self.rng.next_u64(), rank as u64 + 1);
         let mine = &rows[rank_rows(rows.len(), rank, size)];
-        let (loss, grads) = if mine.is_empty() {
+        let (loss, grads, phases) = if mine.is_empty() {
             // A batch with fewer rows than ranks: this rank adds nothing, with weight 0.
-            (0.0, GradStore::default())
+            (0.0, GradStore::default(), Phases::default())
         } else {
             self.forward_backward(x, y, mine, &mut rng, pos)?
         };
@@ -209,10 +231,11 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             loss,
             grads,
             flat: Some(flat),
+            phases,
         })
     }
 
-    /// The mean loss over `rows` and its gradients.
+    /// The mean loss over `rows`, its gradients and where the time went.
     fn forward_backward(
         &self,
         x: &Tensor,
@@ -220,10 +243,12 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
         rows: &[u32],
         rng: &mut TrainRng,
         pos: &Position,
-    ) -> Result<(f32, GradStore), TrainError> {
+    ) -> Result<(f32, GradStore, Phases), TrainError> {
+        let started = Instant::now();
         let index = Tensor::from_slice(rows, rows.len(), &self.device)?;
         let xs = x.index_select(&index, 0)?;
         let ys = y.index_select(&index, 0)?;
+        let gathered = Instant::now();
         let logits = self.model.forward(&xs, true, rng)?;
         let mut loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
         if self.settings.nan_at_step == Some(pos.step + 1) {
@@ -238,7 +263,15 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
                 loss: value,
             });
         }
-        Ok((value, loss.backward()?))
+        let forwarded = Instant::now();
+        let grads = loss.backward()?;
+        let phases = Phases {
+            gather: gathered - started,
+            forward: forwarded - gathered,
+            backward: forwarded.elapsed(),
+            update: Duration::ZERO,
+        };
+        Ok((value, grads, phases))
     }
 
     /// The update every rank applies: in a larger world the ranks' weighted gradients summed
@@ -256,6 +289,7 @@ impl<M: Model, O: OptimizerState> Trainer<M, O> {
             loss,
             mut grads,
             flat,
+            ..
         } = local;
         let loss = match flat {
             None => loss,
