@@ -27,7 +27,7 @@ pub(crate) struct PlatformSolve {
     pub(crate) virtual_packages: Vec<GenericVirtualPackage>,
     pub(crate) assumed_from: AssumedFrom,
     pub(crate) records: Vec<RepoDataRecord>,
-    pub(crate) pypi: Vec<rattler_lock::PypiDistributionData>,
+    pub(crate) pypi: Vec<rattler_lock::PypiPackageData>,
 }
 
 /// The header line that carries the inputs hash.
@@ -254,9 +254,7 @@ pub(crate) fn build(
                 .add_pypi_package(
                     DEFAULT_ENVIRONMENT_NAME,
                     solve.platform.as_str(),
-                    redact_pypi(rattler_lock::PypiPackageData::Distribution(Box::new(
-                        package,
-                    ))),
+                    redact_pypi(package),
                 )
                 .map_err(SolveError::Lock)?;
         }

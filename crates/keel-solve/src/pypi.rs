@@ -14,7 +14,8 @@ use keel_spec::{EnvironmentSpec, PipEntry, PipEntryKind};
 use rattler_conda_types::{GenericVirtualPackage, RepoDataRecord, Subdir};
 use rattler_digest::{Sha256, parse_digest_from_hex};
 use rattler_lock::{
-    FindLinksUrlOrPath, PackageHashes, PypiDistributionData, PypiIndexes, UrlOrPath, Verbatim,
+    FindLinksUrlOrPath, PackageHashes, PypiDistributionData, PypiIndexes, PypiPackageData,
+    PypiSourceData, UrlOrPath, Verbatim,
 };
 use serde::Deserialize;
 
@@ -135,7 +136,7 @@ pub(crate) async fn resolve(
     uv: &Uv,
     http: &HttpOptions,
     secrets: &Secrets,
-) -> Result<Vec<PypiDistributionData>, SolveError> {
+) -> Result<Vec<PypiPackageData>, SolveError> {
     let mut packages = resolve_unredacted(
         entries,
         spec_dir,
@@ -159,7 +160,7 @@ pub(crate) async fn resolve(
 /// or find-links URL of the same origin (uv writes the wheel URLs without them). No URL
 /// reaches an error with its credentials.
 async fn remote_metadata(
-    packages: &mut [PypiDistributionData],
+    packages: &mut [PypiPackageData],
     entries: &[&PipEntry],
     platform: Subdir,
     http: &HttpOptions,
@@ -168,6 +169,7 @@ async fn remote_metadata(
     let remote: Vec<usize> = packages
         .iter()
         .enumerate()
+        .filter_map(|(i, p)| Some((i, p.as_wheel()?)))
         .filter(|(_, p)| match &*p.location {
             UrlOrPath::Url(url) => {
                 matches!(url.scheme(), "http" | "https") && url.path().ends_with(".whl")
@@ -182,7 +184,9 @@ async fn remote_metadata(
     let client = http_client(http)?;
     let origins = credentialed_urls(entries);
     for i in remote {
-        let package = &mut packages[i];
+        let Some(package) = packages[i].as_wheel_mut() else {
+            continue;
+        };
         let UrlOrPath::Url(url) = &*package.location else {
             continue;
         };
@@ -367,7 +371,7 @@ fn resolve_unredacted(
     conda_records: &[RepoDataRecord],
     virtual_packages: &[GenericVirtualPackage],
     uv: &Uv,
-) -> Result<Vec<PypiDistributionData>, SolveError> {
+) -> Result<Vec<PypiPackageData>, SolveError> {
     if entries.is_empty() {
         return Ok(Vec::new());
     }
@@ -408,7 +412,7 @@ fn resolve_unredacted(
 /// Without uv: each line must be `name==version`, recorded as a pin on PyPI. Nothing is
 /// downloaded, so `requires_dist` stays empty: every pin is a requirement of the section
 /// itself, which pixi's walk reaches without it.
-fn exact_pins(entries: &[&PipEntry]) -> Result<Vec<PypiDistributionData>, SolveError> {
+fn exact_pins(entries: &[&PipEntry]) -> Result<Vec<PypiPackageData>, SolveError> {
     let mut packages = Vec::new();
     for entry in entries {
         let pinned = match &entry.kind {
@@ -426,15 +430,17 @@ fn exact_pins(entries: &[&PipEntry]) -> Result<Vec<PypiDistributionData>, SolveE
         let index = url::Url::parse(DEFAULT_INDEX_URL).expect("a valid URL");
         let project =
             url::Url::parse(&format!("{DEFAULT_INDEX_URL}/{name}/")).expect("a valid URL");
-        packages.push(PypiDistributionData {
-            name,
-            version,
-            location: Verbatim::new(UrlOrPath::Url(project)),
-            index_url: Some(index),
-            hash: None,
-            requires_dist: Vec::new(),
-            requires_python: None,
-        });
+        packages.push(PypiPackageData::Distribution(Box::new(
+            PypiDistributionData {
+                name,
+                version,
+                location: Verbatim::new(UrlOrPath::Url(project)),
+                index_url: Some(index),
+                hash: None,
+                requires_dist: Vec::new(),
+                requires_python: None,
+            },
+        )));
     }
     Ok(packages)
 }
@@ -513,7 +519,7 @@ fn compile_with_uv(
     platform: Subdir,
     python_version: &str,
     virtual_packages: &[GenericVirtualPackage],
-) -> Result<Vec<PypiDistributionData>, SolveError> {
+) -> Result<Vec<PypiPackageData>, SolveError> {
     let target =
         python_platform(platform, virtual_packages).ok_or(SolveError::PipPlatform { platform })?;
     let work = tempfile::tempdir().map_err(SolveError::Pip)?;
@@ -553,7 +559,7 @@ fn compile_with_uv(
     pylock
         .packages
         .into_iter()
-        .map(|package| distribution(package, platform, work.path(), &find_links))
+        .map(|package| distribution(package, platform, work.path(), spec_dir, &find_links))
         .collect()
 }
 
@@ -590,14 +596,23 @@ fn distribution(
     package: PylockPackage,
     platform: Subdir,
     work: &Path,
+    spec_dir: &Path,
     find_links: &[url::Url],
-) -> Result<PypiDistributionData, SolveError> {
+) -> Result<PypiPackageData, SolveError> {
     let invalid = |what: String| SolveError::UvFailed {
         platform,
         stderr: format!("uv's pylock.toml has {what} for `{}`", package.name),
     };
     let name = pep508_rs::PackageName::from_str(&package.name)
         .map_err(|e| invalid(format!("an invalid name ({e})")))?;
+    if let (true, None, Some(directory)) = (
+        package.wheels.is_empty(),
+        &package.sdist,
+        &package.directory,
+    ) {
+        return source_tree(name, &directory.path, platform, work, spec_dir)
+            .map(|source| PypiPackageData::Source(Box::new(source)));
+    }
     let version = package
         .version
         .as_deref()
@@ -667,20 +682,138 @@ fn distribution(
     })
     .transpose()?
     .unwrap_or_default();
-    Ok(PypiDistributionData {
+    Ok(PypiPackageData::Distribution(Box::new(
+        PypiDistributionData {
+            name,
+            version,
+            location: Verbatim::new(location),
+            index_url,
+            hash,
+            requires_dist: metadata.requires_dist,
+            requires_python: metadata.requires_python.or_else(|| {
+                package
+                    .requires_python
+                    .as_deref()
+                    .and_then(|r| pep440_rs::VersionSpecifiers::from_str(r).ok())
+            }),
+        },
+    )))
+}
+
+/// A local source tree (`-e .`, `./pkg`) as the lock's source package: its folder relative to
+/// the environment file's folder (`.`, `./pkg`) when it lies inside it, else absolute, and
+/// the requirements its `pyproject.toml` states ([`pyproject_metadata`]).
+fn source_tree(
+    name: pep508_rs::PackageName,
+    path: &str,
+    platform: Subdir,
+    work: &Path,
+    spec_dir: &Path,
+) -> Result<PypiSourceData, SolveError> {
+    let folder = work.join(path);
+    let failed = |reason: String| SolveError::PypiMetadata {
+        platform,
+        package: name.to_string(),
+        file: folder.display().to_string(),
+        reason,
+    };
+    let folder = fs_err::canonicalize(&folder).map_err(|e| failed(e.to_string()))?;
+    let spec_dir = fs_err::canonicalize(spec_dir).unwrap_or_else(|_| spec_dir.to_path_buf());
+    let location = match folder.strip_prefix(&spec_dir) {
+        Ok(inside) if inside.as_os_str().is_empty() => ".".to_owned(),
+        Ok(inside) => format!("./{}", inside.display()),
+        Err(_) => folder.display().to_string(),
+    };
+    let metadata = pyproject_metadata(&folder).map_err(failed)?;
+    Ok(PypiSourceData {
         name,
-        version,
-        location: Verbatim::new(location),
-        index_url,
-        hash,
+        location: Verbatim::new(UrlOrPath::Path(location.into())),
         requires_dist: metadata.requires_dist,
-        requires_python: metadata.requires_python.or_else(|| {
-            package
-                .requires_python
-                .as_deref()
-                .and_then(|r| pep440_rs::VersionSpecifiers::from_str(r).ok())
-        }),
+        requires_python: metadata.requires_python,
+        source_data: rattler_lock::SourceData::default(),
     })
+}
+
+/// What a source tree's `pyproject.toml` states of its requirements (PEP 621): `dependencies`,
+/// each `optional-dependencies` entry with `extra == '<name>'` added to its marker (as a
+/// built wheel's `Requires-Dist` has it), and `requires-python`. A field listed in `dynamic`
+/// is known only to the build backend and is left out; a folder without `pyproject.toml` or
+/// `[project]` states nothing.
+fn pyproject_metadata(folder: &Path) -> Result<CoreMetadata, String> {
+    let path = folder.join("pyproject.toml");
+    let text = match fs_err::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(CoreMetadata::default());
+        }
+        Err(error) => return Err(error.to_string()),
+    };
+    let value: toml::Value = toml::from_str(&text).map_err(|e| format!("pyproject.toml: {e}"))?;
+    let Some(project) = value.get("project") else {
+        return Ok(CoreMetadata::default());
+    };
+    let dynamic: Vec<&str> = project
+        .get("dynamic")
+        .and_then(toml::Value::as_array)
+        .map(|a| a.iter().filter_map(toml::Value::as_str).collect())
+        .unwrap_or_default();
+    let strings = |value: Option<&toml::Value>, field: &str| -> Result<Vec<String>, String> {
+        value
+            .map(|v| {
+                v.as_array()
+                    .ok_or_else(|| format!("pyproject.toml: `{field}` is not a list"))?
+                    .iter()
+                    .map(|item| {
+                        item.as_str().map(str::to_owned).ok_or_else(|| {
+                            format!("pyproject.toml: `{field}` has an item that is not text")
+                        })
+                    })
+                    .collect()
+            })
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    let parse = |text: &str, field: &str| {
+        pep508_rs::Requirement::from_str(text)
+            .map_err(|e| format!("pyproject.toml: `{field}` item `{text}`: {e}"))
+    };
+    let mut metadata = CoreMetadata::default();
+    if !dynamic.contains(&"dependencies") {
+        for text in strings(project.get("dependencies"), "dependencies")? {
+            metadata.requires_dist.push(parse(&text, "dependencies")?);
+        }
+    }
+    if !dynamic.contains(&"optional-dependencies")
+        && let Some(extras) = project.get("optional-dependencies")
+    {
+        let extras = extras
+            .as_table()
+            .ok_or("pyproject.toml: `optional-dependencies` is not a table")?;
+        for (extra, list) in extras {
+            let field = format!("optional-dependencies.{extra}");
+            let extra_name = pep508_rs::ExtraName::from_str(extra)
+                .map_err(|e| format!("pyproject.toml: extra `{extra}`: {e}"))?;
+            let marker = pep508_rs::MarkerTree::from_str(&format!("extra == '{extra_name}'"))
+                .map_err(|e| format!("pyproject.toml: extra `{extra}`: {e}"))?;
+            for text in strings(Some(list), &field)? {
+                let mut requirement = parse(&text, &field)?;
+                requirement.marker.and(marker.clone());
+                metadata.requires_dist.push(requirement);
+            }
+        }
+    }
+    if !dynamic.contains(&"requires-python")
+        && let Some(requires) = project.get("requires-python")
+    {
+        let requires = requires
+            .as_str()
+            .ok_or("pyproject.toml: `requires-python` is not text")?;
+        metadata.requires_python = Some(
+            pep440_rs::VersionSpecifiers::from_str(requires)
+                .map_err(|e| format!("pyproject.toml: `requires-python` `{requires}`: {e}"))?,
+        );
+    }
+    Ok(metadata)
 }
 
 /// The most a wheel's `METADATA` may hold: the largest on PyPI are a few hundred kB (a long
@@ -859,6 +992,30 @@ mod tests {
     fn a_requirement_that_does_not_parse_is_named() {
         let error = CoreMetadata::parse("Name: alpha\nRequires-Dist: beta >>= 2\n").unwrap_err();
         assert!(error.starts_with("Requires-Dist `beta >>= 2`: "), "{error}");
+    }
+
+    #[test]
+    fn a_pyproject_field_listed_as_dynamic_is_left_to_the_build_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |text: &str| fs_err::write(dir.path().join("pyproject.toml"), text).unwrap();
+        write(
+            "[project]\nname = \"p\"\ndynamic = [\"dependencies\", \"version\"]\n\
+             requires-python = \">=3.10\"\n[project.optional-dependencies]\nx = [\"a\"]\n",
+        );
+        let metadata = pyproject_metadata(dir.path()).unwrap();
+        assert_eq!(
+            metadata.requires_dist,
+            [pep508_rs::Requirement::from_str("a; extra == 'x'").unwrap()]
+        );
+        assert_eq!(
+            metadata.requires_python,
+            Some(pep440_rs::VersionSpecifiers::from_str(">=3.10").unwrap())
+        );
+        write("[project]\ndependencies = [\"a >>= 1\"]\n");
+        let error = pyproject_metadata(dir.path()).unwrap_err();
+        assert!(error.contains("`dependencies` item `a >>= 1`"), "{error}");
+        fs_err::remove_file(dir.path().join("pyproject.toml")).unwrap();
+        assert_eq!(pyproject_metadata(dir.path()), Ok(CoreMetadata::default()));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use keel_solve::{LockOptions, Locked, Uv, lock};
+use keel_solve::{LockOptions, Uv, lock};
 use keel_spec::PipEntryKind;
 use keel_test_support::wheel::{build_wheel, build_wheel_with_metadata};
 use pep508_rs::{ExtraName, MarkerEnvironment, MarkerEnvironmentBuilder, PackageName, Requirement};
@@ -66,7 +66,7 @@ fn project() -> (tempfile::TempDir, PathBuf) {
     (dir, env)
 }
 
-async fn locked(dir: &Path, env: &Path) -> Locked {
+async fn locked(dir: &Path, env: &Path) -> keel_solve::Locked {
     let spec = keel_spec::read_path(env).unwrap().spec;
     let options = LockOptions {
         platforms: vec![Subdir::Linux64],
@@ -162,6 +162,15 @@ fn linux_markers(python: &str) -> MarkerEnvironment {
     .unwrap()
 }
 
+/// What the walk needs of a locked PyPI package, a wheel or a source tree.
+struct Locked {
+    name: PackageName,
+    version: Option<pep440_rs::Version>,
+    index_url: Option<url::Url>,
+    requires_dist: Vec<Requirement>,
+    requires_python: Option<pep440_rs::VersionSpecifiers>,
+}
+
 /// pixi's walk over the lock's first platform: `Err` names what makes pixi re-solve.
 fn walk_as_pixi(lock: &LockFile, manifest: &[Requirement]) -> Result<(), String> {
     let environment = lock.default_environment().unwrap();
@@ -184,11 +193,31 @@ fn walk_as_pixi(lock: &LockFile, manifest: &[Requirement]) -> Result<(), String>
             .map(|u| u.as_str().trim_end_matches('/').to_owned())
             .collect()
     });
-    let locked: BTreeMap<PackageName, _> = environment
+    let locked: BTreeMap<PackageName, Locked> = environment
         .pypi_packages(platform)
         .unwrap()
-        .filter_map(PypiPackageData::as_wheel)
-        .map(|p| (p.name.clone(), p.clone()))
+        .map(|p| match p {
+            PypiPackageData::Distribution(w) => (
+                w.name.clone(),
+                Locked {
+                    name: w.name.clone(),
+                    version: Some(w.version.clone()),
+                    index_url: w.index_url.clone(),
+                    requires_dist: w.requires_dist.clone(),
+                    requires_python: w.requires_python.clone(),
+                },
+            ),
+            PypiPackageData::Source(s) => (
+                s.name.clone(),
+                Locked {
+                    name: s.name.clone(),
+                    version: None,
+                    index_url: None,
+                    requires_dist: s.requires_dist.clone(),
+                    requires_python: s.requires_python.clone(),
+                },
+            ),
+        })
         .collect();
     let mut queue: Vec<(Requirement, bool)> = manifest
         .iter()
@@ -201,14 +230,14 @@ fn walk_as_pixi(lock: &LockFile, manifest: &[Requirement]) -> Result<(), String>
         let package = locked
             .get(&requirement.name)
             .ok_or_else(|| format!("{requirement} is not locked"))?;
+        // A source tree (no version) satisfies a requirement of its name from requires_dist
+        // (pixi trusts the path-based package there).
         if let Some(pep508_rs::VersionOrUrl::VersionSpecifier(specifiers)) =
             &requirement.version_or_url
-            && !specifiers.contains(&package.version)
+            && let Some(version) = &package.version
+            && !specifiers.contains(version)
         {
-            return Err(format!(
-                "{} {} is not {requirement}",
-                package.name, package.version
-            ));
+            return Err(format!("{} {version} is not {requirement}", package.name));
         }
         if from_manifest
             && let Some(index) = &package.index_url
@@ -438,4 +467,57 @@ async fn wheels_on_a_server_get_their_metadata_from_pep_658_files_or_the_wheel()
     assert_eq!(answered("beta-2.0.0-py3-none-any.whl.metadata"), [404]);
     assert!(answered("beta-2.0.0-py3-none-any.whl").contains(&200));
     walk_as_pixi(&locked.lock, &[requirement("alpha")]).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_source_tree_records_what_its_pyproject_states() {
+    let (dir, env) = project();
+    let tree = dir.path().join("tools/proj");
+    fs_err::create_dir_all(tree.join("proj")).unwrap();
+    fs_err::write(tree.join("proj/__init__.py"), "").unwrap();
+    fs_err::write(
+        tree.join("pyproject.toml"),
+        "[build-system]\nrequires = [\"hatchling\"]\nbuild-backend = \"hatchling.build\"\n\n\
+         [project]\nname = \"proj\"\nversion = \"0.1.0\"\nrequires-python = \">=3.9\"\n\
+         dependencies = [\"beta>=2\", \"gamma; sys_platform == 'win32'\"]\n\n\
+         [project.optional-dependencies]\nfast = [\"delta>=1; python_version >= '3'\"]\n",
+    )
+    .unwrap();
+    let text = fs_err::read_to_string(&env).unwrap().replace(
+        "      - alpha[fast]>=1\n",
+        "      - -e ./tools/proj[fast]\n",
+    );
+    fs_err::write(&env, text).unwrap();
+    let locked = locked(dir.path(), &env).await;
+
+    let environment = locked.lock.default_environment().unwrap();
+    let platform = environment.platforms().next().unwrap();
+    let packages: BTreeMap<String, PypiPackageData> = environment
+        .pypi_packages(platform)
+        .unwrap()
+        .map(|p| (p.name().to_string(), p.clone()))
+        .collect();
+    assert_eq!(
+        packages.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["beta", "delta", "epsilon", "proj"]
+    );
+    let PypiPackageData::Source(proj) = &packages["proj"] else {
+        panic!("{:?}", packages["proj"]);
+    };
+    // Relative to the environment file's folder, as pixi's manifest would name it.
+    assert_eq!(proj.location.to_string(), "./tools/proj");
+    assert_eq!(
+        proj.requires_dist,
+        [
+            requirement("beta>=2"),
+            requirement("gamma; sys_platform == 'win32'"),
+            requirement("delta>=1; python_version >= '3' and extra == 'fast'"),
+        ]
+    );
+    assert_eq!(proj.requires_python, Some(">=3.9".parse().unwrap()));
+    walk_as_pixi(&locked.lock, &[requirement("proj[fast]")]).unwrap();
+    // keel reads its own lock back (the folder is a location it can place).
+    keel_solve::read_lock(&dir.path().join("keel.lock"))
+        .unwrap()
+        .unwrap();
 }
