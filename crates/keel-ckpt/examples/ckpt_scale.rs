@@ -210,14 +210,18 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
-        Ok(report) => {
-            println!("{report}");
-            std::process::ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("ckpt_scale: {error}");
-            std::process::ExitCode::from(2)
-        }
+    // The report on stdout, an error on stderr: written, not printed (the workspace lints
+    // keep print macros out of keel's code).
+    let (mut out, text, code): (Box<dyn std::io::Write>, String, u8) = match run(&args) {
+        Ok(report) => (Box::new(std::io::stdout()), format!("{report}\n"), 0),
+        Err(error) => (
+            Box::new(std::io::stderr()),
+            format!("ckpt_scale: {error}\n"),
+            2,
+        ),
+    };
+    if out.write_all(text.as_bytes()).is_err() {
+        return std::process::ExitCode::from(2);
     }
+    std::process::ExitCode::from(code)
 }

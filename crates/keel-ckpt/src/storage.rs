@@ -713,35 +713,87 @@ impl Objects {
     }
 }
 
-/// Reads an object in ranged requests of 8 MiB, so that nothing holds the whole object.
+/// The size of one ranged read of an object.
+const RANGE_BYTES: u64 = 8 << 20;
+
+/// How many ranged reads of one object are in flight: a reader holds at most this many
+/// ranges (32 MiB), whatever the object's size.
+const RANGES_AHEAD: usize = 4;
+
+/// A ranged read in flight: its length and the request.
+type Pending = (
+    u64,
+    tokio::task::JoinHandle<Result<bytes::Bytes, CkptError>>,
+);
+
+/// Reads an object in ranged requests of 8 MiB, the next ones requested while the current one
+/// is consumed, so that nothing holds the whole object and the reads do not wait on each
+/// request's round trip one after another.
 struct ObjectReader<'a> {
     objects: &'a Objects,
     path: ObjectPath,
-    position: u64,
+    /// Where the next range to request starts.
+    next: u64,
     size: u64,
+    pending: std::collections::VecDeque<Pending>,
     buffer: bytes::Bytes,
+}
+
+impl ObjectReader<'_> {
+    /// Requests ranges until [`RANGES_AHEAD`] are in flight or the object is covered.
+    fn request_ahead(&mut self) {
+        while self.pending.len() < RANGES_AHEAD && self.next < self.size {
+            let end = self.size.min(self.next + RANGE_BYTES);
+            let range = self.next..end;
+            let (store, path) = (Arc::clone(&self.objects.store), self.path.clone());
+            let (deadline, location) = (self.objects.deadline, self.objects.location(&path));
+            let request = async move {
+                match tokio::time::timeout(deadline, store.get_range(&path, range)).await {
+                    Ok(Ok(bytes)) => Ok(bytes),
+                    Ok(Err(source)) => Err(CkptError::Object {
+                        location,
+                        source: Box::new(source),
+                    }),
+                    Err(_) => Err(CkptError::Stalled { location, deadline }),
+                }
+            };
+            let handle = self.objects.runtime.spawn(request);
+            self.pending.push_back((end - self.next, handle));
+            self.next = end;
+        }
+    }
+}
+
+impl Drop for ObjectReader<'_> {
+    fn drop(&mut self) {
+        // A reader left early (a bad file) stops its ranged reads.
+        for (_, handle) in &self.pending {
+            handle.abort();
+        }
+    }
 }
 
 impl Read for ObjectReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if self.buffer.is_empty() && self.position < self.size {
-            let end = self.size.min(self.position + (8 << 20));
-            let range = self.position..end;
+        if self.buffer.is_empty() {
+            self.request_ahead();
+            let Some((len, handle)) = self.pending.pop_front() else {
+                return Ok(0);
+            };
             let bytes = self
                 .objects
-                .block(
-                    self.objects
-                        .call(&self.path, self.objects.store.get_range(&self.path, range)),
-                )
+                .block(handle)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", self.path)))?
                 .map_err(std::io::Error::other)?;
-            if bytes.is_empty() {
+            if bytes.len() as u64 != len {
                 return Err(std::io::Error::other(format!(
-                    "{}: the object ended early",
-                    self.path
+                    "{}: a ranged read gave {} bytes of {len} (the object changed or ended early)",
+                    self.objects.location(&self.path),
+                    bytes.len()
                 )));
             }
-            self.position += bytes.len() as u64;
             self.buffer = bytes;
+            self.request_ahead();
         }
         let n = out.len().min(self.buffer.len());
         out[..n].copy_from_slice(&self.buffer.split_to(n));
@@ -858,8 +910,9 @@ impl Backend for Objects {
         let reader = ObjectReader {
             objects: self,
             path,
-            position: 0,
+            next: 0,
             size,
+            pending: std::collections::VecDeque::new(),
             buffer: bytes::Bytes::new(),
         };
         Ok(Some((Box::new(reader), size)))

@@ -33,7 +33,10 @@ pub struct AsyncSaver {
 impl AsyncSaver {
     /// Starts the writer thread for `store`; after each committed save it applies `retention`.
     pub fn new(store: CheckpointStore, retention: Option<Retention>) -> Result<Self, CkptError> {
-        let (sender, jobs) = mpsc::sync_channel::<Job>(0);
+        // One slot: `save` hands a job over without waiting for the writer thread to be
+        // scheduled (the previous job was taken, since its result came back first), so the
+        // loop's stall is its own copy of the state and no more.
+        let (sender, jobs) = mpsc::sync_channel::<Job>(1);
         let (done, results) = mpsc::channel::<Outcome>();
         let worker = std::thread::Builder::new()
             .name("keel-ckpt-writer".into())
