@@ -159,7 +159,7 @@ fn node_has_more(locked: &Locked, node: Option<&NodeVirtualPackages>) -> Vec<Nod
     }
     let baseline: Vec<String> = keel_solve::baseline_virtual_packages(node.platform)
         .iter()
-        .map(ToString::to_string)
+        .map(keel_solve::recorded_spelling)
         .collect();
     let mut flags: Vec<String> = summary
         .virtual_packages
@@ -185,7 +185,7 @@ fn node_has_more(locked: &Locked, node: Option<&NodeVirtualPackages>) -> Vec<Nod
     flags.sort();
     vec![NodeHasMore {
         platform: node.platform.to_string(),
-        virtual_packages: more.iter().map(ToString::to_string).collect(),
+        virtual_packages: more.iter().map(keel_solve::recorded_spelling).collect(),
         virtual_package_flags: flags,
     }]
 }

@@ -104,7 +104,7 @@ fn lock_json_reports_platforms_and_virtual_packages() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|v| v == "__glibc=2.28=0")
+            .any(|v| v == "__glibc=2.28")
     );
     assert!(project.path().join("out/env.lock").is_file());
 }
@@ -189,11 +189,13 @@ fn the_same_file_locks_to_the_same_bytes_on_any_node() {
         text(&fs_err::read(gpu.path().join("keel.lock")).unwrap())
     );
     let written = text(&lock);
+    // pixi's spelling of the baselines, the values its satisfiability check leaves out.
     for baseline in [
-        "__glibc=2.28=0",
-        "__linux=4.18=0",
-        "__archspec=1=x86_64",
-        "__osx=13.0=0",
+        "- __glibc=2.28\n",
+        "- __linux=4.18\n",
+        "- __archspec=0=x86_64\n",
+        "- __unix=0=0\n",
+        "- __osx=13.0\n",
     ] {
         assert!(written.contains(baseline), "{baseline} not in\n{written}");
     }
@@ -234,8 +236,8 @@ fn a_relock_keeps_the_virtual_packages_given_before() {
         ],
     );
     let (linux, from) = assumed(&given, "linux-64");
-    assert!(linux.contains(&"__cuda=12.4=0".to_owned()), "{linux:?}");
-    assert!(linux.contains(&"__glibc=2.28=0".to_owned()), "{linux:?}");
+    assert!(linux.contains(&"__cuda=12.4".to_owned()), "{linux:?}");
+    assert!(linux.contains(&"__glibc=2.28".to_owned()), "{linux:?}");
     assert_eq!(from, "command_line");
     let (osx, from) = assumed(&given, "osx-arm64");
     assert!(osx.iter().all(|p| !p.starts_with("__cuda")), "{osx:?}");
@@ -274,7 +276,7 @@ fn a_relock_keeps_the_virtual_packages_given_before() {
     assert_eq!(check.status.code(), Some(1), "{}", text(&check.stdout));
     assert!(
         text(&check.stdout)
-            .contains("linux-64 was solved without __cuda=12.2=0 and with __cuda=12.4=0"),
+            .contains("linux-64 was solved without __cuda=12.2 and with __cuda=12.4"),
         "{}",
         text(&check.stdout)
     );
@@ -289,8 +291,8 @@ fn a_relock_keeps_the_virtual_packages_given_before() {
         ],
     );
     let (linux, _) = assumed(&replaced, "linux-64");
-    assert!(linux.contains(&"__cuda=12.2=0".to_owned()), "{linux:?}");
-    assert!(!linux.contains(&"__cuda=12.4=0".to_owned()), "{linux:?}");
+    assert!(linux.contains(&"__cuda=12.2".to_owned()), "{linux:?}");
+    assert!(!linux.contains(&"__cuda=12.4".to_owned()), "{linux:?}");
 }
 
 /// A project on this machine's own platform, whose one package has no dependencies.
@@ -528,7 +530,7 @@ fn cuda_arch_reaches_the_solve_and_the_lock() {
     );
     let packages = recorded(&hopper);
     assert!(
-        packages.contains(&"__cuda_arch=9.0=0".to_owned()),
+        packages.contains(&"__cuda_arch=9.0".to_owned()),
         "{packages:?}"
     );
     assert!(

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::SolveError;
 use crate::lockfile::inputs_hash;
 use crate::options::LockOptions;
-use crate::virtual_packages::assumed_virtual_packages;
+use crate::virtual_packages::{assumed_virtual_packages, recorded_spelling};
 
 /// [`check_fresh`]'s answer: the hashes it compared and every reason the lock is stale.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -112,7 +112,7 @@ pub fn check_fresh(
             options.detected.as_ref(),
             Some(recorded),
         )?;
-        let assumed: Vec<String> = assumed.packages.iter().map(ToString::to_string).collect();
+        let assumed: Vec<String> = assumed.packages.iter().map(recorded_spelling).collect();
         let missing: Vec<String> = assumed
             .iter()
             .filter(|p| !recorded.contains(p))
@@ -152,7 +152,7 @@ mod tests {
     }
 
     /// A lock for linux-64 and osx-arm64 whose linux-64 assumed its baseline and
-    /// `__cuda=12.4=0` (`keel lock --virtual-package linux-64:__cuda=12.4`) and whose osx-arm64
+    /// `__cuda=12.4` (`keel lock --virtual-package linux-64:__cuda=12.4`) and whose osx-arm64
     /// assumed its baseline.
     fn lock() -> LockFile {
         let linux: Vec<String> =
@@ -160,11 +160,11 @@ mod tests {
                 .unwrap()
                 .packages
                 .iter()
-                .map(ToString::to_string)
+                .map(recorded_spelling)
                 .collect();
         let osx: Vec<String> = crate::baseline_virtual_packages(Subdir::OsxArm64)
             .iter()
-            .map(ToString::to_string)
+            .map(recorded_spelling)
             .collect();
         let platforms = [(Subdir::Linux64, linux), (Subdir::OsxArm64, osx)];
         let mut builder = LockFile::builder()
@@ -274,8 +274,8 @@ mod tests {
         assert_eq!(
             reasons,
             [
-                "linux-64 was solved without __cuda=12.2=0 and with __cuda=12.4=0",
-                "osx-arm64 was solved without __cuda=12.2=0",
+                "linux-64 was solved without __cuda=12.2 and with __cuda=12.4",
+                "osx-arm64 was solved without __cuda=12.2",
             ]
         );
         // Another value for linux-64 alone replaces its set: the lock's __cuda is extra.
@@ -285,12 +285,12 @@ mod tests {
             [Stale::VirtualPackages {
                 platform: "linux-64".to_owned(),
                 missing: Vec::new(),
-                extra: vec!["__cuda=12.4=0".to_owned()],
+                extra: vec!["__cuda=12.4".to_owned()],
             }]
         );
         assert_eq!(
             freshness.reasons[0].to_string(),
-            "linux-64 was solved with __cuda=12.4=0"
+            "linux-64 was solved with __cuda=12.4"
         );
     }
 
@@ -316,7 +316,7 @@ mod tests {
         let reasons: Vec<String> = freshness.reasons.iter().map(ToString::to_string).collect();
         assert_eq!(
             reasons,
-            ["linux-64 was solved without __cuda=12.8=0 and with __cuda=12.4=0"]
+            ["linux-64 was solved without __cuda=12.8=0 and with __cuda=12.4"]
         );
     }
 }

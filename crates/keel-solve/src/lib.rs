@@ -63,6 +63,6 @@ pub use redact::{REDACTED, Secrets, redact_template, redact_text, redact_url};
 pub use solve::{lock, target_platforms};
 pub use virtual_packages::{
     Assumed, AssumedFrom, NodeVirtualPackages, VirtualPackageOverridesByPlatform,
-    assumed_virtual_packages, baseline_virtual_packages, detect_node, unassumed_on_node,
-    virtual_package_flag,
+    assumed_virtual_packages, baseline_virtual_packages, detect_node, recorded_spelling,
+    unassumed_on_node, virtual_package_flag,
 };

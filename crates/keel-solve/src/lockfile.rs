@@ -188,7 +188,7 @@ pub(crate) fn build(
             virtual_packages: solve
                 .virtual_packages
                 .iter()
-                .map(ToString::to_string)
+                .map(crate::virtual_packages::recorded_spelling)
                 .collect(),
             virtual_packages_from: solve.assumed_from,
         })

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use rattler_conda_types::package::BuildString;
 use rattler_conda_types::{GenericVirtualPackage, PackageName, Subdir, Version};
 use rattler_virtual_packages::{VirtualPackageOverrides, VirtualPackages};
 use serde::Serialize;
@@ -61,7 +62,8 @@ impl VirtualPackageOverridesByPlatform {
     }
 }
 
-/// Parses `__name=version[=build]` (the build `0` when it is left out).
+/// Parses `__name=version[=build]` (an empty build when it is left out, as pixi writes
+/// `__glibc=2.28`).
 fn parse_virtual_package(text: &str) -> Result<GenericVirtualPackage, String> {
     let mut parts = text.splitn(3, '=');
     let name = parts.next().unwrap_or_default().trim();
@@ -74,9 +76,13 @@ fn parse_virtual_package(text: &str) -> Result<GenericVirtualPackage, String> {
         .filter(|v| !v.is_empty())
         .ok_or_else(|| "expected `__name=version`".to_owned())?;
     let version = Version::from_str(version).map_err(|e| e.to_string())?;
-    let build_string =
-        rattler_conda_types::package::BuildString::from_str(parts.next().unwrap_or("0"))
-            .map_err(|e| e.to_string())?;
+    // rattler's BuildString refuses an empty build (CEP 26, for packages); a virtual package
+    // given as `__name=version` has none, as pixi records it, and no match spec of a virtual
+    // package other than `__archspec` names a build.
+    let build_string = match parts.next() {
+        None | Some("") => BuildString::new_unchecked(""),
+        Some(build) => BuildString::from_str(build).map_err(|e| e.to_string())?,
+    };
     Ok(GenericVirtualPackage {
         name,
         version,
@@ -118,15 +124,39 @@ pub fn detect_node(
 /// `__osx=13.0`; for Windows `__win=10.0`; and the oldest `__archspec` of the platform's CPU
 /// family (`x86_64`, `aarch64`, `m1`, ...). No GPU: no platform is assumed to have one.
 ///
-/// These are rattler_virtual_packages 8.1.5's `VirtualPackages::baseline_for_platform`, and
-/// the same versions pixi 0.77.0 materialises for a platform without `[system-requirements]`
-/// (`pixi_default_versions`: glibc 2.28, linux 4.18, macOS 13.0 on osx-64 and osx-arm64,
-/// Windows 10.0; `__archspec` from `Archspec::from_platform`), in rattler's spelling
-/// (`__linux=4.18=0`). Sorted by name.
+/// The versions are rattler_virtual_packages 8.1.5's `VirtualPackages::baseline_for_platform`,
+/// which are pixi 0.77.0's defaults (`pixi_default_versions`: glibc 2.28, linux 4.18, macOS
+/// 13.0, Windows 10.0; `__archspec` from `Archspec::from_platform`), written as pixi writes
+/// them in `pixi.lock` (`subdir_default_virtual_packages`): `__linux=4.18`, `__glibc=2.28`,
+/// `__osx=13.0`, `__win=10.0` without a build, `__unix=0=0`, `__archspec=0=x86_64`. pixi's
+/// satisfiability check leaves out exactly these values before it compares a lock's platform
+/// with its manifest, so a keel lock's baseline reads to pixi as a platform nobody changed.
+/// Sorted by name.
 pub fn baseline_virtual_packages(platform: Subdir) -> Vec<GenericVirtualPackage> {
-    finish(by_name(
-        VirtualPackages::baseline_for_platform(platform).into_generic_virtual_packages(),
-    ))
+    let pixi_spelling = VirtualPackages::baseline_for_platform(platform)
+        .into_generic_virtual_packages()
+        .map(|mut package| {
+            match package.name.as_normalized() {
+                "__linux" | "__glibc" | "__osx" | "__win" => {
+                    package.build_string = BuildString::new_unchecked("");
+                }
+                "__archspec" => package.version = Version::major(0),
+                _ => {}
+            }
+            package
+        });
+    finish(by_name(pixi_spelling))
+}
+
+/// A virtual package as a lock records it, as pixi writes it: `__name=version=build`, or
+/// `__name=version` when the build is empty (`__glibc=2.28`, `__cuda=12.4` given without a
+/// build).
+pub fn recorded_spelling(package: &GenericVirtualPackage) -> String {
+    if package.build_string.is_empty() {
+        format!("{}={}", package.name.as_normalized(), package.version)
+    } else {
+        package.to_string()
+    }
 }
 
 /// Where the virtual packages a platform's solve assumed came from.
@@ -256,10 +286,10 @@ pub fn unassumed_on_node(
 }
 
 /// A virtual package as a `--virtual-package` value for `platform`:
-/// `linux-64:__cuda=12.4` (the build left out when it is the default `0`).
+/// `linux-64:__cuda=12.4` (the build left out when it is empty or the default `0`).
 pub fn virtual_package_flag(platform: Subdir, package: &GenericVirtualPackage) -> String {
     let build = package.build_string.as_str();
-    if build == "0" {
+    if build.is_empty() || build == "0" {
         format!(
             "{platform}:{}={}",
             package.name.as_normalized(),
@@ -307,7 +337,7 @@ mod tests {
     use super::*;
 
     fn text(packages: &[GenericVirtualPackage]) -> Vec<String> {
-        packages.iter().map(ToString::to_string).collect()
+        packages.iter().map(recorded_spelling).collect()
     }
 
     fn package(text: &str) -> GenericVirtualPackage {
@@ -324,38 +354,42 @@ mod tests {
         (text(&assumed.packages), assumed.from)
     }
 
-    /// The baselines are pixi's and conda-lock's: a regression here changes every lock.
+    /// The baselines are pixi's and conda-lock's, spelled as pixi 0.77.0 writes them in
+    /// pixi.lock (`subdir_default_virtual_packages`, `__linux=4.18` without a build): its
+    /// satisfiability check drops exactly these strings before comparing a lock's platform
+    /// with its manifest, so another spelling reads as a changed platform and re-solves. A
+    /// regression here changes every lock.
     #[test]
     fn baselines_are_the_platforms_not_this_nodes() {
         assert_eq!(
             text(&baseline_virtual_packages(Subdir::Linux64)),
             [
-                "__archspec=1=x86_64",
-                "__glibc=2.28=0",
-                "__linux=4.18=0",
+                "__archspec=0=x86_64",
+                "__glibc=2.28",
+                "__linux=4.18",
                 "__unix=0=0"
             ]
         );
         assert_eq!(
             text(&baseline_virtual_packages(Subdir::LinuxAarch64)),
             [
-                "__archspec=1=aarch64",
-                "__glibc=2.28=0",
-                "__linux=4.18=0",
+                "__archspec=0=aarch64",
+                "__glibc=2.28",
+                "__linux=4.18",
                 "__unix=0=0"
             ]
         );
         assert_eq!(
             text(&baseline_virtual_packages(Subdir::OsxArm64)),
-            ["__archspec=1=m1", "__osx=13.0=0", "__unix=0=0"]
+            ["__archspec=0=m1", "__osx=13.0", "__unix=0=0"]
         );
         assert_eq!(
             text(&baseline_virtual_packages(Subdir::Osx64)),
-            ["__archspec=1=x86_64", "__osx=13.0=0", "__unix=0=0"]
+            ["__archspec=0=x86_64", "__osx=13.0", "__unix=0=0"]
         );
         assert_eq!(
             text(&baseline_virtual_packages(Subdir::Win64)),
-            ["__archspec=1=x86_64", "__win=10.0=0"]
+            ["__archspec=0=x86_64", "__win=10.0"]
         );
     }
 
@@ -396,22 +430,17 @@ mod tests {
         assert_eq!(
             linux,
             [
-                "__archspec=1=x86_64",
-                "__cuda=11.8=0",
-                "__glibc=2.31=0",
-                "__linux=4.18=0",
+                "__archspec=0=x86_64",
+                "__cuda=11.8",
+                "__glibc=2.31",
+                "__linux=4.18",
                 "__unix=0=0"
             ]
         );
         let (osx, _) = assumed(Subdir::OsxArm64, &given, None, None);
         assert_eq!(
             osx,
-            [
-                "__archspec=1=m1",
-                "__cuda=11.8=0",
-                "__osx=13.0=0",
-                "__unix=0=0"
-            ]
+            ["__archspec=0=m1", "__cuda=11.8", "__osx=13.0", "__unix=0=0"]
         );
         // A value for another platform is no flag for this one: its previous set stays.
         let mut other = VirtualPackageOverridesByPlatform::default();
@@ -440,8 +469,8 @@ mod tests {
             (
                 vec![
                     "__archspec=1=zen3".to_owned(),
-                    "__cuda=12.2=0".to_owned(),
-                    "__glibc=2.35=0".to_owned()
+                    "__cuda=12.2".to_owned(),
+                    "__glibc=2.35".to_owned()
                 ],
                 AssumedFrom::Detected
             )
@@ -461,7 +490,7 @@ mod tests {
         given.add("linux-64:__cuda=12.4").unwrap();
         given.add("linux-64:__cuda_arch=8.6").unwrap();
         let (linux, _) = assumed(Subdir::Linux64, &given, None, None);
-        assert!(linux.contains(&"__cuda_arch=8.6=0".to_owned()), "{linux:?}");
+        assert!(linux.contains(&"__cuda_arch=8.6".to_owned()), "{linux:?}");
 
         let mut given = VirtualPackageOverridesByPlatform::default();
         given.add("osx-arm64:__cuda_arch=8.6").unwrap();
@@ -484,10 +513,10 @@ mod tests {
         ];
         assert_eq!(
             text(&unassumed_on_node(&baseline, &node)),
-            ["__cuda=12.4=0", "__cuda_arch=9.0=0"]
+            ["__cuda=12.4", "__cuda_arch=9.0"]
         );
         let older = ["__cuda=12.2=0".to_owned(), "__cuda_arch=8.0=0".to_owned()];
-        assert_eq!(text(&unassumed_on_node(&older, &node)), ["__cuda=12.4=0"]);
+        assert_eq!(text(&unassumed_on_node(&older, &node)), ["__cuda=12.4"]);
         let same = ["__cuda=12.4=0".to_owned(), "__cuda_arch=8.0=0".to_owned()];
         assert!(unassumed_on_node(&same, &node).is_empty());
         let newer = ["__cuda=12.8=0".to_owned(), "__cuda_arch=9.0=0".to_owned()];
@@ -497,7 +526,7 @@ mod tests {
         // A recorded value that does not read is no CUDA.
         assert_eq!(
             text(&unassumed_on_node(&["__cuda".to_owned()], &node[1..2])),
-            ["__cuda=12.4=0"]
+            ["__cuda=12.4"]
         );
     }
 

@@ -189,7 +189,7 @@ async fn python39_locks_for_three_platforms_and_relocks_byte_identical() {
     assert!(
         linux
             .virtual_packages()
-            .contains(&"__glibc=2.28=0".to_owned())
+            .contains(&"__glibc=2.28".to_owned())
     );
 
     // The written lock reads back with rattler_lock, and re-locking changes no byte.
