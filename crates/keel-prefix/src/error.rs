@@ -138,9 +138,9 @@ pub enum PrefixError {
         tries: u32,
         /// What went wrong, on the last try.
         failure: crate::FetchFailure,
-        /// rattler's error.
+        /// What rattler and the HTTP client said, URLs redacted.
         #[source]
-        source: Box<rattler::package_cache::PackageCacheError>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The HTTP client that downloads archives could not be made.
     #[error("cannot set up the HTTP client that downloads the lock's archives")]

@@ -179,7 +179,7 @@ pub(crate) async fn fetch(
             location,
             tries: tried,
             failure,
-            source: Box::new(error),
+            source: Box::new(RedactedCause::of(&error)),
         });
     }
 }
@@ -195,14 +195,9 @@ enum Stage {
     Body,
 }
 
-/// What a failed fetch means, from the errors rattler wraps: the cache's layer error holds
-/// the extraction error, which holds the HTTP client's or the file system's.
-fn classify(
-    error: &PackageCacheError,
-    local: Option<&PathBuf>,
-    timeout: Duration,
-) -> (FetchFailure, Stage) {
-    let extract = match error {
+/// The extraction error inside the cache's error, when the fetch itself failed.
+fn extract_error(error: &PackageCacheError) -> Option<&ExtractError> {
+    match error {
         PackageCacheError::LayerError(layer) => {
             match layer.downcast_ref::<PackageCacheLayerError>() {
                 Some(PackageCacheLayerError::FetchError(fetch)) => {
@@ -212,7 +207,65 @@ fn classify(
             }
         }
         _ => None,
-    };
+    }
+}
+
+/// An error's text and its causes' as the source of [`PrefixError::Fetch`]: every URL in them
+/// redacted ([`keel_solve::redact_text`]; reqwest's errors print the URL as requested), a cause
+/// whose text the one above already holds left out, and the cache's own wrapper ("failed to
+/// interact with the package cache layer") skipped for the extraction error it holds.
+#[derive(Debug)]
+struct RedactedCause {
+    message: String,
+    source: Option<Box<RedactedCause>>,
+}
+
+impl RedactedCause {
+    fn of(error: &PackageCacheError) -> RedactedCause {
+        match extract_error(error) {
+            Some(extract) => RedactedCause::new(extract),
+            None => RedactedCause::new(error),
+        }
+    }
+
+    fn new(error: &(dyn std::error::Error + 'static)) -> RedactedCause {
+        let message = keel_solve::redact_text(&error.to_string());
+        let mut cause = next_cause(error);
+        while let Some(said) = cause.filter(|c| {
+            let text = keel_solve::redact_text(&c.to_string());
+            text.is_empty() || message.contains(&text)
+        }) {
+            cause = next_cause(said);
+        }
+        RedactedCause {
+            source: cause.map(|cause| Box::new(RedactedCause::new(cause))),
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for RedactedCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RedactedCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// What a failed fetch means, from the errors rattler wraps: the cache's layer error holds
+/// the extraction error, which holds the HTTP client's or the file system's.
+fn classify(
+    error: &PackageCacheError,
+    local: Option<&PathBuf>,
+    timeout: Duration,
+) -> (FetchFailure, Stage) {
+    let extract = extract_error(error);
     if let Some(path) = local {
         let failure = match extract {
             Some(ExtractError::HashMismatch {

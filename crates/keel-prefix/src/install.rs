@@ -215,35 +215,12 @@ pub async fn install<R: Reporter + 'static>(
         if let Some(reporter) = reporter {
             installer = installer.with_reporter(reporter);
         }
-        // rattler may panic on input keel did not foresee; that is an error here, and the
-        // marker stays so that the next run repairs what was done.
-        let result = CatchPanic(Box::pin(
-            installer.install(&prefix, locked.conda.iter().cloned()),
-        ))
-        .await
-        .map_err(|message| PrefixError::InstallerPanic {
-            prefix: prefix.clone(),
-            message,
-        })?
-        .map_err(|source| PrefixError::Install {
-            prefix: prefix.clone(),
-            source: Box::new(source),
-        })?;
-        for operation in &result.transaction.operations {
-            if let Some(record) = operation.record_to_install() {
-                report.installed.push(identifier(record));
-            } else if let Some(record) = operation.record_to_remove() {
-                report.removed.push(format!(
-                    "{}-{}-{}",
-                    record.name().as_normalized(),
-                    record.version(),
-                    record.build()
-                ));
-            }
-        }
+        let linked = link_to_the_end(installer, &prefix, locked.conda.clone()).await?;
+        report.installed = linked.installed;
+        report.removed = linked.removed;
+        report.unchanged = linked.unchanged;
         report.installed.sort();
         report.removed.sort();
-        report.unchanged = result.transaction.unchanged_packages().len();
         match &options.uv {
             Some(uv) if !locked.pypi.is_empty() => {
                 install_pypi(&prefix, &locked.pypi, uv, &pypi_names)?;
@@ -315,6 +292,86 @@ impl Created {
         let _ = fs_err::remove_dir_all(prefix);
         self.undo_empty();
     }
+}
+
+/// What rattler's transaction did.
+struct Linked {
+    installed: Vec<String>,
+    removed: Vec<String>,
+    unchanged: usize,
+}
+
+/// How long a failed install waits for the link tasks still running when rattler returned.
+const LINK_TASKS_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs rattler's installer on a runtime of its own, on a thread of its own, and returns only
+/// once every task it started has ended. When one file of a package fails to link, rattler
+/// returns at once while the package's other files are still being linked by blocking tasks;
+/// those would write into a prefix that is being removed, or after the marker says where the
+/// install stopped. The runtime's shutdown waits for them (at most [`LINK_TASKS_WAIT`]).
+///
+/// rattler may panic on input keel did not foresee; that is an error here
+/// ([`PrefixError::InstallerPanic`]), and the marker stays so that the next run repairs what
+/// was done.
+async fn link_to_the_end(
+    installer: Installer,
+    prefix: &Path,
+    records: Vec<RepoDataRecord>,
+) -> Result<Linked, PrefixError> {
+    let (send, receive) = tokio::sync::oneshot::channel();
+    let target = prefix.to_path_buf();
+    std::thread::Builder::new()
+        .name("keel-install".into())
+        .spawn(move || {
+            let outcome = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => {
+                    let result =
+                        runtime.block_on(CatchPanic(Box::pin(installer.install(&target, records))));
+                    runtime.shutdown_timeout(LINK_TASKS_WAIT);
+                    Ok(result.map(|result| {
+                        result.map(|result| {
+                            let mut linked = Linked {
+                                installed: Vec::new(),
+                                removed: Vec::new(),
+                                unchanged: result.transaction.unchanged_packages().len(),
+                            };
+                            for operation in &result.transaction.operations {
+                                if let Some(record) = operation.record_to_install() {
+                                    linked.installed.push(identifier(record));
+                                } else if let Some(record) = operation.record_to_remove() {
+                                    linked.removed.push(format!(
+                                        "{}-{}-{}",
+                                        record.name().as_normalized(),
+                                        record.version(),
+                                        record.build()
+                                    ));
+                                }
+                            }
+                            linked
+                        })
+                    }))
+                }
+                Err(error) => Err(error),
+            };
+            let _ = send.send(outcome);
+        })?;
+    let outcome = receive.await.unwrap_or_else(|_| {
+        Ok(Err(
+            "the installer's thread ended without an answer".to_string()
+        ))
+    })?;
+    outcome
+        .map_err(|message| PrefixError::InstallerPanic {
+            prefix: prefix.to_path_buf(),
+            message,
+        })?
+        .map_err(|source| PrefixError::Install {
+            prefix: prefix.to_path_buf(),
+            source: Box::new(source),
+        })
 }
 
 /// How many packages are fetched into the cache at once before the install.

@@ -551,8 +551,14 @@ fn unlinkable(world: &World) -> RepoDataRecord {
     let stage = tempfile::tempdir().unwrap();
     let root = stage.path();
     fs_err::create_dir_all(root.join("info")).unwrap();
-    fs_err::create_dir_all(root.join("lib")).unwrap();
+    fs_err::create_dir_all(root.join("lib/more")).unwrap();
     fs_err::write(root.join("lib/present.txt"), "present\n").unwrap();
+    // Many files around the missing one, so that rattler may still be linking some of them
+    // when it returns the failure (an install that then removes its prefix waits for them).
+    let more: Vec<String> = (0..300).map(|i| format!("lib/more/f{i:03}.txt")).collect();
+    for path in &more {
+        fs_err::write(root.join(path), "present\n").unwrap();
+    }
     let index = serde_json::json!({
         "name": "gamma", "version": "3.0", "build": "h0_0", "build_number": 0,
         "depends": [], "subdir": subdir.as_str(),
@@ -564,10 +570,11 @@ fn unlinkable(world: &World) -> RepoDataRecord {
             "sha256": hex::encode(rattler_digest::compute_bytes_digest::<rattler_digest::Sha256>(b"present\n")),
         })
     };
-    let paths = serde_json::json!({
-        "paths": [entry("lib/present.txt"), entry("lib/missing.txt")],
-        "paths_version": 1,
-    });
+    let mut entries = vec![entry("lib/present.txt")];
+    entries.extend(more[..150].iter().map(|path| entry(path)));
+    entries.push(entry("lib/missing.txt"));
+    entries.extend(more[150..].iter().map(|path| entry(path)));
+    let paths = serde_json::json!({ "paths": entries, "paths_version": 1 });
     fs_err::write(root.join("info/paths.json"), paths.to_string()).unwrap();
     let file = "gamma-3.0-h0_0.conda";
     let archive = world.subdir_dir().join(file);
@@ -578,7 +585,10 @@ fn unlinkable(world: &World) -> RepoDataRecord {
             root.join("lib/present.txt"),
             root.join("info/index.json"),
             root.join("info/paths.json"),
-        ],
+        ]
+        .into_iter()
+        .chain(more.iter().map(|path| root.join(path)))
+        .collect::<Vec<_>>(),
         rattler_conda_types::compression_level::CompressionLevel::Lowest,
         None,
         "gamma-3.0-h0_0",
@@ -637,5 +647,38 @@ fn package_that_cannot_be_linked() {
         assert!(report.repaired_interrupted);
         assert!(!prefix.join(keel_prefix::INSTALL_MARKER).exists());
         assert!(prefix.join("lib/alpha.txt").is_file());
+    }
+}
+
+/// A lock whose URL carries credentials (a user and password, a conda token in the path):
+/// neither the error, nor any cause under it, nor its debug form holds them.
+#[test]
+fn fetch_errors_hold_no_secret() {
+    let world = World::new(false);
+    let mut locked = world.locked(&["beta"], false);
+    let host = world.server.base.trim_start_matches("http://");
+    let file = world.file_name("beta");
+    let subdir = Subdir::current().unwrap();
+    locked.conda[0].url = format!(
+        "http://keeluser:hunter2secret@{host}/t/tk-9f8e7d6c5b4a/chan/{}/{file}",
+        subdir.as_str()
+    )
+    .parse()
+    .unwrap();
+    let prefix = world.dir.path().join("env");
+    let error = install(&prefix, &locked, &world.options()).unwrap_err();
+    let (failure, _) = fetch_failure(
+        &error,
+        "beta-2.0-h0_0",
+        &format!("http://{host}/chan/{}/{file}", subdir.as_str()),
+    );
+    assert_eq!(failure, FetchFailure::NotFound);
+    let chain = std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>();
+    assert!(chain.len() > 1, "{chain:?}");
+    let all = format!("{chain:?} {error:?}");
+    for secret in ["keeluser", "hunter2secret", "tk-9f8e7d6c5b4a"] {
+        assert!(!all.contains(secret), "{secret} in {all}");
     }
 }
