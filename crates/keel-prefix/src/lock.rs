@@ -56,6 +56,10 @@ fn locked_pypi(package: &PypiPackageData, lock: &Path) -> Result<LockedPypi, Pre
         PypiPackageData::Distribution(data) => {
             let target = match &*data.location {
                 UrlOrPath::Url(url) if is_distribution(url.path()) => Some(url.to_string()),
+                // A git package: the commit the lock pins (`git+URL@COMMIT`).
+                UrlOrPath::Url(url) if url.scheme().starts_with("git+") => {
+                    Some(keel_solve::pip_url(url))
+                }
                 UrlOrPath::Url(_) => None,
                 UrlOrPath::Path(_) => Some(location()?.to_string()),
             };

@@ -87,6 +87,10 @@ fn pip_line(package: &PypiPackageData) -> Result<String, SolveError> {
     let PypiPackageData::Distribution(data) = package else {
         return Ok(format!("# pip {name} @ {url}"));
     };
+    if url.scheme().starts_with("git+") {
+        // The commit the lock pins, as pip reads it: `git+URL@COMMIT`.
+        return Ok(format!("# pip {name} @ {}", crate::pip_url(&url)));
+    }
     if url.path().ends_with('/') {
         return Ok(format!("# pip {name}=={}", data.version));
     }

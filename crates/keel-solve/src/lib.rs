@@ -57,7 +57,7 @@ pub use lockfile::{
     platform_content_hash, pypi_location, read_lock, recorded_hash,
 };
 pub use options::{LockOptions, LockProgress};
-pub use pypi::Uv;
+pub use pypi::{Uv, pip_url};
 pub use rattler_solve::ChannelPriority;
 pub use redact::{REDACTED, Secrets, redact_template, redact_text, redact_url};
 pub use solve::{lock, target_platforms};

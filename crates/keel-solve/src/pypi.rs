@@ -54,6 +54,33 @@ impl Uv {
     }
 }
 
+/// The PyPI packages the previous lock pinned for `platform`, minus those to update: a git
+/// line is resolved again at the commit one of them holds ([`keep_git_pin`]).
+pub(crate) fn previous_pins(
+    previous: Option<&rattler_lock::LockFile>,
+    platform: Subdir,
+    update: &[String],
+) -> Vec<PypiPackageData> {
+    let Some(environment) = previous.and_then(rattler_lock::LockFile::default_environment) else {
+        return Vec::new();
+    };
+    let Some(lock_platform) = environment.platforms().find(|p| p.subdir() == platform) else {
+        return Vec::new();
+    };
+    environment
+        .pypi_packages(lock_platform)
+        .into_iter()
+        .flatten()
+        .filter(|package| {
+            let name = package.name().as_ref().to_owned();
+            !update
+                .iter()
+                .any(|u| pep508_rs::PackageName::from_str(u).is_ok_and(|u| u.as_ref() == name))
+        })
+        .cloned()
+        .collect()
+}
+
 /// The pip entries that apply on `platform`.
 pub(crate) fn entries_for(spec: &EnvironmentSpec, platform: Subdir) -> Vec<&PipEntry> {
     spec.pip_entries()
@@ -136,6 +163,7 @@ pub(crate) async fn resolve(
     uv: &Uv,
     http: &HttpOptions,
     secrets: &Secrets,
+    pinned: &[PypiPackageData],
 ) -> Result<Vec<PypiPackageData>, SolveError> {
     let mut packages = resolve_unredacted(
         entries,
@@ -144,6 +172,7 @@ pub(crate) async fn resolve(
         conda_records,
         virtual_packages,
         uv,
+        pinned,
     )
     .map_err(|error| redact_error(error, secrets))?;
     if uv.binary().is_some() {
@@ -172,7 +201,8 @@ async fn remote_metadata(
         .filter_map(|(i, p)| Some((i, p.as_wheel()?)))
         .filter(|(_, p)| match &*p.location {
             UrlOrPath::Url(url) => {
-                matches!(url.scheme(), "http" | "https") && url.path().ends_with(".whl")
+                matches!(url.scheme(), "http" | "https")
+                    && (is_wheel(url.path()) || is_sdist(url.path()))
             }
             UrlOrPath::Path(_) => false,
         })
@@ -262,29 +292,32 @@ async fn fetch_metadata(
     use rattler_digest::digest::Digest as _;
     use std::io::Write as _;
 
-    let mut metadata_url = url.clone();
-    metadata_url.set_fragment(None);
-    metadata_url.set_path(&format!("{}.metadata", url.path()));
-    let response = client
-        .get(metadata_url.clone())
-        .send()
-        .await
-        .map_err(|e| format!("{}: {e}", redact_url(&metadata_url)))?;
-    if response.status().is_success() {
-        let body = read_body(response, MAX_METADATA_BYTES)
+    let wheel = is_wheel(url.path());
+    if wheel {
+        let mut metadata_url = url.clone();
+        metadata_url.set_fragment(None);
+        metadata_url.set_path(&format!("{}.metadata", url.path()));
+        let response = client
+            .get(metadata_url.clone())
+            .send()
             .await
             .map_err(|e| format!("{}: {e}", redact_url(&metadata_url)))?;
-        return String::from_utf8(body)
-            .map_err(|_| format!("{} is not UTF-8 text", redact_url(&metadata_url)));
+        if response.status().is_success() {
+            let body = read_body(response, MAX_METADATA_BYTES)
+                .await
+                .map_err(|e| format!("{}: {e}", redact_url(&metadata_url)))?;
+            return String::from_utf8(body)
+                .map_err(|_| format!("{} is not UTF-8 text", redact_url(&metadata_url)));
+        }
+        if !matches!(response.status().as_u16(), 404 | 410) {
+            return Err(format!(
+                "{} answered {}",
+                redact_url(&metadata_url),
+                response.status()
+            ));
+        }
     }
-    if !matches!(response.status().as_u16(), 404 | 410) {
-        return Err(format!(
-            "{} answered {}",
-            redact_url(&metadata_url),
-            response.status()
-        ));
-    }
-    // No PEP 658 file: the wheel itself, streamed to disk.
+    // No PEP 658 file (an sdist has none on PyPI): the file itself, streamed to disk.
     let mut response = client
         .get(url.clone())
         .send()
@@ -292,7 +325,11 @@ async fn fetch_metadata(
         .and_then(|r| r.error_for_status().map_err(Into::into))
         .map_err(|e| format!("{}: {e}", redact_url(url)))?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let path = dir.path().join("package.whl");
+    let path = dir.path().join(if wheel {
+        "package.whl"
+    } else {
+        "package.tar.gz"
+    });
     let mut file = fs_err::File::create(&path).map_err(|e| e.to_string())?;
     let mut hasher = rattler_digest::Sha256::default();
     let mut size = 0u64;
@@ -324,7 +361,7 @@ async fn fetch_metadata(
             hex::encode(expected)
         ));
     }
-    wheel_metadata(&path, name)
+    file_metadata(&path, name)
 }
 
 /// A response's body, refused when it is longer than `limit`.
@@ -371,6 +408,7 @@ fn resolve_unredacted(
     conda_records: &[RepoDataRecord],
     virtual_packages: &[GenericVirtualPackage],
     uv: &Uv,
+    pinned: &[PypiPackageData],
 ) -> Result<Vec<PypiPackageData>, SolveError> {
     if entries.is_empty() {
         return Ok(Vec::new());
@@ -404,6 +442,7 @@ fn resolve_unredacted(
             platform,
             &python_version,
             virtual_packages,
+            pinned,
         ),
         None => exact_pins(entries),
     }
@@ -493,6 +532,10 @@ struct PylockPackage {
     #[serde(default)]
     wheels: Vec<PylockFile>,
     sdist: Option<PylockFile>,
+    /// A direct URL or file (`name @ https://host/name-1.0-py3-none-any.whl`, an sdist).
+    archive: Option<PylockFile>,
+    /// A repository at the commit uv resolved the requested revision to.
+    vcs: Option<PylockVcs>,
     directory: Option<PylockPath>,
     #[serde(rename = "requires-python")]
     requires_python: Option<String>,
@@ -512,6 +555,20 @@ struct PylockPath {
     path: String,
 }
 
+/// PEP 751's `vcs` table, as uv writes it for `name @ git+URL@REV` and `git+URL@REV#egg=name`.
+#[derive(Deserialize)]
+struct PylockVcs {
+    #[serde(rename = "type")]
+    kind: String,
+    url: Option<String>,
+    path: Option<String>,
+    #[serde(rename = "requested-revision")]
+    requested_revision: Option<String>,
+    #[serde(rename = "commit-id")]
+    commit_id: String,
+    subdirectory: Option<String>,
+}
+
 fn compile_with_uv(
     uv: &Path,
     entries: &[&PipEntry],
@@ -519,15 +576,22 @@ fn compile_with_uv(
     platform: Subdir,
     python_version: &str,
     virtual_packages: &[GenericVirtualPackage],
+    pinned: &[PypiPackageData],
 ) -> Result<Vec<PypiPackageData>, SolveError> {
     let target =
         python_platform(platform, virtual_packages).ok_or(SolveError::PipPlatform { platform })?;
     let work = tempfile::tempdir().map_err(SolveError::Pip)?;
     // pip runs in the environment file's folder (as conda runs it), so relative paths in the
     // section (`-e .`, `-f ./wheels`) are made absolute against that folder.
+    // A git line the previous lock pinned is resolved at that commit, as conda packages keep
+    // their pins: a branch that moved on does not move the lock until `--update NAME`.
+    let mut requested = Vec::new();
     let requirements: String = entries
         .iter()
-        .map(|entry| absolute_paths(&entry.source, &entry.kind, spec_dir) + "\n")
+        .map(|entry| {
+            let line = absolute_paths(&entry.source, &entry.kind, spec_dir);
+            keep_git_pin(&line, pinned, &mut requested).unwrap_or(line) + "\n"
+        })
         .collect();
     let input = work.path().join("requirements.in");
     fs_err::write(&input, requirements).map_err(SolveError::Pip)?;
@@ -555,11 +619,19 @@ fn compile_with_uv(
         platform,
         stderr: format!("uv wrote a pylock.toml keel cannot read: {e}"),
     })?;
-    let find_links = find_links_urls(entries);
     pylock
         .packages
         .into_iter()
-        .map(|package| distribution(package, platform, work.path(), spec_dir, &find_links))
+        .map(|package| {
+            distribution(
+                package,
+                platform,
+                work.path(),
+                spec_dir,
+                entries,
+                &requested,
+            )
+        })
         .collect()
 }
 
@@ -583,6 +655,10 @@ fn absolute_paths(source: &str, kind: &PipEntryKind, spec_dir: &Path) -> String 
         PipEntryKind::Editable(target) if !target.contains("://") => {
             format!("-e {}", absolute(target))
         }
+        // uv refuses an editable repository ("Git sources cannot be editable"); pixi has no
+        // editable git source either, so the commit is locked and installed as a regular
+        // package (pip would clone it into `src/` and install it editable).
+        PipEntryKind::Editable(target) => target.clone(),
         PipEntryKind::RequirementsFile(file) => format!("-r {}", absolute(file)),
         PipEntryKind::ConstraintsFile(file) => format!("-c {}", absolute(file)),
         _ => source.to_owned(),
@@ -597,7 +673,8 @@ fn distribution(
     platform: Subdir,
     work: &Path,
     spec_dir: &Path,
-    find_links: &[url::Url],
+    entries: &[&PipEntry],
+    requested: &[GitPin],
 ) -> Result<PypiPackageData, SolveError> {
     let invalid = |what: String| SolveError::UvFailed {
         platform,
@@ -626,7 +703,12 @@ fn distribution(
         .iter()
         .find(|wheel| wheel_fits(wheel, platform))
         .or(package.wheels.first())
-        .or(package.sdist.as_ref());
+        .or(package.sdist.as_ref())
+        .or(package.archive.as_ref());
+    if let (None, Some(vcs)) = (file, &package.vcs) {
+        return git_distribution(name, version, vcs, platform, entries, requested)
+            .map(|data| PypiPackageData::Distribution(Box::new(data)));
+    }
     let location = match (file, &package.directory) {
         (Some(file), _) => match (&file.url, &file.path) {
             (Some(url), _) => UrlOrPath::Url(
@@ -649,7 +731,7 @@ fn distribution(
         .as_deref()
         .and_then(|i| url::Url::parse(i).ok())
         .or_else(|| match &location {
-            UrlOrPath::Url(url) if url.scheme() != "file" => find_links
+            UrlOrPath::Url(url) if url.scheme() != "file" => find_links_urls(entries)
                 .iter()
                 .find(|links| {
                     // The files of a find-links page lie beside it or below its folder
@@ -669,9 +751,12 @@ fn distribution(
         UrlOrPath::Url(_) => None,
         UrlOrPath::Path(path) => Some(PathBuf::from(path.as_str())),
     }
-    .filter(|path| path.extension().is_some_and(|e| e == "whl"))
+    .filter(|path| {
+        is_wheel(path.as_os_str().to_str().unwrap_or(""))
+            || is_sdist(path.as_os_str().to_str().unwrap_or(""))
+    })
     .map(|wheel| {
-        wheel_metadata(&wheel, &name)
+        file_metadata(&wheel, &name)
             .and_then(|text| CoreMetadata::parse(&text))
             .map_err(|reason| SolveError::PypiMetadata {
                 platform,
@@ -698,6 +783,326 @@ fn distribution(
             }),
         },
     )))
+}
+
+/// A package uv resolved from a git repository, as pixi locks it (pixi 0.77.0,
+/// `pixi_record::PinnedGitSpec::into_locked_git_url`): a distribution whose location is
+/// `git+URL?subdirectory=DIR&rev=REV#COMMIT`, the requested revision (a branch, a tag, a
+/// commit) in the query and the full commit uv resolved it to in the fragment, credentials
+/// removed; no hash and no index. Its `requires_dist` and `requires_python` are what the
+/// `pyproject.toml` of that commit states ([`pyproject_text_metadata`]), read from a bare
+/// clone without checking anything out.
+fn git_distribution(
+    name: pep508_rs::PackageName,
+    version: pep440_rs::Version,
+    vcs: &PylockVcs,
+    platform: Subdir,
+    entries: &[&PipEntry],
+    requested: &[GitPin],
+) -> Result<PypiDistributionData, SolveError> {
+    let invalid = |what: String| SolveError::UvFailed {
+        platform,
+        stderr: format!("uv's pylock.toml has {what} for `{name}`"),
+    };
+    if vcs.kind != "git" {
+        return Err(invalid(format!(
+            "a {} repository (keel locks git repositories only)",
+            vcs.kind
+        )));
+    }
+    if vcs.commit_id.len() != 40 || !vcs.commit_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(format!(
+            "the commit `{}`, not a full sha",
+            vcs.commit_id
+        )));
+    }
+    let repository = match (&vcs.url, &vcs.path) {
+        (Some(url), _) => url::Url::parse(url.trim_start_matches("git+"))
+            .map_err(|e| invalid(format!("a bad repository URL ({e})")))?,
+        (None, Some(path)) => url::Url::from_directory_path(path)
+            .map_err(|()| invalid(format!("the repository path `{path}`")))?,
+        (None, None) => return Err(invalid("a repository without URL or path".to_owned())),
+    };
+    let mut locked = redact_url(&repository);
+    locked.set_query(None);
+    locked.set_fragment(None);
+    let subdirectory = vcs.subdirectory.as_deref().filter(|s| !s.is_empty());
+    if let Some(subdirectory) = subdirectory {
+        locked
+            .query_pairs_mut()
+            .append_pair("subdirectory", subdirectory);
+    }
+    // A line keel resolved at the previous lock's commit records the revision the file asks
+    // for, not that commit.
+    let kept = requested.iter().find(|pin| {
+        pin.commit.eq_ignore_ascii_case(&vcs.commit_id)
+            && pin.subdirectory.as_deref() == subdirectory
+            && same_repository(&pin.repository, &repository)
+    });
+    let revision = match kept {
+        Some(pin) => pin.revision.as_deref(),
+        None => vcs.requested_revision.as_deref(),
+    };
+    if let Some(revision) = revision {
+        locked.query_pairs_mut().append_pair("rev", revision);
+    }
+    locked.set_fragment(Some(&vcs.commit_id.to_ascii_lowercase()));
+    let locked = url::Url::parse(&format!("git+{locked}")).map_err(|e| {
+        invalid(format!(
+            "a repository URL keel cannot prefix with git+ ({e})"
+        ))
+    })?;
+    let clone_from = with_credentials(&repository, &git_credentials(entries));
+    let metadata = git_pyproject(&clone_from, &vcs.commit_id, subdirectory)
+        .and_then(|text| text.map(|t| pyproject_text_metadata(&t)).transpose())
+        .map_err(|reason| SolveError::PypiMetadata {
+            platform,
+            package: name.to_string(),
+            file: redact_template(&format!(
+                "{}@{}:{}pyproject.toml",
+                redact_url(&repository),
+                vcs.commit_id,
+                subdirectory.map(|s| format!("{s}/")).unwrap_or_default()
+            )),
+            reason,
+        })?
+        .unwrap_or_default();
+    Ok(PypiDistributionData {
+        name,
+        version,
+        location: Verbatim::new(UrlOrPath::Url(locked)),
+        index_url: None,
+        hash: None,
+        requires_dist: metadata.requires_dist,
+        requires_python: metadata.requires_python,
+    })
+}
+
+/// The git repositories the pip section names with a user (and password): uv's pylock.toml
+/// gives the repository without them, and the clone that reads `pyproject.toml` needs them.
+fn git_credentials(entries: &[&PipEntry]) -> Vec<url::Url> {
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let start = entry.source.find("git+")? + 4;
+            let text = entry.source[start..].split_whitespace().next()?;
+            url::Url::parse(text).ok()
+        })
+        .filter(|url| !url.username().is_empty())
+        .collect()
+}
+
+/// The text of `pyproject.toml` at `commit` of `repository` (in `subdirectory`), `None` when
+/// the commit has none; through a bare, blobless clone in a temporary folder.
+fn git_pyproject(
+    repository: &url::Url,
+    commit: &str,
+    subdirectory: Option<&str>,
+) -> Result<Option<String>, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let clone = dir.path().join("repository.git");
+    let git = |args: &[&std::ffi::OsStr]| -> Result<std::process::Output, String> {
+        Command::new("git")
+            .args(["-c", "protocol.file.allow=always"])
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .map_err(|e| format!("cannot run git: {e}"))
+    };
+    let output = git(&[
+        "clone".as_ref(),
+        "--quiet".as_ref(),
+        "--bare".as_ref(),
+        "--filter=blob:none".as_ref(),
+        repository.as_str().as_ref(),
+        clone.as_os_str(),
+    ])?;
+    if !output.status.success() {
+        return Err(format!(
+            "git clone failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let object = format!(
+        "{commit}:{}pyproject.toml",
+        subdirectory
+            .map(|s| format!("{}/", s.trim_end_matches('/')))
+            .unwrap_or_default()
+    );
+    let git_dir = format!("--git-dir={}", clone.display());
+    let exists = git(&[
+        git_dir.as_ref(),
+        "cat-file".as_ref(),
+        "-e".as_ref(),
+        object.as_ref(),
+    ])?;
+    if !exists.status.success() {
+        let commit_exists = git(&[
+            git_dir.as_ref(),
+            "cat-file".as_ref(),
+            "-e".as_ref(),
+            format!("{commit}^{{commit}}").as_ref(),
+        ])?;
+        return if commit_exists.status.success() {
+            Ok(None)
+        } else {
+            Err(format!("the repository has no commit {commit}"))
+        };
+    }
+    let output = git(&[git_dir.as_ref(), "show".as_ref(), object.as_ref()])?;
+    if !output.status.success() {
+        return Err(format!(
+            "git show {object} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    String::from_utf8(output.stdout)
+        .map(Some)
+        .map_err(|_| "pyproject.toml is not UTF-8".to_owned())
+}
+
+/// A git line of the pip section that keel resolves at the commit the previous lock pinned:
+/// the repository, the revision and subdirectory the line asks for, and that commit.
+struct GitPin {
+    repository: url::Url,
+    revision: Option<String>,
+    subdirectory: Option<String>,
+    commit: String,
+}
+
+/// Whether two repository URLs name the same repository (credentials, a `git+` prefix, a
+/// trailing slash aside).
+fn same_repository(a: &url::Url, b: &url::Url) -> bool {
+    let plain = |url: &url::Url| {
+        let mut url = redact_url(url);
+        url.set_query(None);
+        url.set_fragment(None);
+        url.as_str()
+            .trim_start_matches("git+")
+            .trim_end_matches('/')
+            .to_owned()
+    };
+    plain(a) == plain(b)
+}
+
+/// A pip git URL's parts ([`pip_git_parts`]).
+struct PipGitUrl<'a> {
+    repository: url::Url,
+    revision: Option<String>,
+    subdirectory: Option<String>,
+    fragment: Option<&'a str>,
+}
+
+/// The parts of a pip git URL (`git+URL@REV#subdirectory=DIR&egg=NAME`): the repository URL
+/// (without `git+`), the revision, the subdirectory, and the fragment as written. The `@` of
+/// the revision is the last one after the host (`git+ssh://git@host/repo.git@v1`).
+fn pip_git_parts(text: &str) -> Option<PipGitUrl<'_>> {
+    let text = text.strip_prefix("git+")?;
+    let (base, fragment) = match text.split_once('#') {
+        Some((base, fragment)) => (base, Some(fragment)),
+        None => (text, None),
+    };
+    let after_scheme = base.find("://")? + 3;
+    let path_start = base[after_scheme..]
+        .find('/')
+        .map_or(base.len(), |i| after_scheme + i);
+    let (repository, revision) = match base[path_start..].rsplit_once('@') {
+        Some((path, revision)) => (
+            format!("{}{path}", &base[..path_start]),
+            Some(revision.to_owned()),
+        ),
+        None => (base.to_owned(), None),
+    };
+    let subdirectory = fragment.and_then(|f| {
+        f.split('&')
+            .find_map(|pair| pair.strip_prefix("subdirectory="))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    });
+    Some(PipGitUrl {
+        repository: url::Url::parse(&repository).ok()?,
+        revision,
+        subdirectory,
+        fragment,
+    })
+}
+
+/// `line` with its git URL's revision replaced by the commit `pinned` holds for the same
+/// repository, revision and subdirectory (a package of the previous lock whose location is
+/// `git+URL?rev=REV#COMMIT`); `None` when the line is no git URL or nothing pinned it. The
+/// pin is noted in `requested`, so the lock records the revision the line asks for.
+fn keep_git_pin(
+    line: &str,
+    pinned: &[PypiPackageData],
+    requested: &mut Vec<GitPin>,
+) -> Option<String> {
+    let start = line.find("git+")?;
+    let end = line[start..]
+        .find(|c: char| c.is_whitespace() || c == ';')
+        .map_or(line.len(), |i| start + i);
+    let PipGitUrl {
+        repository,
+        revision,
+        subdirectory,
+        fragment,
+    } = pip_git_parts(&line[start..end])?;
+    let commit = pinned.iter().find_map(|package| {
+        let PypiPackageData::Distribution(data) = package else {
+            return None;
+        };
+        let UrlOrPath::Url(url) = &*data.location else {
+            return None;
+        };
+        if !url.scheme().starts_with("git+") {
+            return None;
+        }
+        let query = |key: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
+        };
+        let commit = url.fragment()?;
+        (same_repository(url, &repository)
+            && query("rev") == revision
+            && query("subdirectory") == subdirectory
+            && commit.len() == 40
+            && commit.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| commit.to_owned())
+    })?;
+    let mut url = format!("git+{}@{commit}", repository.as_str().trim_end_matches('/'));
+    if let Some(fragment) = fragment {
+        url.push('#');
+        url.push_str(fragment);
+    }
+    requested.push(GitPin {
+        repository,
+        revision,
+        subdirectory,
+        commit,
+    });
+    Some(format!("{}{url}{}", &line[..start], &line[end..]))
+}
+
+/// The URL pip and uv install a locked package from. A git package's lock location
+/// (`git+URL?subdirectory=DIR&rev=REV#COMMIT`, as pixi writes it) becomes
+/// `git+URL@COMMIT#subdirectory=DIR`, so the exact commit is installed whatever the branch
+/// holds now; any other URL is returned as it is.
+pub fn pip_url(url: &url::Url) -> String {
+    let Some(commit) = url.fragment().filter(|_| url.scheme().starts_with("git+")) else {
+        return url.to_string();
+    };
+    let subdirectory = url
+        .query_pairs()
+        .find(|(key, _)| key == "subdirectory")
+        .map(|(_, value)| value.into_owned());
+    let mut repository = url.clone();
+    repository.set_query(None);
+    repository.set_fragment(None);
+    let mut line = format!("{repository}@{commit}");
+    if let Some(subdirectory) = subdirectory {
+        line.push_str(&format!("#subdirectory={subdirectory}"));
+    }
+    line
 }
 
 /// A local source tree (`-e .`, `./pkg`) as the lock's source package: its folder relative to
@@ -748,7 +1153,12 @@ fn pyproject_metadata(folder: &Path) -> Result<CoreMetadata, String> {
         }
         Err(error) => return Err(error.to_string()),
     };
-    let value: toml::Value = toml::from_str(&text).map_err(|e| format!("pyproject.toml: {e}"))?;
+    pyproject_text_metadata(&text)
+}
+
+/// [`pyproject_metadata`] of the text of a `pyproject.toml`.
+fn pyproject_text_metadata(text: &str) -> Result<CoreMetadata, String> {
+    let value: toml::Value = toml::from_str(text).map_err(|e| format!("pyproject.toml: {e}"))?;
     let Some(project) = value.get("project") else {
         return Ok(CoreMetadata::default());
     };
@@ -819,6 +1229,73 @@ fn pyproject_metadata(folder: &Path) -> Result<CoreMetadata, String> {
 /// The most a wheel's `METADATA` may hold: the largest on PyPI are a few hundred kB (a long
 /// description); more is not metadata.
 const MAX_METADATA_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Whether a file name or URL path is a wheel.
+fn is_wheel(path: &str) -> bool {
+    path.ends_with(".whl")
+}
+
+/// Whether a file name or URL path is an sdist keel reads `PKG-INFO` from (a gzipped tar, as
+/// PEP 625 names them; a `.zip` sdist is left without requirements).
+fn is_sdist(path: &str) -> bool {
+    path.ends_with(".tar.gz")
+}
+
+/// The core metadata of a wheel ([`wheel_metadata`]) or of an sdist ([`sdist_metadata`]).
+fn file_metadata(path: &Path, name: &pep508_rs::PackageName) -> Result<String, String> {
+    if is_sdist(&path.to_string_lossy()) {
+        sdist_metadata(path)
+    } else {
+        wheel_metadata(path, name)
+    }
+}
+
+/// The text of an sdist's `{name}-{version}/PKG-INFO` (the core metadata the sdist was built
+/// with; pip and uv read the same file when its fields are not dynamic). The file is opened,
+/// checked to be a regular file, and read as a gzipped tar entry by entry: the entry must be
+/// a regular file directly inside the one top-level folder, of at most [`MAX_METADATA_BYTES`].
+fn sdist_metadata(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+
+    let file = fs_err::File::open(path).map_err(|e| e.to_string())?;
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("it is not a regular file".to_owned());
+    }
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("it is not an sdist (tar.gz): {e}"))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("it is not an sdist (tar.gz): {e}"))?;
+        let entry_path = entry
+            .path()
+            .map_err(|e| format!("an entry with a bad name: {e}"))?
+            .into_owned();
+        let parts: Vec<_> = entry_path.components().collect();
+        let is_pkg_info = matches!(
+            parts[..],
+            [std::path::Component::Normal(_), std::path::Component::Normal(file)]
+                if file == "PKG-INFO"
+        );
+        if !is_pkg_info || !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let size = entry.size();
+        if size > MAX_METADATA_BYTES {
+            return Err(format!(
+                "{} is {size} bytes, more than the {MAX_METADATA_BYTES} keel reads",
+                entry_path.display()
+            ));
+        }
+        let mut text = String::new();
+        entry
+            .take(MAX_METADATA_BYTES)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("{}: {e}", entry_path.display()))?;
+        return Ok(text);
+    }
+    Err("it has no `*/PKG-INFO`".to_owned())
+}
 
 /// The text of a wheel's `{name}-{version}.dist-info/METADATA`. The wheel is opened, then
 /// checked to be a regular file; the entry must be a top-level `.dist-info` folder's
@@ -1016,6 +1493,112 @@ mod tests {
         assert!(error.contains("`dependencies` item `a >>= 1`"), "{error}");
         fs_err::remove_file(dir.path().join("pyproject.toml")).unwrap();
         assert_eq!(pyproject_metadata(dir.path()), Ok(CoreMetadata::default()));
+    }
+
+    #[test]
+    fn a_locked_git_url_is_installed_at_its_commit() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let url = |text: &str| url::Url::parse(text).unwrap();
+        assert_eq!(
+            pip_url(&url(&format!(
+                "git+https://github.com/org/repo.git?subdirectory=pkg&rev=main#{commit}"
+            ))),
+            format!("git+https://github.com/org/repo.git@{commit}#subdirectory=pkg")
+        );
+        assert_eq!(
+            pip_url(&url(&format!("git+file:///srv/repo#{commit}"))),
+            format!("git+file:///srv/repo@{commit}")
+        );
+        let wheel = "https://host/a-1.0-py3-none-any.whl";
+        assert_eq!(pip_url(&url(wheel)), wheel);
+    }
+
+    #[test]
+    fn pip_git_urls_split_at_the_revision_after_the_host() {
+        let parts =
+            pip_git_parts("git+ssh://git@github.com/org/repo.git@v1#egg=x&subdirectory=sub")
+                .unwrap();
+        assert_eq!(
+            parts.repository.as_str(),
+            "ssh://git@github.com/org/repo.git"
+        );
+        assert_eq!(parts.revision.as_deref(), Some("v1"));
+        assert_eq!(parts.subdirectory.as_deref(), Some("sub"));
+        assert_eq!(parts.fragment, Some("egg=x&subdirectory=sub"));
+        let parts = pip_git_parts("git+https://github.com/org/repo").unwrap();
+        assert_eq!(parts.repository.as_str(), "https://github.com/org/repo");
+        assert_eq!((parts.revision, parts.subdirectory), (None, None));
+        assert!(pip_git_parts("https://host/a.whl").is_none());
+    }
+
+    #[test]
+    fn a_git_line_keeps_the_commit_the_previous_lock_pinned() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let pinned = PypiPackageData::Distribution(Box::new(PypiDistributionData {
+            name: "gamma".parse().unwrap(),
+            version: "0.1.0".parse().unwrap(),
+            location: Verbatim::new(UrlOrPath::Url(
+                format!("git+https://host/repo.git?rev=main#{commit}")
+                    .parse()
+                    .unwrap(),
+            )),
+            index_url: None,
+            hash: None,
+            requires_dist: Vec::new(),
+            requires_python: None,
+        }));
+        let mut requested = Vec::new();
+        assert_eq!(
+            keep_git_pin(
+                "gamma @ git+https://user:pw@host/repo.git@main ; python_version > '3'",
+                std::slice::from_ref(&pinned),
+                &mut requested
+            )
+            .as_deref(),
+            Some(
+                format!(
+                    "gamma @ git+https://user:pw@host/repo.git@{commit} ; python_version > '3'"
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(requested[0].revision.as_deref(), Some("main"));
+        // Another revision, or another repository, is resolved afresh.
+        for line in [
+            "gamma @ git+https://host/repo.git@dev",
+            "gamma @ git+https://host/other.git@main",
+            "gamma==0.1.0",
+        ] {
+            assert_eq!(
+                keep_git_pin(line, std::slice::from_ref(&pinned), &mut requested),
+                None,
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_sdist_without_pkg_info_or_not_a_tarball_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a-1.0.tar.gz");
+        fs_err::write(&path, b"not gzip").unwrap();
+        let error = sdist_metadata(&path).unwrap_err();
+        assert!(error.starts_with("it is not an sdist (tar.gz)"), "{error}");
+        // A PKG-INFO deeper than the top folder is not the sdist's.
+        let file = fs_err::File::create(&path).unwrap();
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::fast(),
+        ));
+        let text = b"Name: a\nRequires-Dist: b\n";
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "a-1.0/vendor/PKG-INFO", &text[..])
+            .unwrap();
+        builder.into_inner().unwrap().finish().unwrap();
+        assert_eq!(sdist_metadata(&path).unwrap_err(), "it has no `*/PKG-INFO`");
     }
 
     #[test]

@@ -274,7 +274,14 @@ pub(crate) fn redact_pypi(package: PypiPackageData) -> PypiPackageData {
     match package {
         PypiPackageData::Distribution(mut data) => {
             if let UrlOrPath::Url(url) = &*data.location {
-                data.location = Verbatim::new(UrlOrPath::Url(redact_url(url)));
+                let mut redacted = redact_url(url);
+                // A git package's query and fragment are the revision, subdirectory and
+                // commit the lock pins (`git+URL?rev=main#COMMIT`, as pixi writes them).
+                if url.scheme().starts_with("git+") {
+                    redacted.set_query(url.query());
+                    redacted.set_fragment(url.fragment());
+                }
+                data.location = Verbatim::new(UrlOrPath::Url(redacted));
             }
             data.index_url = data.index_url.as_ref().map(redact_url);
             PypiPackageData::Distribution(data)

@@ -111,6 +111,7 @@ pub async fn lock(
             &options.uv,
             &options.http,
             &secrets,
+            &pypi::previous_pins(previous, *platform, &options.update),
         )
         .await?;
         solves.push(PlatformSolve {
