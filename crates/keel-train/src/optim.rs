@@ -355,14 +355,55 @@ fn adamw_fused(
     let eps = k.eps as f32;
     let step_size = k.step_size as f32;
     let n = value_s.len();
-    // One length for all (the shapes are equal), so the loop has no bounds checks.
-    let (grad_s, m_s, sq_s) = (&grad_s[..n], &m_s[..n], &sq_s[..n]);
     let (mut param, mut m_new, mut sq_new) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let finite = adamw_elements(
+        [value_s, grad_s, m_s, sq_s],
+        [&mut param, &mut m_new, &mut sq_new],
+        [
+            decay,
+            one_minus_beta1,
+            beta2,
+            one_minus_beta2,
+            inv_bias_correction2_sqrt,
+            eps,
+            step_size,
+        ],
+    );
+    drop((v0, g0, m0, s0));
+    let device = value.device();
+    Ok(Some((
+        Tensor::from_vec(param, shape, device)?,
+        Tensor::from_vec(m_new, shape, device)?,
+        Tensor::from_vec(sq_new, shape, device)?,
+        finite,
+    )))
+}
+
+/// [`adamw_fused`]'s loop: the value, gradient and moments in, the new value and moments
+/// out (slices of one length, as arguments so the compiler knows they do not overlap and
+/// vectorises the loop), and whether every result is finite.
+fn adamw_elements(
+    [value, grad, m, sq]: [&[f32]; 4],
+    [param, m_new, sq_new]: [&mut [f32]; 3],
+    [
+        decay,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        inv_bias_correction2_sqrt,
+        eps,
+        step_size,
+    ]: [f32; 7],
+) -> bool {
     // An exponent of all ones is an infinity or a NaN.
     const EXPONENT: u32 = 0x7f80_0000;
     let mut non_finite = 0u32;
-    for i in 0..n {
-        let (v, g, m, sq) = (value_s[i], grad_s[i], m_s[i], sq_s[i]);
+    let inputs = value.iter().zip(grad).zip(m).zip(sq);
+    let outputs = param
+        .iter_mut()
+        .zip(m_new.iter_mut())
+        .zip(sq_new.iter_mut());
+    for ((((&v, &g), &m), &sq), ((p_out, m_out), sq_out)) in inputs.zip(outputs) {
         let decayed = v * decay + 0.0;
         let m1 = m + ((g - m) * one_minus_beta1 + 0.0);
         let sq1 = (sq * beta2 + 0.0) + ((g * g) * one_minus_beta2 + 0.0);
@@ -371,18 +412,11 @@ fn adamw_fused(
         for x in [p1, m1, sq1] {
             non_finite |= u32::from(x.to_bits() & EXPONENT == EXPONENT);
         }
-        param[i] = p1;
-        m_new[i] = m1;
-        sq_new[i] = sq1;
+        *p_out = p1;
+        *m_out = m1;
+        *sq_out = sq1;
     }
-    drop((v0, g0, m0, s0));
-    let device = value.device();
-    Ok(Some((
-        Tensor::from_vec(param, shape, device)?,
-        Tensor::from_vec(m_new, shape, device)?,
-        Tensor::from_vec(sq_new, shape, device)?,
-        non_finite == 0,
-    )))
+    non_finite == 0
 }
 
 #[derive(Debug)]
