@@ -217,6 +217,33 @@ fn a_git_line_is_locked_and_installed_at_the_commit_its_branch_was_at() {
         Some(">=3.8".to_owned())
     );
     assert!(packages.iter().any(|p| p.name().as_ref() == "beta"));
+    // py-rattler reads the git package and writes it back with its commit.
+    let python = keel_test_support::python(&["rattler"]);
+    let script = r#"
+import json, sys
+from rattler import LockFile
+lock = LockFile.from_path(sys.argv[1])
+packages = {p.name: p for p in lock.default_environment().pypi_packages()["linux-64"]}
+lock.to_path(sys.argv[2])
+print(json.dumps({"gamma": packages["gamma"].requires_dist, "written": open(sys.argv[2]).read()}))
+"#;
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(dir.join("keel.lock"))
+        .arg(dir.join("written.lock"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let read: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(read["gamma"], serde_json::json!(["beta>=1"]));
+    assert!(
+        read["written"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("- pypi: {gamma}\n")),
+        "{read:#}"
+    );
 
     // The branch moves on; the file does not change.
     write_project(&repo, "gamma", 2);
