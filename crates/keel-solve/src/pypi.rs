@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::SolveError;
 use crate::client::{HttpOptions, http_client};
-use crate::redact::{Secrets, redact_template, redact_url};
+use crate::redact::{Secrets, redact_template, redact_text, redact_url};
 
 /// The index pip and uv use when the section names none, spelled as pixi spells its default
 /// (`DEFAULT_PYPI_INDEX_URL`): pixi compares a lock's indexes with its own exactly.
@@ -918,9 +918,10 @@ fn git_pyproject(
         clone.as_os_str(),
     ])?;
     if !output.status.success() {
+        // git's message names the URL it was given, credentials and all.
         return Err(format!(
             "git clone failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
+            redact_text(String::from_utf8_lossy(&output.stderr).trim())
         ));
     }
     let object = format!(
@@ -1575,6 +1576,57 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn a_commit_s_pyproject_is_read_and_a_missing_one_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let output = Command::new("git")
+                .args(["-c", "user.name=k", "-c", "user.email=k@example.invalid"])
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout).unwrap().trim().to_owned()
+        };
+        git(&["init", "--quiet", "-b", "main"]);
+        fs_err::write(dir.path().join("README"), "no project here\n").unwrap();
+        git(&["add", "."]);
+        git(&["commit", "--quiet", "-m", "one"]);
+        let bare = git(&["rev-parse", "HEAD"]);
+        fs_err::create_dir_all(dir.path().join("sub")).unwrap();
+        fs_err::write(
+            dir.path().join("sub/pyproject.toml"),
+            "[project]\nname = \"s\"\ndependencies = [\"a\"]\n",
+        )
+        .unwrap();
+        git(&["add", "."]);
+        git(&["commit", "--quiet", "-m", "two"]);
+        let with_project = git(&["rev-parse", "HEAD"]);
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let text = git_pyproject(&url, &with_project, Some("sub"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            pyproject_text_metadata(&text).unwrap().requires_dist,
+            [pep508_rs::Requirement::from_str("a").unwrap()]
+        );
+        assert_eq!(git_pyproject(&url, &bare, Some("sub")), Ok(None));
+        assert_eq!(git_pyproject(&url, &with_project, None), Ok(None));
+        let missing = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(
+            git_pyproject(&url, missing, None),
+            Err(format!("the repository has no commit {missing}"))
+        );
+        // A repository that cannot be cloned is named without the line's credentials.
+        let secret = url::Url::parse("https://user:s3cret@127.0.0.1:9/repo.git").unwrap();
+        let error = git_pyproject(&secret, missing, None).unwrap_err();
+        assert!(
+            error.starts_with("git clone failed") && !error.contains("s3cret"),
+            "{error}"
+        );
     }
 
     #[test]
