@@ -95,6 +95,26 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
         for path, data in files.items():
             z.writestr(path, data)
     return wheel
+
+def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
+    # PEP 660: a wheel whose .pth file puts the source folder on sys.path.
+    source = os.path.abspath("src")
+    wheel = build_wheel(wheel_directory)
+    path = os.path.join(wheel_directory, wheel)
+    with zipfile.ZipFile(path) as z:
+        kept = {n: z.read(n) for n in z.namelist() if ".dist-info/" in n and not n.endswith("RECORD")}
+    name = _project()["name"]
+    kept[f"{name}.pth"] = (source + "\n").encode()
+    dist_info = next(n.split("/")[0] for n in kept if ".dist-info/" in n)
+    record = ""
+    for p, data in kept.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{p},sha256={digest},{len(data)}\n"
+    kept[f"{dist_info}/RECORD"] = (record + f"{dist_info}/RECORD,,\n").encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for p, data in kept.items():
+            z.writestr(p, data)
+    return wheel
 "#;
 
 /// A source tree of `name` 0.1.0 that needs `beta` and whose module holds `VALUE = value`.
@@ -486,6 +506,63 @@ fn direct_url_lines_are_locked_with_their_hash_and_metadata() {
     let site = site_packages(&dir.join("env"));
     assert!(site.join("alpha/__init__.py").is_file());
     assert!(site.join("epsilon/__init__.py").is_file());
+    let output = keel(dir, &["verify", "env", "-l", "keel.lock", "--json"]);
+    let verify: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for clean in ["missing_pypi", "pip_outside_lock", "changed_files"] {
+        assert_eq!(verify[clean], serde_json::json!([]), "{clean}: {verify:#}");
+    }
+}
+
+/// `-e ./proj`: the lock cannot say a folder is editable (pixi keeps that in its manifest), and
+/// keel installs a local folder as pip installs `-e`: the prefix imports the folder itself, so
+/// an edit after the install is what Python sees; verify counts it as the lock's.
+#[test]
+fn a_local_folder_is_installed_editable_as_pip_installs_dash_e() {
+    let uv = keel_test_support::tool("uv");
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    stub_channel(dir);
+    fs_err::create_dir_all(dir.join("wheels")).unwrap();
+    wheel::build_wheel(&dir.join("wheels"), "beta", "1.0.0", &[]);
+    write_project(&dir.join("proj"), "zeta", 1);
+    fs_err::write(
+        dir.join("env.yml"),
+        "channels:\n  - ./channel\ndependencies:\n  - python =3.11\n  - pip\n  - pip:\n    \
+         - --find-links ./wheels\n    - --no-index\n    - -e ./proj\n",
+    )
+    .unwrap();
+    expect(dir, &["lock", "env.yml", "-o", "keel.lock"], 0);
+    let venv = Command::new(&uv)
+        .args(["venv", "--quiet", "--python", "python3", "env"])
+        .env("UV_CACHE_DIR", dir.join("uv-cache"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(venv.status.success(), "{}", text(&venv.stderr));
+    expect(
+        dir,
+        &[
+            "install",
+            "-l",
+            "keel.lock",
+            "-p",
+            "env",
+            "--package-cache",
+            "pkgs",
+        ],
+        0,
+    );
+    fs_err::write(dir.join("proj/src/zeta/__init__.py"), "VALUE = 2\n").unwrap();
+    let imported = Command::new(dir.join("env/bin/python"))
+        .args(["-c", "import zeta; print(zeta.VALUE)"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&imported.stdout).trim(),
+        "2",
+        "{}",
+        text(&imported.stderr)
+    );
     let output = keel(dir, &["verify", "env", "-l", "keel.lock", "--json"]);
     let verify: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     for clean in ["missing_pypi", "pip_outside_lock", "changed_files"] {

@@ -650,7 +650,7 @@ fn install_pypi(
         requirements.push_str(&format!("{option} {index}\n"));
     }
     for package in pypi {
-        requirements.push_str(&package.requirement);
+        requirements.push_str(&editable(package).unwrap_or_else(|| package.requirement.clone()));
         requirements.push('\n');
     }
     let mut file = tempfile::Builder::new()
@@ -681,6 +681,21 @@ fn install_pypi(
         });
     }
     Ok(())
+}
+
+/// A local source tree (`name @ file:///folder`, no version) as an editable requirement,
+/// `-e file:///folder`. The lock cannot say which folders the pip section marked `-e`
+/// (rattler_lock's source packages have no editable flag; pixi keeps it in its manifest), and
+/// a local folder in an environment file is `-e .` as a rule: it is installed as pip installs
+/// that line, so that edits to the folder are what the environment imports.
+fn editable(package: &LockedPypi) -> Option<String> {
+    if package.version.is_some() || package.hashed {
+        return None;
+    }
+    let url = package
+        .requirement
+        .strip_prefix(&format!("{} @ ", package.name))?;
+    (url.starts_with("file:") && !url.contains(char::is_whitespace)).then(|| format!("-e {url}"))
 }
 
 /// The prefix's records, each checked: every path in it relative and inside the prefix, and no
