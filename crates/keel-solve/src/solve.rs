@@ -192,7 +192,7 @@ async fn solve_platform(
                 platform,
                 source: Redacted::new(&source, secrets),
             })
-        })?;
+    })?;
 
     let task = SolverTask {
         locked_packages: locked.iter().collect(),
