@@ -19,7 +19,7 @@
 //!   3.9, its BLAS in the MKL variant that pytorch's `blas * mkl` needs, pytorch's pure Python
 //!   dependencies, pillow and the libraries ffmpeg needs), each with the name, version and
 //!   build conda-forge published and a dependency list reduced to names in this composition
-//!   (see [`written_conda_forge`]).
+//!   (see `written_conda_forge`).
 //! - `nvidia/linux-64`: the CUDA 11.8 runtime packages `pytorch-cuda 11.8` depends on, with the
 //!   names, versions and builds of a real `conda install pytorch-cuda=11.8 -c nvidia`
 //!   transaction; their dependency lists are written here (`cuda-runtime` -> `cuda-libraries`
