@@ -206,6 +206,13 @@ pub struct HashStats {
     pub bytes_hashed: u64,
 }
 
+/// The `schema` of a fingerprint file, read before the rest (which it skips).
+#[derive(Deserialize)]
+struct SchemaProbe {
+    #[serde(default)]
+    schema: Option<serde_json::Value>,
+}
+
 /// The part of a fingerprint that `root` covers.
 #[derive(Serialize)]
 struct RootInput<'a> {
@@ -219,26 +226,32 @@ impl Fingerprint {
     /// whose root does not match their contents.
     pub fn from_path(path: &Path) -> Result<Self, PrefixError> {
         let text = read_regular_text(path, FINGERPRINT_LIMIT, "fingerprints")?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| PrefixError::FingerprintJson {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let json_error = |source| PrefixError::FingerprintJson {
+            path: path.to_path_buf(),
+            source,
+        };
         let schema_error = |reason: String| PrefixError::FingerprintSchema {
             path: path.to_path_buf(),
             expected: FINGERPRINT_SCHEMA,
             reason,
         };
-        match value.get("schema").and_then(serde_json::Value::as_u64) {
+        // The schema first, skipping the rest unread (no `serde_json::Value` of the whole
+        // file: its allocations were most of `keel diff`'s time, and grew with the nodes).
+        // Valid JSON that is not an object has no schema either.
+        let schema = if text.trim_start().starts_with('{') {
+            serde_json::from_str::<SchemaProbe>(&text)
+                .map_err(json_error)?
+                .schema
+        } else {
+            serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(json_error)?;
+            None
+        };
+        match schema.as_ref().and_then(serde_json::Value::as_u64) {
             Some(schema) if schema == u64::from(FINGERPRINT_SCHEMA) => {}
             Some(schema) => return Err(schema_error(format!("it has schema {schema}"))),
             None => return Err(schema_error("it has no `schema` field".to_string())),
         }
-        let fingerprint: Fingerprint =
-            serde_json::from_value(value).map_err(|source| PrefixError::FingerprintJson {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let fingerprint: Fingerprint = serde_json::from_str(&text).map_err(json_error)?;
         // Paths are relative to a prefix; one that could leave it is not a fingerprint keel
         // wrote (and nothing downstream should ever join it).
         for file in &fingerprint.files {
@@ -520,4 +533,88 @@ fn fingerprint_one(
         Some(entry),
         from_cache,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Fingerprint {
+        let files = vec![FileFingerprint {
+            path: "lib/a.py".to_string(),
+            kind: FileKind::File,
+            size: Some(3),
+            blake3: Some(blake3::hash(b"abc").to_hex().to_string()),
+            executable: false,
+            prefix_replaced: false,
+            target: None,
+            owner: None,
+        }];
+        Fingerprint {
+            schema: FINGERPRINT_SCHEMA,
+            root: root_hash(&[], &files),
+            label: "node0".to_string(),
+            prefix: PathBuf::from("/opt/env"),
+            keel_version: "0.1.0".to_string(),
+            summary: Summary::default(),
+            packages: Vec::new(),
+            files,
+        }
+    }
+
+    fn read(dir: &Path, text: &str) -> Result<Fingerprint, PrefixError> {
+        let path = dir.join("node.json");
+        fs_err::write(&path, text).unwrap();
+        Fingerprint::from_path(&path)
+    }
+
+    /// What `from_path` accepts and how it refuses the rest (read straight into the types,
+    /// with the schema checked first): a written fingerprint reads back equal; another schema,
+    /// a missing one and a document that is no object are schema errors naming the file; text
+    /// that is no JSON, or a field of the wrong type, is a JSON error naming the file.
+    #[test]
+    fn from_path_reads_what_hash_writes_and_names_the_file_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let print = sample();
+        let text = serde_json::to_string_pretty(&print).unwrap();
+        assert_eq!(read(dir.path(), &text).unwrap(), print);
+
+        let mut value = serde_json::to_value(&print).unwrap();
+        value["schema"] = serde_json::json!(2);
+        let error = read(dir.path(), &value.to_string()).unwrap_err();
+        assert!(
+            matches!(error, PrefixError::FingerprintSchema { .. })
+                && error.to_string().contains("node.json"),
+            "{error}"
+        );
+        value.as_object_mut().unwrap().remove("schema");
+        let error = read(dir.path(), &value.to_string()).unwrap_err();
+        assert!(
+            matches!(&error, PrefixError::FingerprintSchema { reason, .. } if reason.contains("no `schema`")),
+            "{error}"
+        );
+        let error = read(dir.path(), "[1, 2]").unwrap_err();
+        assert!(
+            matches!(error, PrefixError::FingerprintSchema { .. }),
+            "{error}"
+        );
+        let error = read(dir.path(), "{\"schema\": 1, ").unwrap_err();
+        assert!(
+            matches!(error, PrefixError::FingerprintJson { .. })
+                && error.to_string().contains("node.json"),
+            "{error}"
+        );
+        let mut value = serde_json::to_value(&print).unwrap();
+        value["files"][0]["size"] = serde_json::json!("three");
+        let error = read(dir.path(), &value.to_string()).unwrap_err();
+        assert!(
+            matches!(error, PrefixError::FingerprintJson { .. }),
+            "{error}"
+        );
+        // An edited file still fails its root.
+        let mut value = serde_json::to_value(&print).unwrap();
+        value["files"][0]["size"] = serde_json::json!(4);
+        let error = read(dir.path(), &value.to_string()).unwrap_err();
+        assert!(error.to_string().contains("does not match"), "{error}");
+    }
 }
