@@ -424,10 +424,20 @@ pub(crate) fn verify_summary(report: &VerifyReport) -> String {
 }
 
 pub(crate) fn diff(args: &DiffArgs) -> miette::Result<Exit> {
+    // Only the first node of each root is compared: the others keep their label and root,
+    // so memory grows with the distinct prefixes, not with the nodes.
+    let mut roots = std::collections::HashSet::new();
     let fingerprints = args
         .files
         .iter()
-        .map(|path| Fingerprint::from_path(path).into_diagnostic())
+        .map(|path| {
+            let mut fingerprint = Fingerprint::from_path(path).into_diagnostic()?;
+            if !roots.insert(fingerprint.root.clone()) {
+                fingerprint.packages = Vec::new();
+                fingerprint.files = Vec::new();
+            }
+            Ok(fingerprint)
+        })
         .collect::<miette::Result<Vec<_>>>()?;
     let report = keel_prefix::diff(&fingerprints);
     if args.json {

@@ -1,7 +1,7 @@
 //! `keel diff`: compare the fingerprints of many nodes, group the identical ones and say what
 //! differs in the others, most significant first.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -273,16 +273,22 @@ pub fn compare(reference: &Fingerprint, here: &Fingerprint) -> GroupDiff {
 /// one given first) and compares every other group with it.
 pub fn diff(fingerprints: &[Fingerprint]) -> DiffReport {
     let mut groups: Vec<(Group, usize)> = Vec::new();
+    // Root -> its group's place in `groups` (a scan of the groups per node would grow with
+    // nodes times groups).
+    let mut by_root: HashMap<&str, usize> = HashMap::new();
     for (index, fingerprint) in fingerprints.iter().enumerate() {
-        match groups.iter_mut().find(|(g, _)| g.root == fingerprint.root) {
-            Some((group, _)) => group.labels.push(fingerprint.label.clone()),
-            None => groups.push((
-                Group {
-                    root: fingerprint.root.clone(),
-                    labels: vec![fingerprint.label.clone()],
-                },
-                index,
-            )),
+        match by_root.get(fingerprint.root.as_str()) {
+            Some(&at) => groups[at].0.labels.push(fingerprint.label.clone()),
+            None => {
+                by_root.insert(&fingerprint.root, groups.len());
+                groups.push((
+                    Group {
+                        root: fingerprint.root.clone(),
+                        labels: vec![fingerprint.label.clone()],
+                    },
+                    index,
+                ));
+            }
         }
     }
     // Largest first; equal sizes keep the order given.
@@ -302,5 +308,68 @@ pub fn diff(fingerprints: &[Fingerprint]) -> DiffReport {
     DiffReport {
         groups: groups.into_iter().map(|(group, _)| group).collect(),
         differences,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::Summary;
+
+    fn node(label: &str, root: &str) -> Fingerprint {
+        Fingerprint {
+            schema: crate::FINGERPRINT_SCHEMA,
+            root: root.to_string(),
+            label: label.to_string(),
+            prefix: std::path::PathBuf::from("/opt/env"),
+            keel_version: "0.1.0".to_string(),
+            summary: Summary::default(),
+            packages: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Interleaved roots group by root, the largest group first and equal sizes in the order
+    /// first seen, each group's labels in the order given.
+    #[test]
+    fn interleaved_roots_group_largest_first_in_given_order() {
+        let nodes = [
+            node("n0", "a"),
+            node("n1", "b"),
+            node("n2", "c"),
+            node("n3", "a"),
+            node("n4", "b"),
+            node("n5", "a"),
+            node("n6", "d"),
+        ];
+        let report = diff(&nodes);
+        let groups: Vec<(&str, Vec<&str>)> = report
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    g.root.as_str(),
+                    g.labels.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                ("a", vec!["n0", "n3", "n5"]),
+                ("b", vec!["n1", "n4"]),
+                ("c", vec!["n2"]),
+                ("d", vec!["n6"]),
+            ]
+        );
+        let labels: Vec<&Vec<String>> = report.differences.iter().map(|d| &d.labels).collect();
+        assert_eq!(
+            labels,
+            [
+                &vec!["n1".to_string(), "n4".to_string()],
+                &vec!["n2".to_string()],
+                &vec!["n6".to_string()]
+            ]
+        );
     }
 }
