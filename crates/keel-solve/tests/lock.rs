@@ -168,7 +168,7 @@ async fn python39_locks_for_three_platforms_and_relocks_byte_identical() {
             .to_vec();
         let baseline: Vec<String> = keel_solve::baseline_virtual_packages(platform)
             .iter()
-            .map(ToString::to_string)
+            .map(keel_solve::recorded_spelling)
             .collect();
         assert_eq!(recorded, baseline, "{platform}");
         let summary = locked
