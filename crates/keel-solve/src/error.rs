@@ -298,24 +298,15 @@ pub enum SolveError {
     },
 }
 
-/// A status with HTTP's reason phrase where it is one a channel server answers: `503 Service
-/// Unavailable`, `599`.
+/// A status with HTTP's reason phrase where it has one: `503 Service Unavailable`, `599`.
 fn status_text(status: u16) -> String {
-    let reason = match status {
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        410 => "Gone",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => return status.to_string(),
-    };
-    format!("{status} {reason}")
+    match http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|status| status.canonical_reason())
+    {
+        Some(reason) => format!("{status} {reason}"),
+        None => status.to_string(),
+    }
 }
 
 /// `" (4 tries)"`, or nothing for one.
