@@ -58,6 +58,24 @@ fn project(pip: &[&str]) -> tempfile::TempDir {
     dir
 }
 
+/// A project with a pip section (alpha, which needs beta, from the local wheels), locked with
+/// both exports: `conda-lock.yml` and `explicit/`.
+fn exported_project() -> tempfile::TempDir {
+    let project = project(&["--find-links ./wheels", "--no-index", "alpha==1.0.0"]);
+    let output = keel(
+        project.path(),
+        &[
+            "lock",
+            "--conda-lock",
+            "conda-lock.yml",
+            "--explicit",
+            "explicit",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    project
+}
+
 /// Runs `script` with the test venv's Python (conda-lock importable), the project folder as
 /// its argument, and returns what it printed.
 fn conda_lock_python(dir: &Path, script: &str) -> String {
@@ -80,19 +98,8 @@ fn conda_lock_python(dir: &Path, script: &str) -> String {
 /// platform's `content_hash` is that platform's inputs hash, the one `@EXPLICIT` carries.
 #[test]
 fn conda_lock_reads_the_export_of_a_local_channel() {
-    let project = project(&["--find-links ./wheels", "--no-index", "alpha==1.0.0"]);
+    let project = exported_project();
     let dir = project.path();
-    let output = keel(
-        dir,
-        &[
-            "lock",
-            "--conda-lock",
-            "conda-lock.yml",
-            "--explicit",
-            "explicit",
-        ],
-    );
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
 
     let parsed = conda_lock_python(
         dir,
@@ -156,19 +163,8 @@ print(json.dumps({
 /// install them; conda reads them as comments).
 #[test]
 fn explicit_lists_match_conda_locks_own_render_pip_lines_included() {
-    let project = project(&["--find-links ./wheels", "--no-index", "alpha==1.0.0"]);
+    let project = exported_project();
     let dir = project.path();
-    let output = keel(
-        dir,
-        &[
-            "lock",
-            "--conda-lock",
-            "conda-lock.yml",
-            "--explicit",
-            "explicit",
-        ],
-    );
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let rendered = conda_lock_python(
         dir,
         r#"

@@ -97,6 +97,15 @@ impl PlatformInputs {
     }
 }
 
+/// The file's channels as written, credentials left out: a rotated token leaves a lock fresh,
+/// and no hash of a password reaches the lock.
+fn channels_as_written(spec: &EnvironmentSpec) -> Vec<String> {
+    spec.channels
+        .iter()
+        .map(|c| redact_template(&c.source))
+        .collect()
+}
+
 fn channel_priority_name(priority: rattler_solve::ChannelPriority) -> &'static str {
     match priority {
         rattler_solve::ChannelPriority::Strict => "strict",
@@ -131,11 +140,7 @@ pub fn platform_content_hash(
     let content = PlatformContent {
         format: 1,
         platform: platform.as_str(),
-        channels: spec
-            .channels
-            .iter()
-            .map(|c| redact_template(&c.source))
-            .collect(),
+        channels: channels_as_written(spec),
         channel_priority: channel_priority_name(options.channel_priority),
         inputs: PlatformInputs::of(spec, platform),
         virtual_packages,
@@ -153,13 +158,7 @@ pub fn platform_content_hash(
 pub fn inputs_hash(spec: &EnvironmentSpec, platforms: &[Subdir], options: &LockOptions) -> String {
     let inputs = Inputs {
         format: 1,
-        // Credentials are not inputs: a rotated token leaves the lock fresh, and no hash of
-        // a password reaches the lock.
-        channels: spec
-            .channels
-            .iter()
-            .map(|c| redact_template(&c.source))
-            .collect(),
+        channels: channels_as_written(spec),
         channel_priority: channel_priority_name(options.channel_priority),
         platforms: platforms
             .iter()
